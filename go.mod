@@ -1,0 +1,3 @@
+module github.com/gosheep/gosheep
+
+go 1.26.8

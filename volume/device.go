@@ -1,0 +1,46 @@
+// Package volume turns a VDI (an inode plus its data objects) into a block
+// device: byte-addressed reads and writes with sheepdog's copy-on-write
+// semantics, used by the iSCSI and NBD front ends.
+package volume
+
+import (
+	"context"
+
+	"github.com/gosheep/gosheep/proto"
+)
+
+// Sentinel errors for device I/O.
+var (
+	ErrOutOfRange = proto.NewError(proto.ResInvalidParms, "volume: access beyond end of device")
+	ErrReadOnly   = proto.NewError(proto.ResReadonly, "volume: device is read-only")
+	ErrNoVolume   = proto.NewError(proto.ResNoVDI, "volume: no such volume")
+)
+
+// Extent is a byte range of a device and whether it holds data.
+type Extent struct {
+	Offset    uint64
+	Length    uint64
+	Allocated bool // false: a hole, reads as zeros
+}
+
+// Device is a block device. Offsets and lengths are in bytes; callers keep
+// them inside Size(). Writes are visible to reads at once; they are durable
+// (survive a node crash) after Flush returns, or at once when fua is set.
+// All methods are safe for concurrent use.
+type Device interface {
+	// Size is the current size in bytes (it may grow at run time).
+	Size() uint64
+	// ObjectSize is the allocation unit: discarding whole aligned objects frees space.
+	ObjectSize() uint32
+	ReadAt(ctx context.Context, p []byte, off uint64) error
+	WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error
+	Flush(ctx context.Context) error
+	// Discard drops [off, off+n): reads return zeros afterwards; whole
+	// objects are freed, partial ranges are zeroed.
+	Discard(ctx context.Context, off, n uint64) error
+	// WriteZeroes makes [off, off+n) read as zeros (freeing space where it can).
+	WriteZeroes(ctx context.Context, off, n uint64, fua bool) error
+	// Extents describes allocation of [off, off+n) in order, covering it exactly.
+	Extents(ctx context.Context, off, n uint64) ([]Extent, error)
+	Close() error
+}

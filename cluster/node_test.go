@@ -1,0 +1,185 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gosheep/gosheep/proto"
+)
+
+// localForwarder delivers forwarded commands to in-process nodes by address.
+type localForwarder struct {
+	mu    sync.Mutex
+	nodes map[netip.AddrPort]*Node
+}
+
+func (f *localForwarder) Forward(ctx context.Context, addr netip.AddrPort, c *Command) (*Result, error) {
+	f.mu.Lock()
+	n := f.nodes[addr]
+	f.mu.Unlock()
+	if n == nil {
+		return nil, fmt.Errorf("no node at %s: %w", addr, proto.ResNetworkError)
+	}
+	return n.ApplyAsLeader(ctx, c)
+}
+
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+func startNode(t *testing.T, fw *localForwarder, dir string, id string, join []string) (*Node, Config) {
+	t.Helper()
+	lo := netip.MustParseAddr("127.0.0.1")
+	cfg := Config{
+		ID: id, DataDir: dir,
+		Addr:       netip.AddrPortFrom(lo, freePort(t)),
+		RaftAddr:   netip.AddrPortFrom(lo, freePort(t)),
+		GossipAddr: netip.AddrPortFrom(lo, freePort(t)),
+		Join:       join, Zone: uint32(len(fw.nodes) + 1), Space: 1 << 30,
+		Forwarder: fw, EpochDelay: 200 * time.Millisecond,
+	}
+	n, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.mu.Lock()
+	fw.nodes[cfg.Addr] = n
+	fw.mu.Unlock()
+	return n, cfg
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestThreeNodesFormatCreateAndFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node raft test")
+	}
+	fw := &localForwarder{nodes: map[netip.AddrPort]*Node{}}
+	a, acfg := startNode(t, fw, t.TempDir(), "a", nil)
+	defer a.Close()
+	waitFor(t, "a to lead", 10*time.Second, a.IsLeader)
+	join := []string{acfg.GossipAddr.String()}
+	b, _ := startNode(t, fw, t.TempDir(), "b", join)
+	defer b.Close()
+	c, _ := startNode(t, fw, t.TempDir(), "c", join)
+	cClosed := false
+	defer func() {
+		if !cClosed {
+			c.Close()
+		}
+	}()
+	waitFor(t, "3 gossip members", 10*time.Second, func() bool { return len(a.Members()) == 3 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Format through a follower: the command is forwarded to the leader.
+	ms := []Member{a.Self(), b.Self(), c.Self()}
+	r, err := b.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 3, BlockSizeShift: 22}, Members: ms})
+	if err != nil || r.Err() != nil {
+		t.Fatalf("format: %v %v", err, r)
+	}
+	// Two concurrent creates of one name: exactly one wins.
+	var wg sync.WaitGroup
+	codes := make([]proto.Result, 2)
+	for i, n := range []*Node{b, c} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := n.Propose(ctx, &Command{Op: CmdCreateVDI, Name: "vol", Size: 1 << 30})
+			if err != nil {
+				t.Errorf("create: %v", err)
+				return
+			}
+			codes[i] = r.Code
+		}()
+	}
+	wg.Wait()
+	ok, exist := 0, 0
+	for _, c := range codes {
+		switch c {
+		case proto.ResSuccess:
+			ok++
+		case proto.ResVDIExist:
+			exist++
+		}
+	}
+	if ok != 1 || exist != 1 {
+		t.Fatalf("concurrent create results %v, want one success and one VDI_EXIST", codes)
+	}
+	// Every node sees the VDI after its own propose returned.
+	for _, n := range []*Node{a, b, c} {
+		waitFor(t, "vdi replicated", 5*time.Second, func() bool {
+			found := false
+			n.FSM().Read(func(s *State) { _, found = s.Working("vol") })
+			return found
+		})
+	}
+	// The three members are voters; kill c: a new epoch without it follows.
+	waitFor(t, "3 voters", 10*time.Second, func() bool {
+		v := 0
+		for _, m := range a.Members() {
+			if m.Voter {
+				v++
+			}
+		}
+		return v == 3
+	})
+	epochBefore := a.FSM().State().Epoch()
+	c.Close()
+	cClosed = true
+	waitFor(t, "epoch without c", 30*time.Second, func() bool {
+		s := a.FSM().State()
+		return s.Epoch() > epochBefore && len(s.Current().Members) == 2
+	})
+	// Metadata still commits with 2 of 3 voters.
+	if r, err := b.Propose(ctx, &Command{Op: CmdCreateVDI, Name: "vol2", Size: 1 << 20}); err != nil || r.Err() != nil {
+		t.Fatalf("create after failure: %v %v", err, r)
+	}
+}
+
+func TestSingleNodeRestartKeepsState(t *testing.T) {
+	fw := &localForwarder{nodes: map[netip.AddrPort]*Node{}}
+	dir := t.TempDir()
+	a, _ := startNode(t, fw, dir, "solo", nil)
+	waitFor(t, "leader", 10*time.Second, a.IsLeader)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if r, err := a.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{a.Self()}}); err != nil || r.Err() != nil {
+		t.Fatal(err, r)
+	}
+	r, err := a.Propose(ctx, &Command{Op: CmdCreateVDI, Name: "test", Size: 4 << 20})
+	if err != nil || r.Err() != nil {
+		t.Fatal(err, r)
+	}
+	if r.VID != 0x7c2b25 {
+		t.Fatalf("vid %#x, want 0x7c2b25", r.VID)
+	}
+	a.Close()
+	b, _ := startNode(t, fw, dir, "solo", nil)
+	defer b.Close()
+	waitFor(t, "leader again", 10*time.Second, b.IsLeader)
+	waitFor(t, "state replayed", 10*time.Second, func() bool {
+		_, err := b.FSM().State().Lookup("test", "", 0)
+		return err == nil
+	})
+}

@@ -1,0 +1,449 @@
+// Package gateway routes object I/O: it finds an object's copies (or EC
+// strips) on the ring of the current epoch, reads from one copy with
+// fallback, writes every copy before acknowledging, and retries across
+// epoch changes until the caller's deadline.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/gosheep/gosheep/cluster/placement"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+)
+
+// Sentinel errors.
+var (
+	ErrNoTargets  = proto.NewError(proto.ResHalt, "gateway: no node can hold the object")
+	ErrNotPrimary = proto.NewError(proto.ResOldNodeVer, "gateway: this node is not the object's primary in that epoch")
+)
+
+// View is the placement of one epoch.
+type View struct {
+	Epoch uint32
+	Ring  *placement.Ring
+}
+
+// Views supplies the current epoch's placement.
+type Views interface {
+	// View returns the current view; nil before the cluster is formatted.
+	View() *View
+	// WaitNewer blocks until a view with an epoch above e exists or ctx ends.
+	WaitNewer(ctx context.Context, e uint32) error
+}
+
+// Peer performs store operations on one node, tagged with the sender's epoch
+// (a node in another epoch refuses with OLD/NEW_NODE_VER).
+type Peer interface {
+	Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error
+	Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error
+	Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error
+	Remove(ctx context.Context, epoch uint32, k store.Key) error
+	Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error
+	// ECWrite asks the object's primary to do an erasure-coded write.
+	ECWrite(ctx context.Context, epoch uint32, o Object, op ECOp, off, n uint32, data []byte, sync bool) error
+	// Sync makes every write the node acknowledged durable.
+	Sync(ctx context.Context) error
+}
+
+// Peers hands out the Peer for a node (the local store for this node).
+type Peers interface {
+	Peer(n placement.Node) Peer
+}
+
+// Object identifies an object and how it is protected.
+type Object struct {
+	OID  proto.OID
+	Red  proto.Redundancy
+	Size uint32 // full logical size of the object
+}
+
+// Config configures a Gateway.
+type Config struct {
+	Self   string // this node's id
+	Views  Views
+	Peers  Peers
+	Codecs Codecs
+	Logger *slog.Logger
+	// PeerTimeout bounds one attempt against one peer (default 10 s) so a
+	// hung peer costs a retry, not the caller's whole deadline.
+	PeerTimeout time.Duration
+	// DefaultTimeout applies when the caller's context has no deadline.
+	DefaultTimeout time.Duration
+}
+
+// Gateway routes object I/O. It is safe for concurrent use.
+type Gateway struct {
+	cfg   Config
+	log   *slog.Logger
+	locks stripeLocks
+
+	mu    sync.Mutex
+	dirty map[string]placement.Node // nodes written since the last Flush
+}
+
+// New returns a Gateway.
+func New(cfg Config) *Gateway {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PeerTimeout == 0 {
+		cfg.PeerTimeout = 10 * time.Second
+	}
+	if cfg.DefaultTimeout == 0 {
+		cfg.DefaultTimeout = 60 * time.Second
+	}
+	return &Gateway{cfg: cfg, log: cfg.Logger, dirty: map[string]placement.Node{}}
+}
+
+// retryable reports whether err may go away in a later attempt or epoch.
+func retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true // a peer attempt timed out; the caller's deadline is checked separately
+	}
+	switch proto.ResultOf(err) {
+	case proto.ResNetworkError, proto.ResOldNodeVer, proto.ResNewNodeVer, proto.ResWaitForJoin,
+		proto.ResWaitForFormat, proto.ResKilled, proto.ResHalt, proto.ResAgain, proto.ResShutdown,
+		proto.ResNodeInRecovery, proto.ResStartup:
+		return true
+	}
+	return false
+}
+
+// do runs attempt against successive views until it succeeds, fails for
+// good, or ctx ends.
+func (g *Gateway) do(ctx context.Context, what string, attempt func(ctx context.Context, v *View) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
+		defer cancel()
+	}
+	backoff := 20 * time.Millisecond
+	var last error
+	for {
+		v := g.cfg.Views.View()
+		if v == nil {
+			last = fmt.Errorf("gateway: %s: %w", what, proto.ResWaitForFormat)
+		} else {
+			err := attempt(ctx, v)
+			if err == nil || !retryable(err) {
+				return err
+			}
+			last = err
+			if proto.ResultOf(err) == proto.ResOldNodeVer || proto.ResultOf(err) == proto.ResNetworkError ||
+				errors.Is(err, context.DeadlineExceeded) {
+				// Our epoch is stale, or a peer is unreachable: a new epoch
+				// is likely on its way. Wait for it, but not forever.
+				wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				g.cfg.Views.WaitNewer(wctx, v.Epoch)
+				cancel()
+			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("gateway: %s: %w (last error: %v)", what, proto.ResNetworkError, last)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gateway: %s: %w (last error: %v)", what, proto.ResNetworkError, last)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 500*time.Millisecond)
+	}
+}
+
+func (g *Gateway) peerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, g.cfg.PeerTimeout)
+}
+
+// targets returns the nodes holding o's copies or strips in view v. For EC
+// objects there is always one entry per strip: with fewer zones than strips
+// some nodes hold several strips (redundancy is reduced until nodes return).
+func targets(v *View, o Object) ([]placement.Node, error) {
+	n := int(o.Red.NrCopies())
+	if n == 0 {
+		n = 1
+	}
+	t := v.Ring.Targets(o.OID, n)
+	if len(t) == 0 {
+		return nil, ErrNoTargets
+	}
+	if o.Red.IsEC() && len(t) < n {
+		w := make([]placement.Node, n)
+		for i := range w {
+			w[i] = t[i%len(t)]
+		}
+		t = w
+	}
+	return t, nil
+}
+
+func (g *Gateway) markDirty(nodes ...placement.Node) {
+	g.mu.Lock()
+	for _, n := range nodes {
+		g.dirty[n.ID] = n
+	}
+	g.mu.Unlock()
+}
+
+// fanout runs fn for every target in parallel and returns the first
+// non-retryable error, else the first error.
+func fanout(ts []placement.Node, fn func(i int, n placement.Node) error) error {
+	if len(ts) == 1 {
+		return fn(0, ts[0])
+	}
+	errs := make([]error, len(ts))
+	var wg sync.WaitGroup
+	for i, n := range ts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i, n)
+		}()
+	}
+	wg.Wait()
+	var first error
+	for _, err := range errs {
+		if err != nil && !retryable(err) {
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Create makes the object (zero-filled) with data at off on every copy.
+// An existing object is replaced.
+func (g *Gateway) Create(ctx context.Context, o Object, off uint32, data []byte, sync bool) error {
+	if err := checkRange(o, off, len(data)); err != nil {
+		return err
+	}
+	if o.Red.IsEC() {
+		return g.ecRoute(ctx, o, ECCreate, off, uint32(len(data)), data, sync)
+	}
+	return g.do(ctx, "create "+o.OID.String(), func(ctx context.Context, v *View) error {
+		ts, err := targets(v, o)
+		if err != nil {
+			return err
+		}
+		err = fanout(ts, func(_ int, n placement.Node) error {
+			pctx, cancel := g.peerCtx(ctx)
+			defer cancel()
+			return g.cfg.Peers.Peer(n).Create(pctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, off, data, sync)
+		})
+		if err == nil {
+			g.markDirty(ts...)
+		}
+		return err
+	})
+}
+
+// Write writes data at off into the existing object on every copy.
+func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, sync bool) error {
+	if err := checkRange(o, off, len(data)); err != nil {
+		return err
+	}
+	if o.Red.IsEC() {
+		return g.ecRoute(ctx, o, ECWrite, off, uint32(len(data)), data, sync)
+	}
+	return g.do(ctx, "write "+o.OID.String(), func(ctx context.Context, v *View) error {
+		ts, err := targets(v, o)
+		if err != nil {
+			return err
+		}
+		err = fanout(ts, func(_ int, n placement.Node) error {
+			pctx, cancel := g.peerCtx(ctx)
+			defer cancel()
+			return g.cfg.Peers.Peer(n).Write(pctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sync)
+		})
+		if err == nil {
+			g.markDirty(ts...)
+		}
+		return err
+	})
+}
+
+// Zero makes [off, off+n) of the object read as zeros on every copy.
+func (g *Gateway) Zero(ctx context.Context, o Object, off, n uint32, sync bool) error {
+	if err := checkRange(o, off, int(n)); err != nil {
+		return err
+	}
+	if o.Red.IsEC() {
+		return g.ecRoute(ctx, o, ECZero, off, n, nil, sync)
+	}
+	return g.do(ctx, "zero "+o.OID.String(), func(ctx context.Context, v *View) error {
+		ts, err := targets(v, o)
+		if err != nil {
+			return err
+		}
+		err = fanout(ts, func(_ int, node placement.Node) error {
+			pctx, cancel := g.peerCtx(ctx)
+			defer cancel()
+			return g.cfg.Peers.Peer(node).Zero(pctx, v.Epoch, store.ReplicaKey(o.OID), off, n, sync)
+		})
+		if err == nil {
+			g.markDirty(ts...)
+		}
+		return err
+	})
+}
+
+// Remove deletes every copy (or strip) of the object.
+func (g *Gateway) Remove(ctx context.Context, o Object) error {
+	return g.do(ctx, "remove "+o.OID.String(), func(ctx context.Context, v *View) error {
+		ts, err := targets(v, o)
+		if err != nil {
+			return err
+		}
+		return fanout(ts, func(i int, n placement.Node) error {
+			pctx, cancel := g.peerCtx(ctx)
+			defer cancel()
+			k := store.ReplicaKey(o.OID)
+			if o.Red.IsEC() {
+				k = store.StripKey(o.OID, uint8(i))
+			}
+			err := g.cfg.Peers.Peer(n).Remove(pctx, v.Epoch, k)
+			if errors.Is(err, proto.ResNoObj) {
+				return nil
+			}
+			return err
+		})
+	})
+}
+
+// Read fills p from off. Replicas: the local copy if this node holds one,
+// else a random copy, falling back to the others; a copy that fails its
+// checksum is repaired from a good one in the background.
+func (g *Gateway) Read(ctx context.Context, o Object, off uint32, p []byte) error {
+	if err := checkRange(o, off, len(p)); err != nil {
+		return err
+	}
+	if o.Red.IsEC() {
+		return g.ecRead(ctx, o, off, p)
+	}
+	return g.do(ctx, "read "+o.OID.String(), func(ctx context.Context, v *View) error {
+		ts, err := targets(v, o)
+		if err != nil {
+			return err
+		}
+		order := readOrder(ts, g.cfg.Self)
+		var first error
+		var bad []placement.Node
+		allNoObj := true
+		for _, n := range order {
+			pctx, cancel := g.peerCtx(ctx)
+			err := g.cfg.Peers.Peer(n).Read(pctx, v.Epoch, store.ReplicaKey(o.OID), off, p)
+			cancel()
+			if err == nil {
+				if len(bad) > 0 {
+					g.repair(o, v, n, bad)
+				}
+				return nil
+			}
+			if !errors.Is(err, proto.ResNoObj) {
+				allNoObj = false
+			}
+			if errors.Is(err, store.ErrCorrupt) || proto.ResultOf(err) == proto.ResEIO {
+				bad = append(bad, n)
+			}
+			if first == nil || (retryable(first) && !retryable(err)) {
+				first = err
+			}
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if allNoObj {
+			return fmt.Errorf("gateway: read %s: %w", o.OID, proto.ResNoObj)
+		}
+		return first
+	})
+}
+
+// readOrder puts the local copy first, then the rest in random order.
+func readOrder(ts []placement.Node, self string) []placement.Node {
+	out := make([]placement.Node, 0, len(ts))
+	for _, n := range ts {
+		if n.ID == self {
+			out = append(out, n)
+		}
+	}
+	start := len(out)
+	for _, n := range ts {
+		if n.ID != self {
+			out = append(out, n)
+		}
+	}
+	rest := out[start:]
+	rand.Shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+	return out
+}
+
+// repair rewrites whole copies on bad nodes from the good node's copy.
+func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement.Node) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		buf := make([]byte, o.Size)
+		if err := g.cfg.Peers.Peer(good).Read(ctx, v.Epoch, store.ReplicaKey(o.OID), 0, buf); err != nil {
+			g.log.Warn("read repair: source read failed", "oid", o.OID, "node", good.ID, "err", err)
+			return
+		}
+		for _, b := range bad {
+			err := g.cfg.Peers.Peer(b).Create(ctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, 0, buf, true)
+			g.log.Warn("read repair", "oid", o.OID, "node", b.ID, "from", good.ID, "err", err)
+		}
+	}()
+}
+
+// Flush makes every write acknowledged so far durable on every node written.
+func (g *Gateway) Flush(ctx context.Context) error {
+	g.mu.Lock()
+	nodes := make([]placement.Node, 0, len(g.dirty))
+	for _, n := range g.dirty {
+		nodes = append(nodes, n)
+	}
+	clear(g.dirty)
+	g.mu.Unlock()
+	if len(nodes) == 0 {
+		return nil
+	}
+	err := fanout(nodes, func(_ int, n placement.Node) error {
+		pctx, cancel := g.peerCtx(ctx)
+		defer cancel()
+		return g.cfg.Peers.Peer(n).Sync(pctx)
+	})
+	if err != nil {
+		// Keep them dirty: the next flush must try again.
+		g.markDirty(nodes...)
+		return fmt.Errorf("gateway: flush: %w", err)
+	}
+	return nil
+}
+
+func checkRange(o Object, off uint32, n int) error {
+	if uint64(off)+uint64(n) > uint64(o.Size) {
+		return fmt.Errorf("gateway: %s: range %d+%d beyond object size %d: %w", o.OID, off, n, o.Size, proto.ResInvalidParms)
+	}
+	return nil
+}
+
+// stripeLocks serialise erasure-coded read-modify-writes per object on the
+// primary without an unbounded lock map.
+type stripeLocks [256]sync.Mutex
+
+func (l *stripeLocks) lock(oid proto.OID) func() {
+	m := &l[proto.HashOID(oid)%uint64(len(l))]
+	m.Lock()
+	return m.Unlock
+}

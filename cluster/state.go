@@ -94,7 +94,8 @@ func (v *VDI) Inode() *proto.Inode {
 	}
 }
 
-func (v *VDI) clone() *VDI {
+// Copy deep-copies the row.
+func (v *VDI) Copy() *VDI {
 	c := *v
 	if v.Attrs != nil {
 		c.Attrs = make(map[string][]byte, len(v.Attrs))
@@ -161,7 +162,7 @@ func (s *State) Clone() *State {
 	}
 	c.VDIs = make(map[uint32]*VDI, len(s.VDIs))
 	for k, v := range s.VDIs {
-		c.VDIs[k] = v.clone()
+		c.VDIs[k] = v.Copy()
 	}
 	c.Locks = make(map[uint32]*Lock, len(s.Locks))
 	for k, l := range s.Locks {
@@ -309,4 +310,19 @@ func (s *State) SortedVDIs() []*VDI {
 		return out[i].SnapID < out[j].SnapID
 	})
 	return out
+}
+
+// RootVID follows parent links while the parent has the same name: the vid
+// the name was first created with. It stays the same across snapshots and
+// rollbacks, so front ends derive stable device identities from it.
+func (s *State) RootVID(vid uint32) uint32 {
+	v, ok := s.VDIs[vid]
+	for i := 0; ok && i < len(s.VDIs); i++ {
+		p, pok := s.VDIs[v.ParentVID]
+		if v.ParentVID == 0 || !pok || p.Name != v.Name {
+			return v.VID
+		}
+		v = p
+	}
+	return vid
 }

@@ -1,0 +1,310 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/proto"
+)
+
+// memObjects is an in-memory object space standing in for the gateway.
+type memObjects struct {
+	mu      sync.Mutex
+	objs    map[proto.OID][]byte
+	flushes int
+}
+
+func newMemObjects() *memObjects { return &memObjects{objs: map[proto.OID][]byte{}} }
+
+func (m *memObjects) Read(ctx context.Context, o gateway.Object, off uint32, p []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.objs[o.OID]
+	if !ok {
+		return proto.ResNoObj
+	}
+	copy(p, b[off:])
+	return nil
+}
+
+func (m *memObjects) Write(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.objs[o.OID]
+	if !ok {
+		return proto.ResNoObj
+	}
+	copy(b[off:], data)
+	return nil
+}
+
+func (m *memObjects) Create(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := make([]byte, o.Size)
+	copy(b[off:], data)
+	m.objs[o.OID] = b
+	return nil
+}
+
+func (m *memObjects) Zero(ctx context.Context, o gateway.Object, off, n uint32, sync bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.objs[o.OID]
+	if !ok {
+		return proto.ResNoObj
+	}
+	clear(b[off : off+n])
+	return nil
+}
+
+func (m *memObjects) Remove(ctx context.Context, o gateway.Object) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.objs, o.OID)
+	return nil
+}
+
+func (m *memObjects) Flush(ctx context.Context) error {
+	m.mu.Lock()
+	m.flushes++
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *memObjects) dataObjects() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for oid := range m.objs {
+		if oid.IsData() {
+			n++
+		}
+	}
+	return n
+}
+
+// fsmMeta applies commands straight to an FSM (no Raft) and feeds the manager.
+type fsmMeta struct {
+	fsm *cluster.FSM
+	idx uint64
+	mu  sync.Mutex
+}
+
+func (f *fsmMeta) Read(fn func(s *cluster.State)) { f.fsm.Read(fn) }
+
+func (f *fsmMeta) Propose(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.idx++
+	if c.Time == 0 {
+		c.Time = time.Now().UnixNano()
+	}
+	return f.fsm.ApplyCommand(f.idx, c), nil
+}
+
+func setup(t *testing.T) (*Manager, *memObjects) {
+	t.Helper()
+	meta := &fsmMeta{fsm: cluster.NewFSM()}
+	objs := newMemObjects()
+	m := NewManager(Config{Meta: meta, Objects: objs})
+	meta.fsm.Watch(func(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) { m.Changed(old, cur) })
+	r, _ := meta.Propose(context.Background(), &cluster.Command{Op: cluster.CmdFormat,
+		Format: &cluster.Format{Copies: 1, BlockSizeShift: 20}, Members: []cluster.Member{{ID: "a"}}})
+	if r.Err() != nil {
+		t.Fatal(r.Err())
+	}
+	return m, objs
+}
+
+func random(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func mustRead(t *testing.T, d Device, off uint64, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if err := d.ReadAt(context.Background(), b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+const mib = 1 << 20
+
+func TestWriteReadAcrossObjectsAndHoles(t *testing.T) {
+	ctx := context.Background()
+	m, objs := setup(t)
+	if _, err := m.Create(ctx, CreateOpts{Name: "v", Size: 10 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := m.Open(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := random(3*mib + 123)
+	if err := d.WriteAt(ctx, data, mib/2+7, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, d, mib/2+7, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("read back differs")
+	}
+	if got := mustRead(t, d, 8*mib, mib); !bytes.Equal(got, make([]byte, mib)) {
+		t.Fatal("hole not zero")
+	}
+	if n := objs.dataObjects(); n != 4 {
+		t.Fatalf("%d data objects, want 4 (thin provisioning)", n)
+	}
+	if err := d.WriteAt(ctx, []byte{1}, 10*mib, false); err == nil {
+		t.Fatal("write past end accepted")
+	}
+	// A second device (another node's view) sees the data through the inode.
+	d2, err := m.Open(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, d2, mib/2+7, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("second open reads different data")
+	}
+	ext, err := d2.Extents(ctx, 0, 10*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Extent{{0, 4 * mib, true}, {4 * mib, 6 * mib, false}}
+	if fmt.Sprint(ext) != fmt.Sprint(want) {
+		t.Fatalf("extents %v, want %v", ext, want)
+	}
+}
+
+func TestSnapshotCloneRollbackSemantics(t *testing.T) {
+	ctx := context.Background()
+	m, objs := setup(t)
+	m.Create(ctx, CreateOpts{Name: "v", Size: 4 * mib})
+	d, _ := m.Open(ctx, "v")
+	old := random(4 * mib)
+	d.WriteAt(ctx, old, 0, false)
+
+	snap, err := m.Snapshot(ctx, "v", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.SnapID != 2 || snap.ParentVID == 0 {
+		t.Fatalf("new working vdi %+v", snap)
+	}
+	// Keep writing to the working VDI: the snapshot keeps the old data.
+	newer := random(mib)
+	if err := d.WriteAt(ctx, newer, mib, false); err != nil {
+		t.Fatal(err)
+	}
+	sd, err := m.OpenSnapshot(ctx, "v", "s1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, sd, 0, 4*mib); !bytes.Equal(got, old) {
+		t.Fatal("snapshot changed after a write to the working vdi")
+	}
+	if err := sd.WriteAt(ctx, []byte{1}, 0, false); err == nil {
+		t.Fatal("write to snapshot accepted")
+	}
+	want := append(append(append([]byte{}, old[:mib]...), newer...), old[2*mib:]...)
+	if got := mustRead(t, d, 0, 4*mib); !bytes.Equal(got, want) {
+		t.Fatal("working vdi lost its write or its shared data")
+	}
+	// Only the COWed object is new.
+	if n := objs.dataObjects(); n != 5 {
+		t.Fatalf("%d data objects after one COW, want 5", n)
+	}
+
+	// Clone the snapshot: independent writes.
+	if _, err := m.Clone(ctx, "v", "s1", 0, "c", 0); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := m.Open(ctx, "c")
+	cw := random(1000)
+	c.WriteAt(ctx, cw, 3*mib+5, false)
+	if got := mustRead(t, d, 3*mib+5, 1000); !bytes.Equal(got, old[3*mib+5:3*mib+1005]) {
+		t.Fatal("clone write leaked into origin")
+	}
+	if got := mustRead(t, c, 3*mib+5, 1000); !bytes.Equal(got, cw) {
+		t.Fatal("clone lost its write")
+	}
+
+	// Rollback the origin to the snapshot: the open device follows.
+	if _, err := m.Rollback(ctx, "v", "s1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, d, 0, 4*mib); !bytes.Equal(got, old) {
+		t.Fatal("rollback did not restore snapshot data")
+	}
+	// The rolled-back working vdi's own object is reclaimed by a sweep.
+	n, err := m.Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Fatalf("sweep removed %d objects, want 1 (the COW copy of the old working vdi)", n)
+	}
+}
+
+func TestDiscardFreesAndZeroes(t *testing.T) {
+	ctx := context.Background()
+	m, objs := setup(t)
+	m.Create(ctx, CreateOpts{Name: "v", Size: 4 * mib})
+	d, _ := m.Open(ctx, "v")
+	d.WriteAt(ctx, random(4*mib), 0, false)
+	if err := d.Discard(ctx, mib, 2*mib); err != nil {
+		t.Fatal(err)
+	}
+	if n := objs.dataObjects(); n != 2 {
+		t.Fatalf("%d objects after discarding two whole ones, want 2", n)
+	}
+	if err := d.Discard(ctx, 100, 200); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, d, 0, 4*mib); !bytes.Equal(got[100:300], make([]byte, 200)) || !bytes.Equal(got[mib:3*mib], make([]byte, 2*mib)) {
+		t.Fatal("discarded ranges do not read as zeros")
+	}
+}
+
+func TestDeleteSnapshotKeepsChildData(t *testing.T) {
+	ctx := context.Background()
+	m, objs := setup(t)
+	m.Create(ctx, CreateOpts{Name: "v", Size: 2 * mib})
+	d, _ := m.Open(ctx, "v")
+	data := random(2 * mib)
+	d.WriteAt(ctx, data, 0, false)
+	m.Snapshot(ctx, "v", "s")
+	if err := m.Delete(ctx, "v", "s", 0); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := m.Sweep(ctx); n != 0 {
+		t.Fatalf("sweep removed %d objects still used by the working vdi", n)
+	}
+	if got := mustRead(t, d, 0, 2*mib); !bytes.Equal(got, data) {
+		t.Fatal("working vdi lost data shared with a deleted snapshot")
+	}
+	// Overwrite everything: the snapshot's objects become unreferenced.
+	d.WriteAt(ctx, random(2*mib), 0, false)
+	if n, _ := m.Sweep(ctx); n != 2 {
+		t.Fatalf("sweep removed %d, want the 2 objects of the deleted snapshot", n)
+	}
+	if err := m.Delete(ctx, "v", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	m.Sweep(ctx)
+	if n := objs.dataObjects(); n != 0 {
+		t.Fatalf("%d data objects left after deleting everything", n)
+	}
+	if _, err := m.Open(ctx, "v"); err == nil {
+		t.Fatal("deleted vdi opens")
+	}
+}

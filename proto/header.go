@@ -204,6 +204,14 @@ func (r *Request) Obj() ObjArgs {
 // OffsetHigh returns the u32 at header byte 44: the high half of QEMU's u64 offset.
 func (r *Request) OffsetHigh() uint32 { return le.Uint32(r.Args[28:]) }
 
+// PeerSize and SetPeerSize carry a gosheep extension in the same u32 at
+// byte 44 of peer requests (which QEMU never sends): the object size of a
+// CREATE_AND_WRITE_PEER, or the range length of a ZERO_PEER.
+func (r *Request) PeerSize() uint32 { return le.Uint32(r.Args[28:]) }
+
+// SetPeerSize sets the u32 at header byte 44 (see PeerSize).
+func (r *Request) SetPeerSize(n uint32) { le.PutUint32(r.Args[28:], n) }
+
 // SetObj encodes the obj variant.
 func (r *Request) SetObj(o ObjArgs) {
 	r.Args = [32]byte{}

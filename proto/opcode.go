@@ -67,8 +67,16 @@ const (
 	OpClusterState Opcode = 0xe2
 	// OpNodeInfo returns this node's status as JSON.
 	OpNodeInfo Opcode = 0xe3
-	// OpReadObjInfo returns a local object's metadata (size, checksums) as JSON.
+	// OpObjInfo returns a local object's metadata (size, epoch) as JSON.
 	OpObjInfo Opcode = 0xe4
+	// OpECWrite forwards an erasure-coded mutation to the object's primary.
+	// Obj args: OID, Copies/CopyPolicy (redundancy), ECIndex = the gateway
+	// ECOp, Offset; CowOID carries object size << 32 | range length.
+	OpECWrite Opcode = 0xe5
+	// OpZeroPeer zeroes a range of a local object (length in PeerSize).
+	OpZeroPeer Opcode = 0xe6
+	// OpListObjs returns this node's objects (live and stale) as JSON, for recovery.
+	OpListObjs Opcode = 0xe7
 )
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
@@ -104,7 +112,7 @@ var opNames = map[Opcode]string{
 	OpReweight: "REWEIGHT", OpStat: "STAT", OpExist: "EXIST", OpClusterInfo: "CLUSTER_INFO",
 	OpRepairReplica: "REPAIR_REPLICA", OpOIDsExist: "OIDS_EXIST", OpGetRecovery: "GET_RECOVERY",
 	OpSetRecovery: "SET_RECOVERY", OpMeta: "META", OpSyncPeer: "SYNC_PEER",
-	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO",
+	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS",
 }
 
 func (o Opcode) String() string {

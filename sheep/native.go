@@ -1,0 +1,289 @@
+package sheep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+	"github.com/gosheep/gosheep/volume"
+)
+
+// handler serves sheepdog's protocol on port 7000: QEMU's and dog's public
+// opcodes, dog's internal ones, the peer opcodes other nodes' gateways send,
+// and gosheep's JSON extensions. It is the native front end: it uses the
+// volume layer for VDI operations and the gateway for object I/O.
+type handler struct {
+	node    *cluster.Node
+	vols    *volume.Manager
+	gw      *gateway.Gateway
+	store   store.Store
+	ensure  func(ctx context.Context, k store.Key) error // on-demand recovery of a missing local copy
+	log     *slog.Logger
+	kill    func() // dog node kill
+	started time.Time
+}
+
+func rsp(req *proto.Request, res proto.Result) proto.Response {
+	return req.Reply(res)
+}
+
+// errRsp answers with the result code err carries, logging unexpected ones.
+func (h *handler) errRsp(req *proto.Request, err error) (proto.Response, []byte) {
+	code := proto.ResultOf(err)
+	if code == proto.ResEIO || code == proto.ResSystemError {
+		h.log.Warn("request failed", "op", req.Opcode, "err", err)
+	}
+	return rsp(req, code), nil
+}
+
+// Handle dispatches one request.
+func (h *handler) Handle(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	r, payload := h.dispatch(ctx, req, data)
+	if r.Epoch == 0 {
+		r.Epoch = h.epoch()
+	}
+	return r, payload
+}
+
+func (h *handler) epoch() uint32 {
+	var e uint32
+	h.node.FSM().Read(func(s *cluster.State) { e = s.Epoch() })
+	return e
+}
+
+func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	if gate := h.gate(req.Opcode); gate != proto.ResSuccess {
+		return rsp(req, gate), nil
+	}
+	switch req.Opcode {
+	case proto.OpReadObj:
+		return h.readObj(ctx, req)
+	case proto.OpWriteObj:
+		return h.writeObj(ctx, req, data)
+	case proto.OpCreateAndWriteObj:
+		return h.createObj(ctx, req, data)
+	case proto.OpRemoveObj:
+		return h.removeObj(ctx, req)
+	case proto.OpDiscardObj:
+		return h.discardObj(ctx, req)
+	case proto.OpNewVDI:
+		return h.newVDI(ctx, req, data)
+	case proto.OpLockVDI:
+		return h.lookupVDI(ctx, req, data, true)
+	case proto.OpGetVDIInfo:
+		return h.lookupVDI(ctx, req, data, false)
+	case proto.OpReleaseVDI:
+		return h.releaseVDI(ctx, req, data)
+	case proto.OpReadVDIs:
+		return h.readVDIs(req)
+	case proto.OpFlushVDI:
+		if err := h.gw.Flush(ctx); err != nil {
+			return h.errRsp(req, err)
+		}
+		return rsp(req, proto.ResSuccess), nil
+	case proto.OpDelVDI:
+		return h.delVDI(ctx, req, data)
+	case proto.OpGetClusterDefault:
+		return h.clusterDefault(req)
+
+	case proto.OpGetNodeList:
+		return h.nodeList(req)
+	case proto.OpMakeFS:
+		return h.makeFS(ctx, req)
+	case proto.OpShutdown:
+		return h.propose(ctx, req, &cluster.Command{Op: cluster.CmdShutdown})
+	case proto.OpEnableRecover:
+		return h.propose(ctx, req, &cluster.Command{Op: cluster.CmdRecovery, Enable: true})
+	case proto.OpDisableRecover:
+		return h.propose(ctx, req, &cluster.Command{Op: cluster.CmdRecovery, Enable: false})
+	case proto.OpStatSheep:
+		return h.statSheep(req)
+	case proto.OpKillNode:
+		if h.kill != nil {
+			go h.kill()
+		}
+		return rsp(req, proto.ResSuccess), nil
+	case proto.OpGetHash:
+		return h.getHash(ctx, req)
+	case proto.OpExist:
+		return h.exist(ctx, req)
+	case proto.OpGetObjList:
+		return h.objList(ctx, req)
+
+	case proto.OpCreateAndWritePeer, proto.OpWritePeer, proto.OpReadPeer, proto.OpRemovePeer:
+		return h.peerIO(ctx, req, data)
+	case proto.OpSyncPeer:
+		if err := h.store.Sync(ctx); err != nil {
+			return h.errRsp(req, err)
+		}
+		return rsp(req, proto.ResSuccess), nil
+	case proto.OpECWrite:
+		return h.ecWrite(ctx, req, data)
+	case proto.OpZeroPeer:
+		return h.zeroPeer(ctx, req)
+	case proto.OpListObjs:
+		return h.listObjs(ctx, req)
+	case proto.OpMeta:
+		return h.meta(ctx, req, data)
+	case proto.OpClusterState:
+		return h.clusterState(req)
+	case proto.OpNodeInfo:
+		return h.nodeInfo(req)
+	case proto.OpObjInfo:
+		return h.objInfo(ctx, req)
+	}
+	return rsp(req, proto.ResInvalidParms), nil
+}
+
+// forceOps work before format and while the cluster waits (sheep's "force" ops).
+var forceOps = map[proto.Opcode]bool{
+	proto.OpReadVDIs: true, proto.OpGetNodeList: true, proto.OpStatCluster: true, proto.OpMakeFS: true,
+	proto.OpShutdown: true, proto.OpClusterInfo: true, proto.OpGetClusterDefault: true,
+	proto.OpForceRecover: true, proto.OpMeta: true, proto.OpClusterState: true, proto.OpNodeInfo: true,
+	proto.OpStatSheep: true, proto.OpKillNode: true, proto.OpSyncPeer: true,
+}
+
+// gate applies the cluster-state rules: unformatted clusters and shut down
+// ones refuse I/O, and a node cut off from the metadata quorum stops
+// serving I/O (fencing) so a partitioned minority cannot diverge.
+func (h *handler) gate(op proto.Opcode) proto.Result {
+	if forceOps[op] {
+		return proto.ResSuccess
+	}
+	var status string
+	var formatted bool
+	h.node.FSM().Read(func(s *cluster.State) { status, formatted = s.Status, s.Format != nil })
+	switch {
+	case !formatted:
+		return proto.ResWaitForFormat
+	case status == cluster.StatusShutdown:
+		return proto.ResWaitForJoin
+	case !h.node.Healthy():
+		return proto.ResHalt
+	}
+	return proto.ResSuccess
+}
+
+func (h *handler) propose(ctx context.Context, req *proto.Request, c *cluster.Command) (proto.Response, []byte) {
+	r, err := h.node.Propose(ctx, c)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	return rsp(req, r.Code), nil
+}
+
+// meta serves a forwarded metadata command on the leader, or a dog command
+// (JSON in, JSON out) on any node.
+func (h *handler) meta(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	var m MetaRequest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return rsp(req, proto.ResInvalidParms), nil
+	}
+	out, err := h.serveMeta(ctx, &m)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	if uint32(len(b)) > req.DataLength {
+		return rsp(req, proto.ResBufferSmall), nil
+	}
+	return rsp(req, proto.ResSuccess), b
+}
+
+// MetaRequest is the payload of OpMeta: a raw command forwarded between
+// nodes (Forward), or a volume-level operation from dog.
+type MetaRequest struct {
+	Forward *cluster.Command `json:"forward,omitempty"`
+	Volume  *VolumeOp        `json:"volume,omitempty"`
+	Propose *cluster.Command `json:"propose,omitempty"` // commit from any node (dog's simple commands)
+}
+
+// VolumeOp is a VDI lifecycle operation dog asks for.
+type VolumeOp struct {
+	Op         string `json:"op"` // create, snapshot, clone, rollback, resize, delete
+	Name       string `json:"name"`
+	Tag        string `json:"tag,omitempty"`
+	SnapID     uint32 `json:"snap_id,omitempty"`
+	Dest       string `json:"dest,omitempty"`
+	Size       uint64 `json:"size,omitempty"`
+	Redundancy string `json:"redundancy,omitempty"`
+	BSS        uint8  `json:"block_size_shift,omitempty"`
+}
+
+func (h *handler) serveMeta(ctx context.Context, m *MetaRequest) (*cluster.Result, error) {
+	switch {
+	case m.Forward != nil:
+		return h.node.ApplyAsLeader(ctx, m.Forward)
+	case m.Propose != nil:
+		return h.node.Propose(ctx, m.Propose)
+	case m.Volume != nil:
+		return h.volumeOp(ctx, m.Volume)
+	}
+	return nil, fmt.Errorf("empty meta request: %w", proto.ResInvalidParms)
+}
+
+func (h *handler) volumeOp(ctx context.Context, op *VolumeOp) (*cluster.Result, error) {
+	var (
+		v   *cluster.VDI
+		err error
+	)
+	switch op.Op {
+	case "create":
+		o := volume.CreateOpts{Name: op.Name, Size: op.Size, BlockSizeShift: op.BSS}
+		if op.Redundancy != "" {
+			if o.Redundancy, err = proto.ParseRedundancy(op.Redundancy); err != nil {
+				return nil, err
+			}
+		}
+		v, err = h.vols.Create(ctx, o)
+	case "snapshot":
+		v, err = h.vols.Snapshot(ctx, op.Name, op.Tag)
+	case "clone":
+		v, err = h.vols.Clone(ctx, op.Name, op.Tag, op.SnapID, op.Dest, op.Size)
+	case "rollback":
+		v, err = h.vols.Rollback(ctx, op.Name, op.Tag, op.SnapID)
+	case "resize":
+		v, err = h.vols.Resize(ctx, op.Name, op.Size)
+	case "delete":
+		err = h.vols.Delete(ctx, op.Name, op.Tag, op.SnapID)
+	default:
+		return nil, fmt.Errorf("unknown volume op %q: %w", op.Op, proto.ResInvalidParms)
+	}
+	if err != nil {
+		return &cluster.Result{Code: proto.ResultOf(err), Message: err.Error()}, nil
+	}
+	r := &cluster.Result{}
+	if v != nil {
+		r.VID = v.VID
+	}
+	return r, nil
+}
+
+// objectOf describes the object an oid names, from the VDI table.
+func (h *handler) objectOf(oid proto.OID) (gateway.Object, *cluster.VDI, error) {
+	v, ok := h.vols.VDI(oid.VID())
+	if !ok {
+		return gateway.Object{}, nil, fmt.Errorf("no vdi %#x for object %s: %w", oid.VID(), oid, proto.ResNoVDI)
+	}
+	switch {
+	case oid.IsInode():
+		return gateway.Object{OID: oid, Red: proto.Redundancy{Copies: v.Redundancy().NrCopies()}, Size: proto.InodeSize}, v, nil
+	case oid.IsVMState():
+		return gateway.Object{OID: oid, Red: proto.Redundancy{Copies: v.Redundancy().NrCopies()}, Size: v.ObjectSize()}, v, nil
+	case oid.IsData():
+		return gateway.Object{OID: oid, Red: v.Redundancy(), Size: v.ObjectSize()}, v, nil
+	}
+	return gateway.Object{}, v, fmt.Errorf("object %s: unsupported object type: %w", oid, proto.ResNoSupport)
+}
+
+var errShortBuf = errors.New("buffer too small")

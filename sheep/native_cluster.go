@@ -1,0 +1,184 @@
+package sheep
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"time"
+
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+)
+
+// toProtoNode renders an epoch member as sheepdog's struct sd_node.
+func toProtoNode(m cluster.Member, vnodes uint16) proto.Node {
+	return proto.Node{Addr: m.Addr.Addr(), Port: m.Addr.Port(), Vnodes: vnodes, Zone: m.Zone, Space: m.Space}
+}
+
+func (h *handler) nodeList(req *proto.Request) (proto.Response, []byte) {
+	var ms []cluster.Member
+	h.node.FSM().Read(func(s *cluster.State) {
+		if c := s.Current(); c != nil {
+			ms = append(ms, c.Members...)
+		}
+	})
+	if len(ms) == 0 {
+		// Before format: this node alone, as sheep answers.
+		ms = []cluster.Member{h.node.Self()}
+	}
+	nodes := make([]proto.Node, len(ms))
+	for i, m := range ms {
+		nodes[i] = toProtoNode(m, proto.DefaultVnodes)
+	}
+	b := proto.MarshalNodes(nodes)
+	if uint32(len(b)) > req.DataLength {
+		return rsp(req, proto.ResBufferSmall), nil
+	}
+	r := rsp(req, proto.ResSuccess)
+	r.SetNode(proto.NodeRsp{NrNodes: uint32(len(nodes))})
+	return r, b
+}
+
+// makeFS formats the cluster with every live member in the first epoch.
+func (h *handler) makeFS(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	a := req.Cluster()
+	f := &cluster.Format{Copies: a.Copies, CopyPolicy: a.CopyPolicy, BlockSizeShift: a.BlockSizeShift, Flags: a.Flags, Ctime: a.Ctime}
+	if f.Copies == 0 {
+		f.Copies = proto.DefaultCopies
+	}
+	if f.BlockSizeShift == 0 {
+		f.BlockSizeShift = proto.DefaultBSS
+	}
+	var members []cluster.Member
+	for _, m := range h.node.Members() {
+		if m.Status == "alive" {
+			members = append(members, m.Member)
+		}
+	}
+	return h.propose(ctx, req, &cluster.Command{Op: cluster.CmdFormat, Format: f, Members: members})
+}
+
+func (h *handler) statSheep(req *proto.Request) (proto.Response, []byte) {
+	u, err := h.store.Usage()
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	r := rsp(req, proto.ResSuccess)
+	r.SetNode(proto.NodeRsp{StoreSize: u.Capacity, StoreFree: u.Free})
+	return r, nil
+}
+
+func (h *handler) getHash(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	d, err := h.store.Hash(ctx, peerKeyOf(req.Obj()))
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	r := rsp(req, proto.ResSuccess)
+	r.SetHash(d)
+	return r, nil
+}
+
+func (h *handler) exist(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	if _, err := h.store.Stat(ctx, peerKeyOf(req.Obj())); err != nil {
+		return h.errRsp(req, err)
+	}
+	return rsp(req, proto.ResSuccess), nil
+}
+
+// objList is sheepdog's GET_OBJ_LIST: the oids held here, as u64s.
+func (h *handler) objList(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	objs, err := h.store.List(ctx)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	seen := map[proto.OID]bool{}
+	var b []byte
+	for _, o := range objs {
+		if seen[o.Key.OID] {
+			continue
+		}
+		seen[o.Key.OID] = true
+		b = binary.LittleEndian.AppendUint64(b, uint64(o.Key.OID))
+	}
+	if uint32(len(b)) > req.DataLength {
+		return rsp(req, proto.ResBufferSmall), nil
+	}
+	return rsp(req, proto.ResSuccess), b
+}
+
+// ObjEntry is one object in a LIST_OBJS answer.
+type ObjEntry struct {
+	OID     proto.OID `json:"oid"`
+	EC      bool      `json:"ec,omitempty"`
+	ECIndex uint8     `json:"ec_index,omitempty"`
+	Size    uint32    `json:"size"`
+	Epoch   uint32    `json:"epoch"`
+	Stale   uint32    `json:"stale,omitempty"` // epoch it was stashed at, for stale copies
+}
+
+func (h *handler) listObjs(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	objs, err := h.store.List(ctx)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	out := make([]ObjEntry, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, ObjEntry{OID: o.Key.OID, EC: o.Key.EC, ECIndex: o.Key.ECIndex, Size: o.Size, Epoch: o.Epoch})
+	}
+	return h.jsonRsp(req, out)
+}
+
+func (h *handler) jsonRsp(req *proto.Request, v any) (proto.Response, []byte) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	if uint32(len(b)) > req.DataLength {
+		return rsp(req, proto.ResBufferSmall), nil
+	}
+	return rsp(req, proto.ResSuccess), b
+}
+
+// ClusterState is dog's view of the cluster (OpClusterState).
+type ClusterState struct {
+	State   *cluster.State         `json:"state"`
+	Members []cluster.MemberStatus `json:"members"`
+	Leader  string                 `json:"leader"`
+	Self    string                 `json:"self"`
+}
+
+func (h *handler) clusterState(req *proto.Request) (proto.Response, []byte) {
+	leader, _, _ := h.node.Leader()
+	return h.jsonRsp(req, ClusterState{State: h.node.FSM().State(), Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
+}
+
+// NodeInfo is one node's status (OpNodeInfo).
+type NodeInfo struct {
+	ID      string            `json:"id"`
+	Addr    string            `json:"addr"`
+	Zone    uint32            `json:"zone"`
+	Usage   store.Usage       `json:"usage"`
+	Epoch   uint32            `json:"epoch"`
+	Leader  bool              `json:"leader"`
+	Healthy bool              `json:"healthy"`
+	Uptime  float64           `json:"uptime_seconds"`
+	Tags    map[string]string `json:"tags,omitempty"`
+}
+
+func (h *handler) nodeInfo(req *proto.Request) (proto.Response, []byte) {
+	u, _ := h.store.Usage()
+	self := h.node.Self()
+	return h.jsonRsp(req, NodeInfo{
+		ID: self.ID, Addr: self.Addr.String(), Zone: self.Zone, Usage: u, Epoch: h.epoch(),
+		Leader: h.node.IsLeader(), Healthy: h.node.Healthy(), Uptime: time.Since(h.started).Seconds(),
+	})
+}
+
+func (h *handler) objInfo(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	info, err := h.store.Stat(ctx, peerKeyOf(req.Obj()))
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	return h.jsonRsp(req, ObjEntry{OID: info.Key.OID, EC: info.Key.EC, ECIndex: info.Key.ECIndex, Size: info.Size, Epoch: info.Epoch})
+}

@@ -1,0 +1,124 @@
+package sheep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+)
+
+// peerKeyOf is the store key a peer request addresses: an EC strip when
+// the request carries a copy policy, else a replica.
+func peerKeyOf(a proto.ObjArgs) store.Key {
+	if a.CopyPolicy != 0 {
+		return store.StripKey(proto.OID(a.OID), a.ECIndex)
+	}
+	return store.ReplicaKey(proto.OID(a.OID))
+}
+
+// checkEpoch refuses peer requests from another epoch: an older sender
+// must refresh its placement (OLD_NODE_VER); a newer one waits briefly for
+// this node to catch up, then gets NEW_NODE_VER and retries.
+func (h *handler) checkEpoch(ctx context.Context, e uint32) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		cur := h.epoch()
+		switch {
+		case e == cur:
+			return nil
+		case e < cur:
+			return proto.ResOldNodeVer
+		case time.Now().After(deadline):
+			return proto.ResNewNodeVer
+		}
+		select {
+		case <-ctx.Done():
+			return proto.ResNewNodeVer
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// withEnsure runs op; if the local copy is missing, it asks recovery to
+// bring it here first (the object may be due on this node in the new
+// epoch and not recovered yet), then runs op again.
+func (h *handler) withEnsure(ctx context.Context, k store.Key, op func() error) error {
+	err := op()
+	if !errors.Is(err, store.ErrNotFound) || h.ensure == nil {
+		return err
+	}
+	if eerr := h.ensure(ctx, k); eerr != nil {
+		if errors.Is(eerr, store.ErrNotFound) || errors.Is(eerr, proto.ResNoObj) {
+			return err
+		}
+		return eerr
+	}
+	return op()
+}
+
+func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	a := req.Obj()
+	if err := h.checkEpoch(ctx, req.Epoch); err != nil {
+		return h.errRsp(req, err)
+	}
+	k := peerKeyOf(a)
+	opts := store.WriteOpts{Sync: req.Flags&proto.FlagSync != 0, Epoch: req.Epoch}
+	var (
+		err error
+		out []byte
+	)
+	switch req.Opcode {
+	case proto.OpCreateAndWritePeer:
+		size := req.PeerSize()
+		if size == 0 || uint64(a.Offset)+uint64(len(data)) > uint64(size) {
+			return h.errRsp(req, fmt.Errorf("peer create of %s: bad size %d: %w", k.OID, size, proto.ResInvalidParms))
+		}
+		err = h.store.Create(ctx, k, size, a.Offset, data, opts)
+	case proto.OpWritePeer:
+		err = h.withEnsure(ctx, k, func() error { return h.store.Write(ctx, k, a.Offset, data, opts) })
+	case proto.OpReadPeer:
+		out = make([]byte, req.DataLength)
+		err = h.withEnsure(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
+	case proto.OpRemovePeer:
+		err = h.store.Remove(ctx, k)
+	}
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	return rsp(req, proto.ResSuccess), out
+}
+
+func (h *handler) zeroPeer(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	a := req.Obj()
+	if err := h.checkEpoch(ctx, req.Epoch); err != nil {
+		return h.errRsp(req, err)
+	}
+	k := peerKeyOf(a)
+	opts := store.WriteOpts{Sync: req.Flags&proto.FlagSync != 0, Epoch: req.Epoch}
+	err := h.withEnsure(ctx, k, func() error { return h.store.Zero(ctx, k, a.Offset, req.PeerSize(), opts) })
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	return rsp(req, proto.ResSuccess), nil
+}
+
+// ecWrite serves an erasure-coded mutation forwarded to this node as the
+// object's primary.
+func (h *handler) ecWrite(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	a := req.Obj()
+	red, err := proto.FromPolicy(a.Copies, a.CopyPolicy)
+	if err != nil || !red.IsEC() {
+		return rsp(req, proto.ResInvalidParms), nil
+	}
+	size, n := uint32(a.CowOID>>32), uint32(a.CowOID)
+	o := gateway.Object{OID: proto.OID(a.OID), Red: red, Size: size}
+	err = h.gw.HandleECWrite(ctx, req.Epoch, o, gateway.ECOp(a.ECIndex), a.Offset, n, data, req.Flags&proto.FlagSync != 0)
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	return rsp(req, proto.ResSuccess), nil
+}

@@ -1,0 +1,343 @@
+// Package sheep is the gosheep daemon: it wires the store, cluster,
+// gateway, volume layer and front ends of one node together.
+package sheep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gosheep/gosheep/client"
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/erasure"
+	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+	"github.com/gosheep/gosheep/target/native"
+	"github.com/gosheep/gosheep/units"
+	"github.com/gosheep/gosheep/volume"
+)
+
+// Daemon is a running node.
+type Daemon struct {
+	cfg   Config
+	r     *resolved
+	log   *slog.Logger
+	store *store.Disk
+	node  *cluster.Node
+	pool  *client.Pool
+	views *views
+	gw    *gateway.Gateway
+	vols  *volume.Manager
+	h     *handler
+	srv   *native.Server
+	ln    net.Listener
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+	leave    bool
+
+	replayed chan struct{} // closed once the Raft log present at boot is applied
+}
+
+// codecs adapts package erasure to the gateway.
+type codecs struct{ cs *erasure.Codecs }
+
+func (c codecs) Codec(d, p int) (gateway.Codec, error) { return c.cs.Get(d, p) }
+
+// Start brings a node up and returns once it serves.
+func Start(ctx context.Context, cfg Config) (*Daemon, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	if cfg.Dir == "" {
+		cfg.Dir = DefaultDir()
+	}
+	r, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	if err := erasure.SelfTest(); err != nil {
+		return nil, fmt.Errorf("erasure codec self-test failed, refusing to start: %w", err)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	d := &Daemon{cfg: cfg, r: r, log: cfg.Logger, done: make(chan struct{}), replayed: make(chan struct{})}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			d.shutdown()
+		}
+	}()
+
+	d.store, err = store.Open(filepath.Join(cfg.Dir, "store"), store.Options{Capacity: cfg.Capacity, Logger: d.log})
+	if err != nil {
+		return nil, err
+	}
+	space := uint64(0)
+	if !cfg.Gateway {
+		u, err := d.store.Usage()
+		if err != nil {
+			return nil, err
+		}
+		space = u.Capacity
+	}
+	d.ln, err = net.Listen("tcp", r.listen.String())
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", r.listen, err)
+	}
+	d.pool = client.NewPool()
+	d.views = newViews()
+	d.node, err = cluster.Start(ctx, cluster.Config{
+		DataDir: cfg.Dir, Addr: r.listen, RaftAddr: r.raft, GossipAddr: r.gossip, Join: cfg.Join,
+		Zone: r.zone, Space: space, EncryptKey: r.key, Voters: cfg.Voters,
+		Forwarder: &forwarder{pool: d.pool}, Logger: d.log, EpochDelay: cfg.EpochDelay,
+		Tags: d.frontEndTags(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.log = d.log.With("node", d.node.ID())
+	local := &localPeer{}
+	d.gw = gateway.New(gateway.Config{
+		Self: d.node.ID(), Views: d.views, Codecs: codecs{erasure.NewCodecs()}, Logger: d.log,
+		Peers: &peers{self: d.node.ID(), local: local, pool: d.pool},
+	})
+	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})
+	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now()}
+	local.h = d.h
+	d.node.FSM().Watch(d.watch)
+	// The FSM may have applied everything before Watch was registered.
+	st := d.node.FSM().State()
+	d.views.update(st)
+	d.vols.Changed(nil, st)
+
+	d.srv = native.NewServer(native.Config{Handler: d.h, Logger: d.log})
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.srv.Serve(d.ctx, d.ln); err != nil && d.ctx.Err() == nil {
+			d.log.Error("native server stopped", "err", err)
+		}
+	}()
+	d.wg.Add(2)
+	go func() { defer d.wg.Done(); d.afterReplay() }()
+	go func() { defer d.wg.Done(); d.vols.RunReclaimer(d.ctx, 30*time.Second, d.node.IsLeader) }()
+	if err := d.startFrontEnds(); err != nil {
+		return nil, err
+	}
+	if err := d.embeddedDefaults(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	d.log.Info("sheep started", "listen", r.listen, "raft", r.raft, "gossip", r.gossip, "dir", cfg.Dir)
+	return d, nil
+}
+
+func (d *Daemon) frontEndTags() map[string]string {
+	t := map[string]string{}
+	if d.cfg.ISCSI != "" {
+		t["iscsi"] = d.cfg.ISCSI
+	}
+	if d.cfg.NBD != "" {
+		t["nbd"] = d.cfg.NBD
+	}
+	if d.cfg.Metrics != "" {
+		t["metrics"] = d.cfg.Metrics
+	}
+	return t
+}
+
+// metaOf adapts the cluster node to volume.Meta.
+type metaOf struct{ n *cluster.Node }
+
+func (m metaOf) Read(fn func(s *cluster.State)) { m.n.FSM().Read(fn) }
+func (m metaOf) Propose(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
+	return m.n.Propose(ctx, c)
+}
+
+// watch reacts to committed metadata changes.
+func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) {
+	d.views.update(cur)
+	d.vols.Changed(old, cur)
+	live := c == nil || r.Index > d.node.BootIndex()
+	select {
+	case <-d.replayed:
+	default:
+		live = false
+	}
+	if !live {
+		return
+	}
+	if c == nil || c.Op == cluster.CmdFormat {
+		d.checkFormat(cur)
+	}
+	if c != nil && c.Op == cluster.CmdShutdown && r.Code == proto.ResSuccess {
+		d.log.Info("cluster shutdown requested")
+		go d.Stop()
+	}
+}
+
+// afterReplay waits until the Raft log present at boot has been applied,
+// then reconciles the store with the current format.
+func (d *Daemon) afterReplay() {
+	for d.ctx.Err() == nil && d.node.FSM().AppliedIndex() < d.node.BootIndex() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(d.replayed)
+	d.checkFormat(d.node.FSM().State())
+}
+
+// nodeConfig is what a node remembers about the cluster its store belongs to.
+type nodeConfig struct {
+	Ctime uint64 `json:"ctime"`
+}
+
+func (d *Daemon) configPath() string { return filepath.Join(d.cfg.Dir, "config.json") }
+
+// checkFormat wipes the store when the cluster was (re)formatted since the
+// objects here were written, as sheep does on MAKE_FS.
+func (d *Daemon) checkFormat(s *cluster.State) {
+	if s.Format == nil {
+		return
+	}
+	var nc nodeConfig
+	if b, err := os.ReadFile(d.configPath()); err == nil {
+		json.Unmarshal(b, &nc)
+	}
+	if nc.Ctime == s.Format.Ctime {
+		return
+	}
+	ctx := d.ctx
+	objs, err := d.store.List(ctx)
+	if err != nil {
+		d.log.Error("format: cannot list store", "err", err)
+		return
+	}
+	for _, o := range objs {
+		if err := d.store.Remove(ctx, o.Key); err != nil {
+			d.log.Error("format: cannot remove object", "oid", o.Key.OID, "err", err)
+			return
+		}
+	}
+	if len(objs) > 0 {
+		d.log.Info("cluster formatted: removed old objects", "count", len(objs))
+	}
+	nc.Ctime = s.Format.Ctime
+	b, _ := json.Marshal(nc)
+	tmp := d.configPath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err == nil {
+		os.Rename(tmp, d.configPath())
+	}
+}
+
+// embeddedDefaults formats an unformatted cluster and creates a VDI when asked
+// (the README's one-command start).
+func (d *Daemon) embeddedDefaults(ctx context.Context) error {
+	if d.cfg.AutoFormat == "" && d.cfg.CreateVDI == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for !d.node.IsLeader() {
+		if _, _, ok := d.node.Leader(); ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no raft leader to format with: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if d.cfg.AutoFormat != "" && d.node.FSM().State().Format == nil {
+		red, err := proto.ParseRedundancy(d.cfg.AutoFormat)
+		if err != nil {
+			return fmt.Errorf("--format: %w", err)
+		}
+		f := &cluster.Format{Copies: red.NrCopies(), CopyPolicy: red.Policy(), BlockSizeShift: proto.DefaultBSS}
+		r, err := d.node.Propose(ctx, &cluster.Command{Op: cluster.CmdFormat, Format: f, Members: []cluster.Member{d.node.Self()}})
+		if err != nil {
+			return fmt.Errorf("format: %w", err)
+		}
+		if err := r.Err(); err != nil && !errors.Is(err, proto.ResVDIExist) {
+			return fmt.Errorf("format: %w", err)
+		}
+		d.log.Info("formatted cluster", "copies", red)
+	}
+	if d.cfg.CreateVDI != "" {
+		name, sz, ok := strings.Cut(d.cfg.CreateVDI, ":")
+		size, err := units.ParseSize(sz)
+		if !ok || name == "" || err != nil {
+			return fmt.Errorf("--create %q: want NAME:SIZE such as vol0:10G", d.cfg.CreateVDI)
+		}
+		if _, err := d.vols.Lookup(name, "", 0); err == nil {
+			return nil
+		}
+		if _, err := d.vols.Create(ctx, volume.CreateOpts{Name: name, Size: size}); err != nil && !errors.Is(err, proto.ResVDIExist) {
+			return fmt.Errorf("create %s: %w", name, err)
+		}
+		d.log.Info("created vdi", "name", name, "size", size)
+	}
+	return nil
+}
+
+// Node exposes the cluster node (tests).
+func (d *Daemon) Node() *cluster.Node { return d.node }
+
+// Done is closed when the daemon has stopped.
+func (d *Daemon) Done() <-chan struct{} { return d.done }
+
+func (d *Daemon) kill() {
+	d.leave = true
+	d.Stop()
+}
+
+// Stop shuts the node down and waits for it.
+func (d *Daemon) Stop() {
+	d.stopOnce.Do(func() {
+		d.shutdown()
+		close(d.done)
+	})
+}
+
+func (d *Daemon) shutdown() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+	d.stopFrontEnds()
+	if d.srv != nil {
+		d.srv.Close()
+	}
+	if d.ln != nil {
+		d.ln.Close()
+	}
+	if d.node != nil {
+		if d.leave {
+			d.node.Leave()
+		}
+		d.node.Close()
+	}
+	d.wg.Wait()
+	if d.pool != nil {
+		d.pool.Close()
+	}
+	if d.store != nil {
+		d.store.Close()
+	}
+}
+
+var _ io.Closer = (*store.Disk)(nil)

@@ -1,0 +1,187 @@
+package sheep
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/gosheep/gosheep/client"
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/cluster/placement"
+	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+)
+
+// peers gives the gateway the local store for this node and a pooled
+// native-protocol connection for every other node.
+type peers struct {
+	self  string
+	local *localPeer
+	pool  *client.Pool
+}
+
+func (p *peers) Peer(n placement.Node) gateway.Peer {
+	if n.ID == p.self {
+		return p.local
+	}
+	return &remotePeer{pool: p.pool, addr: n.Addr.String()}
+}
+
+// localPeer runs peer operations on this node's store directly (the epoch
+// is the gateway's own, so there is nothing to check), falling back to
+// on-demand recovery for objects not here yet.
+type localPeer struct {
+	h *handler
+}
+
+func (l *localPeer) opts(epoch uint32, sync bool) store.WriteOpts {
+	return store.WriteOpts{Sync: sync, Epoch: epoch}
+}
+
+func (l *localPeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error {
+	return l.h.store.Create(ctx, k, size, off, data, l.opts(epoch, sync))
+}
+
+func (l *localPeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+	return l.h.withEnsure(ctx, k, func() error { return l.h.store.Write(ctx, k, off, data, l.opts(epoch, sync)) })
+}
+
+func (l *localPeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
+	return l.h.withEnsure(ctx, k, func() error { return l.h.store.Read(ctx, k, off, p) })
+}
+
+func (l *localPeer) Remove(ctx context.Context, epoch uint32, k store.Key) error {
+	return l.h.store.Remove(ctx, k)
+}
+
+func (l *localPeer) Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error {
+	return l.h.withEnsure(ctx, k, func() error { return l.h.store.Zero(ctx, k, off, n, l.opts(epoch, sync)) })
+}
+
+func (l *localPeer) ECWrite(ctx context.Context, epoch uint32, o gateway.Object, op gateway.ECOp, off, n uint32, data []byte, sync bool) error {
+	return l.h.gw.HandleECWrite(ctx, epoch, o, op, off, n, data, sync)
+}
+
+func (l *localPeer) Sync(ctx context.Context) error { return l.h.store.Sync(ctx) }
+
+// remotePeer sends peer opcodes to another node.
+type remotePeer struct {
+	pool *client.Pool
+	addr string
+}
+
+func peerReq(op proto.Opcode, epoch uint32, k store.Key, off uint32, sync bool) proto.Request {
+	req := proto.Request{Opcode: op, Epoch: epoch}
+	a := proto.ObjArgs{OID: uint64(k.OID), Offset: off}
+	if k.EC {
+		// Any non-zero policy marks a strip key; the strip index rides along.
+		a.CopyPolicy, a.ECIndex = 0xff, k.ECIndex
+	}
+	req.SetObj(a)
+	if sync {
+		req.Flags |= proto.FlagSync
+	}
+	return req
+}
+
+func (r *remotePeer) do(ctx context.Context, req proto.Request, w, rbuf []byte) error {
+	c, err := r.pool.Get(ctx, r.addr)
+	if err != nil {
+		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+	}
+	if w != nil {
+		req.Flags |= proto.FlagWrite
+	}
+	_, _, err = c.Do(ctx, req, w, rbuf)
+	return err
+}
+
+func (r *remotePeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error {
+	req := peerReq(proto.OpCreateAndWritePeer, epoch, k, off, sync)
+	req.SetPeerSize(size)
+	if data == nil {
+		data = []byte{}
+	}
+	return r.do(ctx, req, data, nil)
+}
+
+func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+	return r.do(ctx, peerReq(proto.OpWritePeer, epoch, k, off, sync), data, nil)
+}
+
+func (r *remotePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
+	req := peerReq(proto.OpReadPeer, epoch, k, off, false)
+	req.DataLength = uint32(len(p))
+	c, err := r.pool.Get(ctx, r.addr)
+	if err != nil {
+		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+	}
+	_, got, err := c.Do(ctx, req, nil, p)
+	if err != nil {
+		return err
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	if len(got) != len(p) {
+		return fmt.Errorf("peer %s: short read %d of %d: %w", r.addr, len(got), len(p), proto.ResEIO)
+	}
+	if &got[0] != &p[0] {
+		copy(p, got)
+	}
+	return nil
+}
+
+func (r *remotePeer) Remove(ctx context.Context, epoch uint32, k store.Key) error {
+	return r.do(ctx, peerReq(proto.OpRemovePeer, epoch, k, 0, false), nil, nil)
+}
+
+func (r *remotePeer) Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error {
+	req := peerReq(proto.OpZeroPeer, epoch, k, off, sync)
+	req.SetPeerSize(n)
+	return r.do(ctx, req, nil, nil)
+}
+
+func (r *remotePeer) ECWrite(ctx context.Context, epoch uint32, o gateway.Object, op gateway.ECOp, off, n uint32, data []byte, sync bool) error {
+	req := proto.Request{Opcode: proto.OpECWrite, Epoch: epoch}
+	req.SetObj(proto.ObjArgs{
+		OID: uint64(o.OID), Copies: o.Red.NrCopies(), CopyPolicy: o.Red.Policy(), ECIndex: uint8(op),
+		Offset: off, CowOID: uint64(o.Size)<<32 | uint64(n),
+	})
+	if sync {
+		req.Flags |= proto.FlagSync
+	}
+	var w []byte
+	if op != gateway.ECZero {
+		w = data
+		if w == nil {
+			w = []byte{}
+		}
+	}
+	return r.do(ctx, req, w, nil)
+}
+
+func (r *remotePeer) Sync(ctx context.Context) error {
+	return r.do(ctx, proto.Request{Opcode: proto.OpSyncPeer}, nil, nil)
+}
+
+// forwarder sends metadata commands to the leader over OpMeta.
+type forwarder struct {
+	pool *client.Pool
+}
+
+func (f *forwarder) Forward(ctx context.Context, addr netip.AddrPort, c *cluster.Command) (*cluster.Result, error) {
+	conn, err := f.pool.Get(ctx, addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("leader %s: %v: %w", addr, err, proto.ResNetworkError)
+	}
+	var r cluster.Result
+	if err := conn.Meta(ctx, proto.OpMeta, MetaRequest{Forward: c}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+var _ = json.Marshal

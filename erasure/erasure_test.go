@@ -535,3 +535,32 @@ func FuzzDecode(f *testing.F) {
 		_, _ = c.DecodeRange(strips, int(size))
 	})
 }
+
+// TestConcurrentUse shares one Codec between goroutines that encode and
+// decode with different loss patterns (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	c := mustCodec(t, 8, 3)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 99))
+			for range 20 {
+				obj := randBytes(rng, 16*StripeSize)
+				strips, err := c.EncodeObject(obj)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, m := range rng.Perm(11)[:3] {
+					strips[m] = nil
+				}
+				got, err := c.DecodeObject(strips, len(obj))
+				if err != nil || !bytes.Equal(got, obj) {
+					t.Errorf("goroutine %d: decode err %v", g, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

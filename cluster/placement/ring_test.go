@@ -34,7 +34,7 @@ func equalNodes(n int) []Node {
 // sequential indexes, plus their inodes.
 func testOIDs(t testing.TB) []proto.OID {
 	n := 1 << 20
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		n = 1 << 18
 	}
 	rng := rand.New(rand.NewPCG(1, 2))

@@ -314,8 +314,10 @@ func TestBalanceEqualNodes(t *testing.T) {
 	oids := testOIDs(t)
 	sizes := []int{3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	layouts := map[string]func(int) []Node{"10.0.0.i": equalNodes, "127.0.0.i": loopNodes}
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		sizes = []int{3, 5, 8, 16}
+	}
+	if testing.Short() {
 		delete(layouts, "10.0.0.i")
 	}
 	for name, layout := range layouts {

@@ -34,7 +34,7 @@ func equalNodes(n int) []Node {
 // sequential indexes, plus their inodes.
 func testOIDs(t testing.TB) []proto.OID {
 	n := 1 << 20
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		n = 1 << 18
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -314,8 +314,10 @@ func TestBalanceEqualNodes(t *testing.T) {
 	oids := testOIDs(t)
 	sizes := []int{3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	layouts := map[string]func(int) []Node{"10.0.0.i": equalNodes, "127.0.0.i": loopNodes}
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		sizes = []int{3, 5, 8, 16}
+	}
+	if testing.Short() {
 		delete(layouts, "10.0.0.i")
 	}
 	for name, layout := range layouts {
@@ -413,6 +415,14 @@ func TestMovementOnAdd(t *testing.T) {
 			tc.nodes, tc.nodes+1, tc.copies, 100*frac, 100*ideal, frac/ideal, 100*float64(slotMoves)/total)
 		if frac > 1.25*ideal {
 			t.Errorf("moved %.2f%% > 1.25 × ideal %.2f%%", 100*frac, 100*ideal)
+		}
+		// EC strips are ordered: when the new node enters a walk at
+		// position p, the strips from p on all change slot. With p uniform
+		// over the n slots, the expected fraction of changed slots is
+		// (n+1) / (2(N+1)), sheepdog's inherent churn.
+		slotIdeal := float64(tc.copies+1) / float64(2*(tc.nodes+1))
+		if slot := float64(slotMoves) / total; slot > 1.25*slotIdeal {
+			t.Errorf("EC slot changes %.2f%% > 1.25 × expected %.2f%%", 100*slot, 100*slotIdeal)
 		}
 	}
 }
@@ -582,4 +592,49 @@ func reversed(ns []Node) []Node {
 	r := slices.Clone(ns)
 	slices.Reverse(r)
 	return r
+}
+
+// TestMovementWithinZone: a node added to an existing zone takes only its
+// fair part of that zone's copies, and only from nodes of that zone. (Its
+// vnodes can come before the zone's old ones in a walk, so EC strip slots
+// shift more; that churn is measured, not bounded.)
+func TestMovementWithinZone(t *testing.T) {
+	var ns []Node
+	for z := range 3 {
+		for k := range 3 {
+			n := node(z*10 + k + 1)
+			n.Zone = uint32(100 + z)
+			ns = append(ns, n)
+		}
+	}
+	added := node(99)
+	added.Zone = 101
+	oids := testOIDs(t)
+	old, cur := New(ns, Options{}), New(append(slices.Clone(ns), added), Options{})
+	moved, slotMoves := 0, 0
+	var bt, at []Node
+	for _, o := range oids {
+		bt, at = old.AppendTargets(bt[:0], o, 3), cur.AppendTargets(at[:0], o, 3)
+		for _, n := range at {
+			if slices.Contains(bt, n) {
+				continue
+			}
+			// The only newcomer is the new node, replacing its zone's node.
+			if n.ID != added.ID || slices.ContainsFunc(bt, func(b Node) bool { return b.Zone == 101 && slices.Contains(at, b) }) {
+				t.Fatalf("oid %v: %v -> %v", o, bt, at)
+			}
+			moved++
+		}
+		for s := range at {
+			if at[s] != bt[s] {
+				slotMoves++
+			}
+		}
+	}
+	frac, ideal := float64(moved)/float64(3*len(oids)), 1.0/4/3
+	t.Logf("3 zones × 3 nodes, +1 node in zone 101: %.2f%% of copies moved (ideal %.2f%%); EC strips changing slot %.2f%%",
+		100*frac, 100*ideal, 100*float64(slotMoves)/float64(3*len(oids)))
+	if frac > 1.25*ideal {
+		t.Errorf("moved %.2f%% > 1.25 × %.2f%%", 100*frac, 100*ideal)
+	}
 }

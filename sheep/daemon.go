@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/erasure"
 	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/target/native"
@@ -41,6 +43,8 @@ type Daemon struct {
 	h     *handler
 	srv   *native.Server
 	ln    net.Listener
+	fe    frontEnds
+	rec   metrics.Recorder
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -126,7 +130,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.views.update(st)
 	d.vols.Changed(nil, st)
 
-	d.srv = native.NewServer(native.Config{Handler: d.h, Logger: d.log})
+	if d.rec == nil {
+		d.rec = metrics.Nop{}
+	}
+	d.srv = native.NewServer(native.Config{Handler: d.h, Logger: d.log, Recorder: d.rec})
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -341,3 +348,9 @@ func (d *Daemon) shutdown() {
 }
 
 var _ io.Closer = (*store.Disk)(nil)
+
+// metricsHandler serves /metrics (replaced by the Prometheus registry once
+// package metrics provides it).
+func (d *Daemon) metricsHandler() http.Handler {
+	return http.NotFoundHandler()
+}

@@ -1,6 +1,191 @@
 package sheep
 
-// startFrontEnds starts iSCSI, NBD and metrics listeners as configured.
-func (d *Daemon) startFrontEnds() error { return nil }
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
 
-func (d *Daemon) stopFrontEnds() {}
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/target/iscsi"
+	"github.com/gosheep/gosheep/target/nbd"
+	"github.com/gosheep/gosheep/volume"
+)
+
+// frontEnds are the iSCSI, NBD and metrics listeners of a node.
+type frontEnds struct {
+	iscsi     *iscsi.Server
+	nbd       *nbd.Server
+	http      *http.Server
+	listeners []net.Listener
+	unsub     func()
+}
+
+// startFrontEnds starts iSCSI, NBD and metrics listeners as configured.
+func (d *Daemon) startFrontEnds() error {
+	fe := &d.fe
+	if d.cfg.ISCSI != "" {
+		ln, err := net.Listen("tcp", d.cfg.ISCSI)
+		if err != nil {
+			return fmt.Errorf("iscsi listen on %s: %w", d.cfg.ISCSI, err)
+		}
+		fe.listeners = append(fe.listeners, ln)
+		fe.iscsi = iscsi.New(iscsi.Config{Logger: d.log.With("frontend", "iscsi"), Recorder: d.rec, AdvertiseAddrs: []string{ln.Addr().String()}})
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := fe.iscsi.Serve(d.ctx, ln); err != nil && d.ctx.Err() == nil {
+				d.log.Error("iscsi server stopped", "err", err)
+			}
+		}()
+		// Export every working VDI, and follow the catalog from now on.
+		events, unsub := d.vols.Subscribe()
+		fe.unsub = unsub
+		for _, info := range d.vols.List() {
+			d.exportISCSI(info)
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			for ev := range events {
+				d.onVolumeEvent(ev)
+			}
+		}()
+	}
+	if d.cfg.NBD != "" {
+		ln, err := net.Listen("tcp", d.cfg.NBD)
+		if err != nil {
+			return fmt.Errorf("nbd listen on %s: %w", d.cfg.NBD, err)
+		}
+		fe.listeners = append(fe.listeners, ln)
+		fe.nbd = nbd.New(nbd.Config{Exports: nbdExports{d.vols}, Logger: d.log.With("frontend", "nbd"), Recorder: d.rec})
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := fe.nbd.Serve(d.ctx, ln); err != nil && d.ctx.Err() == nil {
+				d.log.Error("nbd server stopped", "err", err)
+			}
+		}()
+	}
+	if d.cfg.Metrics != "" {
+		ln, err := net.Listen("tcp", d.cfg.Metrics)
+		if err != nil {
+			return fmt.Errorf("metrics listen on %s: %w", d.cfg.Metrics, err)
+		}
+		fe.listeners = append(fe.listeners, ln)
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", d.metricsHandler())
+		fe.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := fe.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+func (d *Daemon) stopFrontEnds() {
+	fe := &d.fe
+	if fe.unsub != nil {
+		fe.unsub()
+	}
+	if fe.iscsi != nil {
+		fe.iscsi.Close()
+	}
+	if fe.nbd != nil {
+		fe.nbd.Close()
+	}
+	if fe.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fe.http.Shutdown(ctx)
+		cancel()
+	}
+	for _, ln := range fe.listeners {
+		ln.Close()
+	}
+}
+
+func iscsiCHAP(c *cluster.CHAP) *iscsi.CHAP {
+	if c == nil {
+		return nil
+	}
+	return &iscsi.CHAP{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}
+}
+
+func (d *Daemon) exportISCSI(info volume.Info) {
+	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+	defer cancel()
+	dev, err := d.vols.Open(ctx, info.Name)
+	if err != nil {
+		d.log.Warn("iscsi: cannot open volume", "vdi", info.Name, "err", err)
+		return
+	}
+	if err := d.fe.iscsi.AddTarget(iscsi.TargetSpec{Name: info.Name, VID: info.RootVID, Device: dev}); err != nil {
+		d.log.Warn("iscsi: cannot add target", "vdi", info.Name, "err", err)
+		dev.Close()
+		return
+	}
+	if info.CHAP != nil {
+		d.fe.iscsi.SetCHAP(info.Name, iscsiCHAP(info.CHAP))
+	}
+}
+
+// onVolumeEvent keeps the front ends in step with the VDI table.
+func (d *Daemon) onVolumeEvent(ev volume.Event) {
+	switch ev.Kind {
+	case volume.Added:
+		if d.fe.iscsi != nil {
+			d.exportISCSI(ev.Info)
+		}
+	case volume.Removed:
+		if d.fe.iscsi != nil {
+			d.fe.iscsi.RemoveTarget(ev.Info.Name)
+		}
+		if d.fe.nbd != nil {
+			d.fe.nbd.Drop(ev.Info.Name)
+		}
+	case volume.Resized:
+		if d.fe.iscsi != nil {
+			d.fe.iscsi.Resized(ev.Info.Name)
+		}
+	case volume.Updated:
+		if d.fe.iscsi != nil {
+			d.fe.iscsi.SetCHAP(ev.Info.Name, iscsiCHAP(ev.Info.CHAP))
+		}
+	}
+}
+
+// nbdExports serves every working VDI (and snapshots as NAME@TAG, read-only).
+type nbdExports struct{ vols *volume.Manager }
+
+func (e nbdExports) List(ctx context.Context) ([]nbd.ExportInfo, error) {
+	var out []nbd.ExportInfo
+	for _, v := range e.vols.List() {
+		out = append(out, nbd.ExportInfo{Name: v.Name, Description: fmt.Sprintf("gosheep vdi %s (%d bytes)", v.Name, v.Size)})
+	}
+	return out, nil
+}
+
+func (e nbdExports) Open(ctx context.Context, name string) (volume.Device, nbd.ExportInfo, error) {
+	if base, tag, ok := cutSnapshot(name); ok {
+		dev, err := e.vols.OpenSnapshot(ctx, base, tag, 0)
+		return dev, nbd.ExportInfo{Name: name, ReadOnly: true}, err
+	}
+	dev, err := e.vols.Open(ctx, name)
+	return dev, nbd.ExportInfo{Name: name}, err
+}
+
+// cutSnapshot splits "vdi@tag".
+func cutSnapshot(name string) (string, string, bool) {
+	for i := len(name) - 1; i > 0; i-- {
+		if name[i] == '@' {
+			return name[:i], name[i+1:], i+1 < len(name)
+		}
+	}
+	return name, "", false
+}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/gosheep/gosheep/volume"
@@ -140,8 +141,8 @@ func (c *conn) handshake() (volume.Device, ExportInfo, error) {
 			}
 			continue
 		}
-		data := make([]byte, n)
-		if _, err := io.ReadFull(c.br, data); err != nil {
+		data, err := readGrow(c.br, int(n))
+		if err != nil {
 			return nil, ExportInfo{}, err
 		}
 		dev, info, done, err := c.option(opt, data)
@@ -149,6 +150,26 @@ func (c *conn) handshake() (volume.Device, ExportInfo, error) {
 			return dev, info, err
 		}
 	}
+}
+
+// readGrow reads n bytes, growing the buffer as they arrive, so a length
+// the peer merely claims costs no memory until the bytes are sent.
+func readGrow(r io.Reader, n int) ([]byte, error) {
+	b := make([]byte, 0, min(n, 4096))
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(cap(b), n-len(b)))
+		}
+		k, err := r.Read(b[len(b):min(cap(b), n)])
+		b = b[:len(b)+k]
+		if err != nil && len(b) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // deadline bounds the wait for the client's next negotiation message.

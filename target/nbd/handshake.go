@@ -469,6 +469,9 @@ func (c *conn) openExport(name string, register bool) (volume.Device, ExportInfo
 		if err != nil {
 			return nil, ExportInfo{}, err
 		}
+		if dev == nil {
+			return nil, ExportInfo{}, fmt.Errorf("nbd: catalog returned no device for %q", name)
+		}
 		if info.Name == "" {
 			info.Name = name
 		}

@@ -61,16 +61,22 @@ func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 	wdone := make(chan struct{})
 	go t.writer(wdone)
 
-	err := t.readLoop()
-	if err != nil {
+	clean := false
+	defer func() {
+		if !clean { // panicking: let serveConn's recover see it, but first stop everything
+			c.cancel()
+		}
+		t.workers.Wait()
+		close(t.replies)
+		<-wdone
+	}()
+	if err := t.readLoop(); err != nil {
 		// The client is gone or broke the protocol: nobody will read the
 		// replies, so stop the device work too.
 		c.log.Debug("nbd: transmission ended", "err", err)
 		c.cancel()
 	}
-	t.workers.Wait()
-	close(t.replies)
-	<-wdone
+	clean = true
 }
 
 // readLoop reads requests until NBD_CMD_DISC (nil) or an error.
@@ -156,6 +162,16 @@ var errOverflowErr = errors.New("nbd: request exceeds the maximum payload")
 // draining so workers never block.
 func (t *tx) writer(done chan<- struct{}) {
 	defer close(done)
+	defer func() {
+		if p := recover(); p != nil {
+			t.s.panics.Add(1)
+			t.log.Error("nbd: panic in reply writer", "panic", p, "stack", string(debug.Stack()))
+			t.abort()
+			for r := range t.replies { // keep releasing, or workers and the reader block
+				t.release(r)
+			}
+		}
+	}()
 	var werr error
 	for r := range t.replies {
 		if werr == nil {
@@ -172,17 +188,23 @@ func (t *tx) writer(done chan<- struct{}) {
 				t.cancel() // closes the socket, so the reader stops too
 			}
 		}
-		t.s.bufs.put(r.buf)
-		if r.hold > 0 {
-			t.budget.Release(r.hold)
-		}
-		t.slots.Release(1)
+		t.release(r)
 	}
+}
+
+// release returns what a reply held: its buffer, budget and slot.
+func (t *tx) release(r *reply) {
+	t.s.bufs.put(r.buf)
+	if r.hold > 0 {
+		t.budget.Release(r.hold)
+	}
+	t.slots.Release(1)
 }
 
 // finish hands a reply to the writer and records the request.
 func (t *tx) finish(r *request, rep *reply, err error) {
 	rep.hold += r.hold
+	r.hold = 0
 	if r.data != nil {
 		t.s.bufs.put(r.data)
 		r.data = nil
@@ -198,16 +220,22 @@ func (t *tx) finish(r *request, rep *reply, err error) {
 // exec runs one request on a worker goroutine.
 func (t *tx) exec(r *request) {
 	defer t.workers.Done()
+	sent := false
 	defer func() {
 		if p := recover(); p != nil {
 			t.s.panics.Add(1)
 			t.log.Error("nbd: panic in request", "op", cmdName(r.typ), "panic", p, "stack", string(debug.Stack()))
 			t.abort()
-			t.finish(r, &reply{}, fmt.Errorf("panic: %v", p))
+			if !sent {
+				// Only release the resources: the connection is going away.
+				t.s.bufs.put(r.data)
+				t.replies <- &reply{hold: r.hold}
+			}
 		}
 	}()
 	if errno, msg := t.check(r); errno != 0 {
 		t.finish(r, t.fail(r, errno, msg), errors.New(msg))
+		sent = true
 		return
 	}
 	var rep *reply
@@ -227,6 +255,7 @@ func (t *tx) exec(r *request) {
 		var errno uint32
 		if errno, err = t.writeZeroes(r); errno != 0 {
 			t.finish(r, t.fail(r, errno, "zeroing would not be faster than writing"), err)
+			sent = true
 			return
 		}
 	case cmdCache:
@@ -244,6 +273,7 @@ func (t *tx) exec(r *request) {
 		rep = &reply{parts: [][]byte{appendSimple(nil, 0, r.cookie)}}
 	}
 	t.finish(r, rep, err)
+	sent = true
 }
 
 // fail builds an error reply: an error chunk when structured replies are

@@ -5,23 +5,25 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/gosheep/gosheep/volume"
 )
 
-// fileDevice is a volume.Device over a local file (pread/pwrite/fdatasync,
-// holes via fallocate and SEEK_DATA/SEEK_HOLE), so benchmarks compare the
-// protocol server, not the backing store, with nbdkit's file plugin.
+// fileDevice is a volume.Device over a local file (pread, pwrite,
+// fdatasync, fallocate to punch holes), so benchmarks compare the protocol
+// server with nbdkit's file plugin over the same store. Like a sheepdog
+// volume, it tracks allocation per object in memory (its "inode"): an
+// object is allocated once written and freed when wholly discarded.
 type fileDevice struct {
 	f       *os.File
 	size    uint64
 	objSize uint32
+	alloc   []atomic.Bool
 }
 
 const (
-	seekData       = 3 // SEEK_DATA
-	seekHole       = 4 // SEEK_HOLE
 	fallocKeepSize = 0x01
 	fallocPunch    = 0x02
 )
@@ -35,7 +37,8 @@ func newFileDevice(path string, size uint64) (*fileDevice, error) {
 		f.Close()
 		return nil, err
 	}
-	return &fileDevice{f: f, size: size, objSize: 4 << 20}, nil
+	const objSize = 4 << 20
+	return &fileDevice{f: f, size: size, objSize: objSize, alloc: make([]atomic.Bool, (size+objSize-1)/objSize)}, nil
 }
 
 func (d *fileDevice) check(off, n uint64) error {
@@ -68,6 +71,12 @@ func (d *fileDevice) WriteAt(ctx context.Context, p []byte, off uint64, fua bool
 	if _, err := d.f.WriteAt(p, int64(off)); err != nil {
 		return err
 	}
+	os := uint64(d.objSize)
+	for i := off / os; i*os < off+uint64(len(p)); i++ {
+		if !d.alloc[i].Load() {
+			d.alloc[i].Store(true)
+		}
+	}
 	if fua {
 		return d.Flush(ctx)
 	}
@@ -85,7 +94,14 @@ func (d *fileDevice) Discard(ctx context.Context, off, n uint64) error {
 	if n == 0 {
 		return nil
 	}
-	return syscall.Fallocate(int(d.f.Fd()), fallocPunch|fallocKeepSize, int64(off), int64(n))
+	if err := syscall.Fallocate(int(d.f.Fd()), fallocPunch|fallocKeepSize, int64(off), int64(n)); err != nil {
+		return err
+	}
+	os := uint64(d.objSize)
+	for i := (off + os - 1) / os; (i+1)*os <= off+n || (i*os < off+n && off+n == d.size); i++ {
+		d.alloc[i].Store(false)
+	}
+	return nil
 }
 
 func (d *fileDevice) WriteZeroes(ctx context.Context, off, n uint64, fua bool) error {
@@ -102,28 +118,18 @@ func (d *fileDevice) Extents(ctx context.Context, off, n uint64) ([]volume.Exten
 	if err := d.check(off, n); err != nil {
 		return nil, err
 	}
-	fd := int(d.f.Fd())
-	end := off + n
 	var out []volume.Extent
-	for pos := off; pos < end; {
-		data, err := syscall.Seek(fd, int64(pos), seekData)
-		if errors.Is(err, syscall.ENXIO) {
-			data = int64(end) // no data after pos
-		} else if err != nil {
-			return []volume.Extent{{Offset: off, Length: n, Allocated: true}}, nil
+	os := uint64(d.objSize)
+	for pos := off; pos < off+n; {
+		i := pos / os
+		end := min(off+n, (i+1)*os)
+		a := d.alloc[i].Load()
+		if k := len(out) - 1; k >= 0 && out[k].Allocated == a {
+			out[k].Length += end - pos
+		} else {
+			out = append(out, volume.Extent{Offset: pos, Length: end - pos, Allocated: a})
 		}
-		if ds := min(uint64(data), end); ds > pos {
-			out = append(out, volume.Extent{Offset: pos, Length: ds - pos})
-			pos = ds
-			continue
-		}
-		hole, err := syscall.Seek(fd, int64(pos), seekHole)
-		if err != nil {
-			hole = int64(end)
-		}
-		h := min(uint64(hole), end)
-		out = append(out, volume.Extent{Offset: pos, Length: h - pos, Allocated: true})
-		pos = h
+		pos = end
 	}
 	return out, nil
 }

@@ -44,6 +44,7 @@ func run(t *testing.T, name string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, needTool(t, name), args...)
+	cmd.Dir = t.TempDir() // fio leaves verify state files behind
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
@@ -321,5 +322,45 @@ func TestFioVerify(t *testing.T) {
 	}
 	if f.disk.AllocatedObjects() == 0 {
 		t.Fatal("fio wrote nothing")
+	}
+}
+
+// TestFileDevice checks the benchmark's file-backed device through the
+// server, so the benchmark measures a correct configuration.
+func TestFileDevice(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dev.img")
+	dev, err := newFileDevice(path, realSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.f.Close()
+	exps := newTestExports()
+	exps.add("file", "", false, dev)
+	addr, _ := startServer(t, Config{Exports: exps})
+	uri := "nbd://" + addr + "/file"
+	out := run(t, "qemu-io", "-f", "raw", uri,
+		"-c", "write -P 0x61 0 12M", "-c", "discard 4M 4M", "-c", "write -z -u 9M 1M",
+		"-c", "read -P 0 4M 4M", "-c", "read -P 0x61 0 4M", "-c", "read -P 0 9M 1M", "-c", "flush")
+	if strings.Contains(out, "fail") {
+		t.Fatal(out)
+	}
+	const M = 1 << 20
+	got := nbdinfoMap(t, uri)
+	want := []mapEntry{{0, 4 * M, 0, "data"}, {4 * M, 4 * M, 3, "hole,zero"}, {8 * M, 4 * M, 0, "data"}, {12 * M, realSize - 12*M, 3, "hole,zero"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("map %v, want %v", got, want)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want2 := make([]byte, realSize)
+	for i := range 12 * M {
+		want2[i] = 0x61
+	}
+	clear(want2[4*M : 8*M])
+	clear(want2[9*M : 10*M])
+	if !bytes.Equal(b, want2) {
+		t.Fatal("file content differs")
 	}
 }

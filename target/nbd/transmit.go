@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -26,7 +27,7 @@ type request struct {
 	start  time.Time
 }
 
-// reply is everything sent for one request, in order, by the writer.
+// reply is everything sent for one request, in order.
 type reply struct {
 	parts [][]byte
 	buf   *[]byte // returned to the pool once written
@@ -40,26 +41,26 @@ type tx struct {
 	info    ExportInfo
 	slots   *semaphore.Weighted // requests in flight
 	budget  *semaphore.Weighted // payload bytes in flight
-	replies chan *reply
 	workers sync.WaitGroup
+
+	wmu     sync.Mutex // one reply on the wire at a time
+	werr    error      // first write error; guarded by wmu
+	waiting atomic.Int32
 }
 
 // transmit serves requests until the client disconnects, breaks the
 // protocol, or the connection is aborted. A reader (this goroutine) parses
 // requests, a bounded set of workers executes them concurrently, and one
-// writer sends the replies in completion order.
+// sends the replies in completion order, one at a time.
 func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 	c.nc.SetDeadline(time.Time{})
 	t := &tx{
-		conn:    c,
-		dev:     dev,
-		info:    info,
-		slots:   semaphore.NewWeighted(int64(c.s.cfg.MaxInflight)),
-		budget:  semaphore.NewWeighted(c.s.cfg.MaxInflightBytes),
-		replies: make(chan *reply, c.s.cfg.MaxInflight),
+		conn:   c,
+		dev:    dev,
+		info:   info,
+		slots:  semaphore.NewWeighted(int64(c.s.cfg.MaxInflight)),
+		budget: semaphore.NewWeighted(c.s.cfg.MaxInflightBytes),
 	}
-	wdone := make(chan struct{})
-	go t.writer(wdone)
 
 	clean := false
 	defer func() {
@@ -67,8 +68,6 @@ func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 			c.cancel()
 		}
 		t.workers.Wait()
-		close(t.replies)
-		<-wdone
 	}()
 	if err := t.readLoop(); err != nil {
 		// The client is gone or broke the protocol: nobody will read the
@@ -157,38 +156,31 @@ func (t *tx) readLoop() error {
 
 var errOverflowErr = errors.New("nbd: request exceeds the maximum payload")
 
-// writer sends replies as workers finish them, flushing when none are
-// waiting, and returns their resources. After a write error it keeps
-// draining so workers never block.
-func (t *tx) writer(done chan<- struct{}) {
-	defer close(done)
-	defer func() {
-		if p := recover(); p != nil {
-			t.s.panics.Add(1)
-			t.log.Error("nbd: panic in reply writer", "panic", p, "stack", string(debug.Stack()))
-			t.abort()
-			for r := range t.replies { // keep releasing, or workers and the reader block
-				t.release(r)
-			}
+// send writes a reply and returns what it held. Replies are written under
+// a mutex rather than by a writer goroutine, saving a hand-off per request;
+// the buffer is flushed by the last of the senders queued on the mutex, so
+// a burst of completions costs one syscall. After a write error replies
+// are dropped (the connection is being torn down) but still released.
+func (t *tx) send(r *reply) {
+	defer t.release(r)
+	t.waiting.Add(1)
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	last := t.waiting.Add(-1) == 0
+	if t.werr != nil {
+		return
+	}
+	for _, p := range r.parts {
+		if _, t.werr = t.bw.Write(p); t.werr != nil {
+			break
 		}
-	}()
-	var werr error
-	for r := range t.replies {
-		if werr == nil {
-			for _, p := range r.parts {
-				if _, werr = t.bw.Write(p); werr != nil {
-					break
-				}
-			}
-			if werr == nil && len(t.replies) == 0 {
-				werr = t.bw.Flush()
-			}
-			if werr != nil {
-				t.log.Debug("nbd: write reply", "err", werr)
-				t.cancel() // closes the socket, so the reader stops too
-			}
-		}
-		t.release(r)
+	}
+	if t.werr == nil && last {
+		t.werr = t.bw.Flush()
+	}
+	if t.werr != nil {
+		t.log.Debug("nbd: write reply", "err", t.werr)
+		t.cancel() // closes the socket, so the reader stops too
 	}
 }
 
@@ -201,7 +193,7 @@ func (t *tx) release(r *reply) {
 	t.slots.Release(1)
 }
 
-// finish hands a reply to the writer and records the request.
+// finish sends a request's reply, returns its resources and records it.
 func (t *tx) finish(r *request, rep *reply, err error) {
 	rep.hold += r.hold
 	r.hold = 0
@@ -213,8 +205,8 @@ func (t *tx) finish(r *request, rep *reply, err error) {
 	if err == nil && (r.typ == cmdRead || r.typ == cmdWrite) {
 		bytes = int(r.length)
 	}
+	t.send(rep)
 	t.s.rec.Request("nbd", cmdName(r.typ), bytes, time.Since(r.start), err)
-	t.replies <- rep
 }
 
 // exec runs one request on a worker goroutine.
@@ -229,13 +221,13 @@ func (t *tx) exec(r *request) {
 			if !sent {
 				// Only release the resources: the connection is going away.
 				t.s.bufs.put(r.data)
-				t.replies <- &reply{hold: r.hold}
+				t.release(&reply{hold: r.hold})
 			}
 		}
 	}()
 	if errno, msg := t.check(r); errno != 0 {
+		sent = true // finish owns the resources from here
 		t.finish(r, t.fail(r, errno, msg), errors.New(msg))
-		sent = true
 		return
 	}
 	var rep *reply
@@ -254,8 +246,8 @@ func (t *tx) exec(r *request) {
 	case cmdWriteZeroes:
 		var errno uint32
 		if errno, err = t.writeZeroes(r); errno != 0 {
+			sent = true // finish owns the resources from here
 			t.finish(r, t.fail(r, errno, "zeroing would not be faster than writing"), err)
-			sent = true
 			return
 		}
 	case cmdCache:
@@ -272,8 +264,8 @@ func (t *tx) exec(r *request) {
 	case rep == nil:
 		rep = &reply{parts: [][]byte{appendSimple(nil, 0, r.cookie)}}
 	}
+	sent = true // finish owns the resources from here
 	t.finish(r, rep, err)
-	sent = true
 }
 
 // fail builds an error reply: an error chunk when structured replies are

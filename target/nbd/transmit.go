@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,7 @@ type tx struct {
 	slots   *semaphore.Weighted // requests in flight
 	budget  *semaphore.Weighted // payload bytes in flight
 	workers sync.WaitGroup
+	work    chan *request // to idle workers
 
 	wmu     sync.Mutex // one reply on the wire at a time
 	werr    error      // first write error; guarded by wmu
@@ -50,8 +52,8 @@ type tx struct {
 
 // transmit serves requests until the client disconnects, breaks the
 // protocol, or the connection is aborted. A reader (this goroutine) parses
-// requests, a bounded set of workers executes them concurrently, and one
-// sends the replies in completion order, one at a time.
+// requests, a bounded set of workers executes them concurrently and sends
+// the replies in completion order, one at a time.
 func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 	c.nc.SetDeadline(time.Time{})
 	t := &tx{
@@ -60,6 +62,7 @@ func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 		info:   info,
 		slots:  semaphore.NewWeighted(int64(c.s.cfg.MaxInflight)),
 		budget: semaphore.NewWeighted(c.s.cfg.MaxInflightBytes),
+		work:   make(chan *request),
 	}
 
 	clean := false
@@ -67,6 +70,7 @@ func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 		if !clean { // panicking: let serveConn's recover see it, but first stop everything
 			c.cancel()
 		}
+		close(t.work)
 		t.workers.Wait()
 	}()
 	if err := t.readLoop(); err != nil {
@@ -149,8 +153,26 @@ func (t *tx) readLoop() error {
 				}
 			}
 		}
+		t.dispatch(r)
+	}
+}
+
+// dispatch hands r to an idle worker, or starts one. Workers live as long
+// as the connection, so a request costs no goroutine start or stack
+// growth; there are never more than MaxInflight of them, because each
+// busy worker holds a slot.
+func (t *tx) dispatch(r *request) {
+	select {
+	case t.work <- r:
+	default:
 		t.workers.Add(1)
-		go t.exec(r)
+		go func() {
+			defer t.workers.Done()
+			t.exec(r)
+			for r := range t.work {
+				t.exec(r)
+			}
+		}()
 	}
 }
 
@@ -170,19 +192,35 @@ func (t *tx) send(r *reply) {
 	if t.werr != nil {
 		return
 	}
+	total := 0
 	for _, p := range r.parts {
-		if _, t.werr = t.bw.Write(p); t.werr != nil {
-			break
-		}
+		total += len(p)
 	}
-	if t.werr == nil && last {
-		t.werr = t.bw.Flush()
+	if total >= largeReply {
+		// Big data goes straight from the pooled buffer to the socket in
+		// one writev, not copied through the bufio buffer.
+		if t.werr = t.bw.Flush(); t.werr == nil {
+			bufs := net.Buffers(r.parts)
+			_, t.werr = bufs.WriteTo(t.nc)
+		}
+	} else {
+		for _, p := range r.parts {
+			if _, t.werr = t.bw.Write(p); t.werr != nil {
+				break
+			}
+		}
+		if t.werr == nil && last {
+			t.werr = t.bw.Flush()
+		}
 	}
 	if t.werr != nil {
 		t.log.Debug("nbd: write reply", "err", t.werr)
 		t.cancel() // closes the socket, so the reader stops too
 	}
 }
+
+// largeReply is the reply size above which send bypasses the bufio buffer.
+const largeReply = 32 << 10
 
 // release returns what a reply held: its buffer, budget and slot.
 func (t *tx) release(r *reply) {
@@ -211,7 +249,6 @@ func (t *tx) finish(r *request, rep *reply, err error) {
 
 // exec runs one request on a worker goroutine.
 func (t *tx) exec(r *request) {
-	defer t.workers.Done()
 	sent := false
 	defer func() {
 		if p := recover(); p != nil {

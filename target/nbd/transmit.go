@@ -121,7 +121,8 @@ func (t *tx) readLoop() error {
 					t.slots.Release(1)
 					return err
 				}
-				t.finish(r, t.fail(r, errOverflow, "request exceeds the maximum payload"), errOverflowErr)
+				const msg = "request exceeds the maximum payload"
+				t.finish(r, t.fail(r, errOverflow, msg), errors.New(msg))
 				continue
 			}
 			if errno, msg := t.check(r); errno != 0 {
@@ -175,8 +176,6 @@ func (t *tx) dispatch(r *request) {
 		}()
 	}
 }
-
-var errOverflowErr = errors.New("nbd: request exceeds the maximum payload")
 
 // send writes a reply and returns what it held. Replies are written under
 // a mutex rather than by a writer goroutine, saving a hand-off per request;

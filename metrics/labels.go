@@ -237,8 +237,11 @@ func resultName(i int) string {
 // resultIndex classifies a non-nil error. A proto.Result in the chain wins,
 // as it does for proto.ResultOf: it is what the client saw on the wire.
 func resultIndex(err error) int {
-	var r proto.Result
-	if errors.As(err, &r) {
+	r, ok := err.(proto.Result) // the native server's case: no allocation
+	if !ok {
+		r, ok = asResult(err)
+	}
+	if ok {
 		for i, l := range resultLabels {
 			if l.code == r {
 				return resFirstCode + i
@@ -253,6 +256,14 @@ func resultIndex(err error) int {
 		return resCanceled
 	}
 	return resOther
+}
+
+// asResult is errors.As in its own frame: its target escapes to the heap,
+// and resultIndex's fast path should not pay for that.
+func asResult(err error) (proto.Result, bool) {
+	var r proto.Result
+	ok := errors.As(err, &r)
+	return r, ok
 }
 
 // Label values of the daemon's event counters.

@@ -25,13 +25,13 @@ type StoreStats struct {
 
 // ClusterStats is this node's view of the cluster.
 type ClusterStats struct {
-	Epoch                                   uint32
+	Epoch                                    uint32
 	MembersAlive, MembersFailed, MembersLeft int
-	Leader                                  bool // this node is the Raft leader
-	Healthy                                 bool // enough members for every VDI's redundancy
-	Voters                                  int  // Raft voters
-	Formatted                               bool
-	VDIs, Snapshots                         int // live (not deleted) VDIs and snapshots
+	Leader                                   bool // this node is the Raft leader
+	Healthy                                  bool // enough members for every VDI's redundancy
+	Voters                                   int  // Raft voters
+	Formatted                                bool
+	VDIs, Snapshots                          int // live (not deleted) VDIs and snapshots
 }
 
 // RecoveryStats describes the current, or else the last, recovery run.

@@ -198,7 +198,8 @@ func NewRegistry() *prometheus.Registry {
 }
 
 // Handler serves the registry New was given in the Prometheus exposition
-// formats (text, OpenMetrics, protobuf by content negotiation).
+// formats (text or protobuf, by content negotiation), at most 4 scrapes at
+// once and 10 s each.
 func (m *Metrics) Handler() http.Handler {
 	if m == nil {
 		return http.NotFoundHandler()

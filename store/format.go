@@ -139,7 +139,9 @@ func parseName(name string) (Key, bool) {
 }
 
 // staleName is "<object name>.<epoch>".
-func staleName(k Key, epoch uint32) string { return fileName(k) + "." + strconv.FormatUint(uint64(epoch), 10) }
+func staleName(k Key, epoch uint32) string {
+	return fileName(k) + "." + strconv.FormatUint(uint64(epoch), 10)
+}
 
 func parseStaleName(name string) (Key, uint32, bool) {
 	i := strings.LastIndexByte(name, '.')

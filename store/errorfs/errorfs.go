@@ -270,6 +270,13 @@ func (e *errFile) Sync() error {
 	return e.File.Sync()
 }
 
+func (e *errFile) Truncate(size int64) error {
+	if err := e.fs.check(OpWrite, e.Name()); err != nil {
+		return err
+	}
+	return e.File.Truncate(size)
+}
+
 func (e *errFile) Punch(off, n int64) error {
 	if err := e.fs.check(OpPunch, e.Name()); err != nil {
 		return err

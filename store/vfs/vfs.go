@@ -18,6 +18,7 @@ type File interface {
 	Sync() error
 	Close() error
 	Stat() (fs.FileInfo, error)
+	Truncate(size int64) error
 	// Punch frees [off, off+n) keeping the size; reads return zeros.
 	Punch(off, n int64) error
 	Name() string

@@ -67,6 +67,7 @@ func putAddr(dst []byte, a netip.Addr) {
 	if !a.IsValid() {
 		return
 	}
+	a = a.Unmap() // ::ffff:a.b.c.d is IPv4 to sheep: 12 zero bytes, not a v4-mapped v6
 	if a.Is4() {
 		v := a.As4()
 		copy(dst[12:], v[:])
@@ -87,6 +88,9 @@ func getAddr(b []byte) netip.Addr {
 		}
 	}
 	if zero {
+		if v == [16]byte{} {
+			return netip.Addr{} // unset, e.g. io_addr when sheep has no -i
+		}
 		return netip.AddrFrom4([4]byte(v[12:16]))
 	}
 	return netip.AddrFrom16(v)

@@ -140,6 +140,12 @@ func TestNameTagPayload(t *testing.T) {
 	if err != nil || name != "vm" || tag != "before-upgrade" {
 		t.Fatalf("%q %q %v", name, tag, err)
 	}
+	// A field without its NUL is cut at 255 bytes like sheep's pstrcpy, so
+	// the decoded name re-encodes unchanged.
+	full := []byte(strings.Repeat("x", 256))
+	if name, _, err := ParseNameTag(full); err != nil || name != strings.Repeat("x", 255) {
+		t.Fatalf("unterminated name: %d bytes, %v", len(name), err)
+	}
 	for _, n := range []int{0, 5, 255, 257, 511, 513, 1024} {
 		if _, _, err := ParseNameTag(make([]byte, n)); !errors.Is(err, ResInvalidParms) {
 			t.Errorf("%d bytes: %v", n, err)

@@ -266,3 +266,25 @@ func TestReply(t *testing.T) {
 		t.Fatalf("reply %+v", rsp)
 	}
 }
+
+func TestMetaArgsAndReplyLimit(t *testing.T) {
+	r := Request{ProtoVer: SheepProtoVer, Opcode: OpMeta, Flags: FlagWrite, DataLength: 17}
+	r.SetMeta(MetaArgs{ReplyLength: 64 << 10})
+	diffBytes(t, "meta union", r.Marshal()[16:24], unhex(t, "00000100 00000000"))
+	if r.Meta().ReplyLength != 64<<10 || r.ReplyLimit() != 64<<10 {
+		t.Fatalf("meta %+v limit %d", r.Meta(), r.ReplyLimit())
+	}
+	r.SetMeta(MetaArgs{ReplyLength: 3})
+	if r.ReplyLimit() != 17 {
+		t.Fatalf("limit below DataLength: %d", r.ReplyLimit())
+	}
+	// Sheepdog opcodes: DataLength, whatever the union holds.
+	s := Request{Opcode: OpReadObj, DataLength: 4096}
+	s.SetObj(ObjArgs{OID: 0xffffffff})
+	if s.ReplyLimit() != 4096 {
+		t.Fatalf("read limit %d", s.ReplyLimit())
+	}
+	if OpMeta.Extension() != true || OpObjInfo.Extension() != true || OpSetRecovery.Extension() || Opcode(0xdf).Extension() {
+		t.Fatal("Extension range")
+	}
+}

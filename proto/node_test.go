@@ -97,3 +97,16 @@ func TestNodeList(t *testing.T) {
 		}
 	}
 }
+
+func TestNodeDecodesMappedAsIPv4(t *testing.T) {
+	b := make([]byte, NodeSize)
+	copy(b[24:40], unhex(t, "00000000000000000000ffff 0a000002"))
+	var n Node
+	if err := n.Unmarshal(b); err != nil {
+		t.Fatal(err)
+	}
+	if n.Addr != netip.MustParseAddr("10.0.0.2") {
+		t.Fatalf("decoded %v", n.Addr)
+	}
+	diffBytes(t, "re-encoded", n.Marshal()[24:40], unhex(t, "000000000000000000000000 0a000002"))
+}

@@ -110,6 +110,8 @@ func FuzzResponseUnmarshal(f *testing.F) {
 	})
 }
 
+// Run with -fuzzminimizetime=2s or so: minimising a multi-KiB inode input
+// takes the default minute and stalls the fuzzer.
 func FuzzInodeUnmarshal(f *testing.F) {
 	g, _ := goldenInode()
 	f.Add(g[:InodeHeaderSize+64])
@@ -139,15 +141,17 @@ func FuzzInodeUnmarshal(f *testing.F) {
 		if !reflect.DeepEqual(again, i) {
 			t.Fatalf("header round trip:\n%+v\n%+v", again, i)
 		}
+		// Index entries: Unmarshal's 4 MiB index makes fuzzing crawl, so the
+		// fuzzer drives DecodeIndex (what Unmarshal uses) on the tail directly.
 		if len(b) > InodeIndexOffset {
-			var full Inode
-			if err := full.Unmarshal(b); err != nil {
-				t.Fatal(err)
+			tail := b[InodeIndexOffset:]
+			idx := make([]uint32, len(tail)/4+1)
+			DecodeIndex(idx, tail)
+			if idx[len(idx)-1] != 0 {
+				t.Fatal("decoded a partial trailing entry")
 			}
-			n := min((len(b)-InodeIndexOffset)/4, MaxDataObjs)
-			if n > 0 && full.DataVDIID[n-1] != uint32(b[InodeIndexOffset+4*(n-1)])|uint32(b[InodeIndexOffset+4*(n-1)+1])<<8|
-				uint32(b[InodeIndexOffset+4*(n-1)+2])<<16|uint32(b[InodeIndexOffset+4*(n-1)+3])<<24 {
-				t.Fatal("last decoded index entry")
+			if enc := EncodeIndex(idx[:len(tail)/4]); !bytes.Equal(enc, tail[:len(enc)]) {
+				t.Fatal("index round trip")
 			}
 		}
 	})
@@ -185,7 +189,15 @@ func FuzzNodes(f *testing.F) {
 		if !bytes.Equal(MarshalNodes(ns2), enc) {
 			t.Fatal("encoding not stable")
 		}
+		mapped := func(a []byte) bool { return bytes.Equal(a[:12], []byte{10: 0xff, 11: 0xff}) }
 		for i := range ns {
+			r, e := b[i*NodeSize:], enc[i*NodeSize:]
+			if mapped(r[24:40]) { // canonicalised to sheep's IPv4 form
+				copy(r[24:40], e[24:40])
+			}
+			if mapped(r[42:58]) {
+				copy(r[42:58], e[42:58])
+			}
 			if !bytes.Equal(enc[i*NodeSize+24:i*NodeSize+60], b[i*NodeSize+24:i*NodeSize+60]) ||
 				!bytes.Equal(enc[i*NodeSize+64:i*NodeSize+66], b[i*NodeSize+64:i*NodeSize+66]) ||
 				!bytes.Equal(enc[i*NodeSize+68:i*NodeSize+80], b[i*NodeSize+68:i*NodeSize+80]) {

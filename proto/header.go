@@ -384,3 +384,32 @@ func (r *Response) SetClusterDefault(c ClusterDefault) {
 	r.Args = [28]byte{}
 	r.Args[0], r.Args[1], r.Args[2] = c.Copies, c.CopyPolicy, c.BlockSizeShift
 }
+
+// MetaArgs is the request union of gosheep's extension opcodes (0xe0..0xff),
+// whose payloads are JSON. A JSON request travels as a WRITE payload, so
+// DataLength counts the bytes sent; ReplyLength (header byte 16) tells the
+// server how large a response the client's buffer takes. A server answers
+// ResBufferSmall when its response would not fit.
+type MetaArgs struct {
+	ReplyLength uint32
+}
+
+// Meta decodes the extension-opcode variant.
+func (r *Request) Meta() MetaArgs { return MetaArgs{ReplyLength: le.Uint32(r.Args[0:])} }
+
+// SetMeta encodes the extension-opcode variant.
+func (r *Request) SetMeta(m MetaArgs) {
+	r.Args = [32]byte{}
+	le.PutUint32(r.Args[0:], m.ReplyLength)
+}
+
+// ReplyLimit is the largest response payload the sender of r accepts.
+// Sheepdog uses one buffer in both directions, so that is DataLength, for
+// reads and writes alike; extension opcodes may raise it with
+// MetaArgs.ReplyLength.
+func (r *Request) ReplyLimit() uint32 {
+	if r.Opcode.Extension() {
+		return max(r.DataLength, r.Meta().ReplyLength)
+	}
+	return r.DataLength
+}

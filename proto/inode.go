@@ -161,9 +161,14 @@ func putString(dst []byte, s string) {
 	copy(dst[:len(dst)-1], s) // always leave a terminating NUL
 }
 
+// cString decodes a fixed-size, NUL-terminated field. A field without a NUL
+// is cut to len-1 bytes, as sheep's pstrcpy does, so that whatever we decode
+// re-encodes unchanged.
 func cString(b []byte) string {
 	if n := bytes.IndexByte(b, 0); n >= 0 {
 		b = b[:n]
+	} else if len(b) > 0 {
+		b = b[:len(b)-1]
 	}
 	return string(b)
 }

@@ -67,6 +67,7 @@ func putAddr(dst []byte, a netip.Addr) {
 	if !a.IsValid() {
 		return
 	}
+	a = a.Unmap() // ::ffff:a.b.c.d is IPv4 to sheep: 12 zero bytes, not a v4-mapped v6
 	if a.Is4() {
 		v := a.As4()
 		copy(dst[12:], v[:])
@@ -79,14 +80,12 @@ func putAddr(dst []byte, a netip.Addr) {
 func getAddr(b []byte) netip.Addr {
 	var v [16]byte
 	copy(v[:], b)
-	zero := true
-	for _, c := range v[:12] {
-		if c != 0 {
-			zero = false
-			break
-		}
+	if v == [16]byte{} {
+		return netip.Addr{} // unset, e.g. io_addr when sheep has no -i
 	}
-	if zero {
+	// Sheep's IPv4 form (12 zero bytes) and a v4-mapped address both decode
+	// as IPv4, so one node always has one encoding (and one ring position).
+	if a := netip.AddrFrom16(v); a.Is4In6() || [12]byte(v[:12]) == [12]byte{} {
 		return netip.AddrFrom4([4]byte(v[12:16]))
 	}
 	return netip.AddrFrom16(v)

@@ -56,7 +56,8 @@ const (
 )
 
 // gosheep extensions. Sheepdog never assigned 0xe0..0xff; payloads of these are
-// JSON documents defined next to their handlers.
+// JSON documents defined next to their handlers, and their request header
+// union is MetaArgs.
 const (
 	// OpMeta forwards a metadata command (JSON) to the Raft leader and
 	// returns its JSON result.
@@ -81,6 +82,9 @@ const (
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
 func (o Opcode) Internal() bool { return o >= 0x80 }
+
+// Extension reports whether o is in gosheep's extension range 0xe0..0xff.
+func (o Opcode) Extension() bool { return o >= 0xe0 }
 
 // Peer maps a gateway opcode to the opcode sent to a replica.
 func (o Opcode) Peer() (Opcode, bool) {

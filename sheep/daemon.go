@@ -23,6 +23,7 @@ import (
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/recovery"
 	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/target/native"
 	"github.com/gosheep/gosheep/units"
@@ -43,8 +44,9 @@ type Daemon struct {
 	h     *handler
 	srv   *native.Server
 	ln    net.Listener
-	fe    frontEnds
-	rec   metrics.Recorder
+	fe      frontEnds
+	rec     *recovery.Recoverer
+	metrics *metrics.Metrics
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -124,16 +126,16 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})
 	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now()}
 	local.h = d.h
+	d.rec = d.newRecoverer()
+	d.h.guard = d.rec.Guard
+	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	d.node.FSM().Watch(d.watch)
 	// The FSM may have applied everything before Watch was registered.
 	st := d.node.FSM().State()
 	d.views.update(st)
 	d.vols.Changed(nil, st)
 
-	if d.rec == nil {
-		d.rec = metrics.Nop{}
-	}
-	d.srv = native.NewServer(native.Config{Handler: d.h, Logger: d.log, Recorder: d.rec})
+	d.srv = native.NewServer(native.Config{Handler: d.h, Logger: d.log, Recorder: d.recorder()})
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -193,6 +195,15 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 	if c == nil || c.Op == cluster.CmdFormat {
 		d.checkFormat(cur)
 	}
+	if old == nil || cur.Epoch() != old.Epoch() {
+		if d.metrics != nil {
+			d.metrics.EpochChange()
+		}
+		d.startRecovery(cur)
+	}
+	if c == nil || c.Op == cluster.CmdRecoveryDone {
+		d.maybePurge(cur)
+	}
 	if c != nil && c.Op == cluster.CmdShutdown && r.Code == proto.ResSuccess {
 		d.log.Info("cluster shutdown requested")
 		go d.Stop()
@@ -206,7 +217,10 @@ func (d *Daemon) afterReplay() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	close(d.replayed)
-	d.checkFormat(d.node.FSM().State())
+	st := d.node.FSM().State()
+	d.checkFormat(st)
+	d.startRecovery(st)
+	d.maybePurge(st)
 }
 
 // nodeConfig is what a node remembers about the cluster its store belongs to.
@@ -338,6 +352,9 @@ func (d *Daemon) shutdown() {
 		}
 		d.node.Close()
 	}
+	if d.rec != nil {
+		d.rec.Close()
+	}
 	d.wg.Wait()
 	if d.pool != nil {
 		d.pool.Close()
@@ -349,8 +366,25 @@ func (d *Daemon) shutdown() {
 
 var _ io.Closer = (*store.Disk)(nil)
 
-// metricsHandler serves /metrics (replaced by the Prometheus registry once
-// package metrics provides it).
+// recorder is the metrics.Recorder front ends report to.
+func (d *Daemon) recorder() metrics.Recorder {
+	if d.metrics == nil {
+		return metrics.Nop{}
+	}
+	return d.metrics
+}
+
+// metricsHandler serves /metrics.
 func (d *Daemon) metricsHandler() http.Handler {
-	return http.NotFoundHandler()
+	if d.metrics == nil {
+		return http.NotFoundHandler()
+	}
+	return d.metrics.Handler()
+}
+
+func timeSince(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t).Seconds()
 }

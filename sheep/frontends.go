@@ -32,7 +32,7 @@ func (d *Daemon) startFrontEnds() error {
 			return fmt.Errorf("iscsi listen on %s: %w", d.cfg.ISCSI, err)
 		}
 		fe.listeners = append(fe.listeners, ln)
-		fe.iscsi = iscsi.New(iscsi.Config{Logger: d.log.With("frontend", "iscsi"), Recorder: d.rec, AdvertiseAddrs: []string{ln.Addr().String()}})
+		fe.iscsi = iscsi.New(iscsi.Config{Logger: d.log.With("frontend", "iscsi"), Recorder: d.recorder(), AdvertiseAddrs: []string{ln.Addr().String()}})
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
@@ -60,7 +60,7 @@ func (d *Daemon) startFrontEnds() error {
 			return fmt.Errorf("nbd listen on %s: %w", d.cfg.NBD, err)
 		}
 		fe.listeners = append(fe.listeners, ln)
-		fe.nbd = nbd.New(nbd.Config{Exports: nbdExports{d.vols}, Logger: d.log.With("frontend", "nbd"), Recorder: d.rec})
+		fe.nbd = nbd.New(nbd.Config{Exports: nbdExports{d.vols}, Logger: d.log.With("frontend", "nbd"), Recorder: d.recorder()})
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()

@@ -2,8 +2,6 @@ package sheep
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -12,6 +10,7 @@ import (
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
+	"github.com/gosheep/gosheep/target/native"
 	"github.com/gosheep/gosheep/volume"
 )
 
@@ -23,8 +22,10 @@ type handler struct {
 	node    *cluster.Node
 	vols    *volume.Manager
 	gw      *gateway.Gateway
-	store   store.Store
-	ensure  func(ctx context.Context, k store.Key) error // on-demand recovery of a missing local copy
+	store   localStore
+	// guard runs a store operation once the local copy of k is current
+	// (recovery.Recoverer.Guard); nil runs it directly.
+	guard func(ctx context.Context, k store.Key, op func() error) error
 	log     *slog.Logger
 	kill    func() // dog node kill
 	started time.Time
@@ -133,11 +134,11 @@ func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte)
 	case proto.OpMeta:
 		return h.meta(ctx, req, data)
 	case proto.OpClusterState:
-		return h.clusterState(req)
+		return h.clusterState(ctx, req)
 	case proto.OpNodeInfo:
-		return h.nodeInfo(req)
+		return h.nodeInfo(ctx, req)
 	case proto.OpObjInfo:
-		return h.objInfo(ctx, req)
+		return h.objInfo(ctx, req, data)
 	}
 	return rsp(req, proto.ResInvalidParms), nil
 }
@@ -183,21 +184,14 @@ func (h *handler) propose(ctx context.Context, req *proto.Request, c *cluster.Co
 // (JSON in, JSON out) on any node.
 func (h *handler) meta(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
 	var m MetaRequest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return rsp(req, proto.ResInvalidParms), nil
+	if err := native.DecodeJSON(data, &m); err != nil {
+		return h.errRsp(req, err)
 	}
 	out, err := h.serveMeta(ctx, &m)
 	if err != nil {
 		return h.errRsp(req, err)
 	}
-	b, err := json.Marshal(out)
-	if err != nil {
-		return h.errRsp(req, err)
-	}
-	if uint32(len(b)) > req.DataLength {
-		return rsp(req, proto.ResBufferSmall), nil
-	}
-	return rsp(req, proto.ResSuccess), b
+	return native.ReplyJSON(ctx, req, out)
 }
 
 // MetaRequest is the payload of OpMeta: a raw command forwarded between
@@ -286,4 +280,8 @@ func (h *handler) objectOf(oid proto.OID) (gateway.Object, *cluster.VDI, error) 
 	return gateway.Object{}, v, fmt.Errorf("object %s: unsupported object type: %w", oid, proto.ResNoSupport)
 }
 
-var errShortBuf = errors.New("buffer too small")
+// localStore is the node's store with its stale-copy side.
+type localStore interface {
+	store.Store
+	store.Stasher
+}

@@ -3,12 +3,13 @@ package sheep
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"time"
 
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/recovery"
 	"github.com/gosheep/gosheep/store"
+	"github.com/gosheep/gosheep/target/native"
 )
 
 // toProtoNode renders an epoch member as sheepdog's struct sd_node.
@@ -107,37 +108,41 @@ func (h *handler) objList(ctx context.Context, req *proto.Request) (proto.Respon
 	return rsp(req, proto.ResSuccess), b
 }
 
-// ObjEntry is one object in a LIST_OBJS answer.
-type ObjEntry struct {
-	OID     proto.OID `json:"oid"`
-	EC      bool      `json:"ec,omitempty"`
-	ECIndex uint8     `json:"ec_index,omitempty"`
-	Size    uint32    `json:"size"`
-	Epoch   uint32    `json:"epoch"`
-	Stale   uint32    `json:"stale,omitempty"` // epoch it was stashed at, for stale copies
+// listObjs answers LIST_OBJS: every copy here, live and stale, for recovery.
+func (h *handler) listObjs(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	out, err := h.entries(ctx, func(proto.OID) bool { return true })
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	return h.jsonRsp(ctx, req, out)
 }
 
-func (h *handler) listObjs(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+// entries lists local copies (live and stale) of the oids keep accepts.
+func (h *handler) entries(ctx context.Context, keep func(proto.OID) bool) ([]recovery.Entry, error) {
 	objs, err := h.store.List(ctx)
 	if err != nil {
-		return h.errRsp(req, err)
+		return nil, err
 	}
-	out := make([]ObjEntry, 0, len(objs))
+	out := make([]recovery.Entry, 0, len(objs))
 	for _, o := range objs {
-		out = append(out, ObjEntry{OID: o.Key.OID, EC: o.Key.EC, ECIndex: o.Key.ECIndex, Size: o.Size, Epoch: o.Epoch})
+		if keep(o.Key.OID) {
+			out = append(out, recovery.Entry{Key: o.Key, Size: o.Size, Epoch: o.Epoch})
+		}
 	}
-	return h.jsonRsp(req, out)
+	stale, err := h.store.ListStale(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, st := range stale {
+		if keep(st.Key.OID) {
+			out = append(out, recovery.Entry{Key: st.Key, Size: st.Size, Epoch: st.ObjEpoch, Stale: st.Epoch})
+		}
+	}
+	return out, nil
 }
 
-func (h *handler) jsonRsp(req *proto.Request, v any) (proto.Response, []byte) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return h.errRsp(req, err)
-	}
-	if uint32(len(b)) > req.DataLength {
-		return rsp(req, proto.ResBufferSmall), nil
-	}
-	return rsp(req, proto.ResSuccess), b
+func (h *handler) jsonRsp(ctx context.Context, req *proto.Request, v any) (proto.Response, []byte) {
+	return native.ReplyJSON(ctx, req, v)
 }
 
 // ClusterState is dog's view of the cluster (OpClusterState).
@@ -148,9 +153,9 @@ type ClusterState struct {
 	Self    string                 `json:"self"`
 }
 
-func (h *handler) clusterState(req *proto.Request) (proto.Response, []byte) {
+func (h *handler) clusterState(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
 	leader, _, _ := h.node.Leader()
-	return h.jsonRsp(req, ClusterState{State: h.node.FSM().State(), Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
+	return h.jsonRsp(ctx, req, ClusterState{State: h.node.FSM().State(), Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
 }
 
 // NodeInfo is one node's status (OpNodeInfo).
@@ -166,19 +171,29 @@ type NodeInfo struct {
 	Tags    map[string]string `json:"tags,omitempty"`
 }
 
-func (h *handler) nodeInfo(req *proto.Request) (proto.Response, []byte) {
+func (h *handler) nodeInfo(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
 	u, _ := h.store.Usage()
 	self := h.node.Self()
-	return h.jsonRsp(req, NodeInfo{
+	return h.jsonRsp(ctx, req, NodeInfo{
 		ID: self.ID, Addr: self.Addr.String(), Zone: self.Zone, Usage: u, Epoch: h.epoch(),
 		Leader: h.node.IsLeader(), Healthy: h.node.Healthy(), Uptime: time.Since(h.started).Seconds(),
 	})
 }
 
-func (h *handler) objInfo(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
-	info, err := h.store.Stat(ctx, peerKeyOf(req.Obj()))
+// ObjInfoRequest asks OBJ_INFO about one oid.
+type ObjInfoRequest struct {
+	OID proto.OID `json:"oid"`
+}
+
+// objInfo answers OBJ_INFO: the copies (live and stale, any strip) of an oid here.
+func (h *handler) objInfo(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	var q ObjInfoRequest
+	if err := native.DecodeJSON(data, &q); err != nil {
+		return h.errRsp(req, err)
+	}
+	out, err := h.entries(ctx, func(o proto.OID) bool { return o == q.OID })
 	if err != nil {
 		return h.errRsp(req, err)
 	}
-	return h.jsonRsp(req, ObjEntry{OID: info.Key.OID, EC: info.Key.EC, ECIndex: info.Key.ECIndex, Size: info.Size, Epoch: info.Epoch})
+	return h.jsonRsp(ctx, req, out)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/target/native"
 )
 
 // objRange checks a client's object range and QEMU's u64 offset high half.
@@ -35,10 +36,11 @@ func (h *handler) readObj(ctx context.Context, req *proto.Request) (proto.Respon
 	if err := objRange(req, o, n); err != nil {
 		return h.errRsp(req, err)
 	}
-	buf := make([]byte, n)
+	buf := native.Alloc(ctx, int(n))
 	if o.OID.IsInode() && v.Deleted {
 		// A deleted VDI reads as a tombstone: empty name, its vid, no data.
 		ino := proto.Inode{VDIID: v.VID, SnapID: v.SnapID, NrCopies: v.Copies, CopyPolicy: v.CopyPolicy, BlockSizeShift: v.BlockSizeShift}
+		clear(buf)
 		copy(buf, ino.MarshalHeader()[min(int(a.Offset), proto.InodeHeaderSize):])
 		return h.objRsp(req, v), buf
 	}

@@ -2,13 +2,13 @@ package sheep
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
+	"github.com/gosheep/gosheep/target/native"
 )
 
 // peerKeyOf is the store key a peer request addresses: an EC strip when
@@ -43,27 +43,21 @@ func (h *handler) checkEpoch(ctx context.Context, e uint32) error {
 	}
 }
 
-// withEnsure runs op; if the local copy is missing, it asks recovery to
-// bring it here first (the object may be due on this node in the new
-// epoch and not recovered yet), then runs op again.
-func (h *handler) withEnsure(ctx context.Context, k store.Key, op func() error) error {
-	err := op()
-	if !errors.Is(err, store.ErrNotFound) || h.ensure == nil {
-		return err
+// guarded runs a store operation on k through recovery's guard, so it
+// never acts on a copy that recovery has yet to bring up to date.
+func (h *handler) guarded(ctx context.Context, k store.Key, op func() error) error {
+	if h.guard == nil {
+		return op()
 	}
-	if eerr := h.ensure(ctx, k); eerr != nil {
-		if errors.Is(eerr, store.ErrNotFound) || errors.Is(eerr, proto.ResNoObj) {
-			return err
-		}
-		return eerr
-	}
-	return op()
+	return h.guard(ctx, k, op)
 }
 
 func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
 	a := req.Obj()
-	if err := h.checkEpoch(ctx, req.Epoch); err != nil {
-		return h.errRsp(req, err)
+	if req.Flags&proto.FlagRecovery == 0 || req.Opcode != proto.OpReadPeer {
+		if err := h.checkEpoch(ctx, req.Epoch); err != nil {
+			return h.errRsp(req, err)
+		}
 	}
 	k := peerKeyOf(a)
 	opts := store.WriteOpts{Sync: req.Flags&proto.FlagSync != 0, Epoch: req.Epoch}
@@ -77,14 +71,24 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		if size == 0 || uint64(a.Offset)+uint64(len(data)) > uint64(size) {
 			return h.errRsp(req, fmt.Errorf("peer create of %s: bad size %d: %w", k.OID, size, proto.ResInvalidParms))
 		}
-		err = h.store.Create(ctx, k, size, a.Offset, data, opts)
+		err = h.guarded(ctx, k, func() error { return h.store.Create(ctx, k, size, a.Offset, data, opts) })
 	case proto.OpWritePeer:
-		err = h.withEnsure(ctx, k, func() error { return h.store.Write(ctx, k, a.Offset, data, opts) })
+		err = h.guarded(ctx, k, func() error { return h.store.Write(ctx, k, a.Offset, data, opts) })
 	case proto.OpReadPeer:
-		out = make([]byte, req.DataLength)
-		err = h.withEnsure(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
+		out = native.Alloc(ctx, int(req.DataLength))
+		if req.Flags&proto.FlagRecovery != 0 {
+			// Recovery reads bypass the epoch gate and on-demand recovery
+			// (no loops), and may read a stale copy (tgt_epoch).
+			if a.TgtEpoch != 0 {
+				err = h.store.ReadStale(ctx, k, a.TgtEpoch, a.Offset, out)
+			} else {
+				err = h.store.Read(ctx, k, a.Offset, out)
+			}
+			break
+		}
+		err = h.guarded(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
 	case proto.OpRemovePeer:
-		err = h.store.Remove(ctx, k)
+		err = h.guarded(ctx, k, func() error { return h.store.Remove(ctx, k) })
 	}
 	if err != nil {
 		return h.errRsp(req, err)
@@ -99,7 +103,7 @@ func (h *handler) zeroPeer(ctx context.Context, req *proto.Request) (proto.Respo
 	}
 	k := peerKeyOf(a)
 	opts := store.WriteOpts{Sync: req.Flags&proto.FlagSync != 0, Epoch: req.Epoch}
-	err := h.withEnsure(ctx, k, func() error { return h.store.Zero(ctx, k, a.Offset, req.PeerSize(), opts) })
+	err := h.guarded(ctx, k, func() error { return h.store.Zero(ctx, k, a.Offset, req.PeerSize(), opts) })
 	if err != nil {
 		return h.errRsp(req, err)
 	}

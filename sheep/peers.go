@@ -41,23 +41,23 @@ func (l *localPeer) opts(epoch uint32, sync bool) store.WriteOpts {
 }
 
 func (l *localPeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error {
-	return l.h.store.Create(ctx, k, size, off, data, l.opts(epoch, sync))
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Create(ctx, k, size, off, data, l.opts(epoch, sync)) })
 }
 
 func (l *localPeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
-	return l.h.withEnsure(ctx, k, func() error { return l.h.store.Write(ctx, k, off, data, l.opts(epoch, sync)) })
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Write(ctx, k, off, data, l.opts(epoch, sync)) })
 }
 
 func (l *localPeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
-	return l.h.withEnsure(ctx, k, func() error { return l.h.store.Read(ctx, k, off, p) })
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Read(ctx, k, off, p) })
 }
 
 func (l *localPeer) Remove(ctx context.Context, epoch uint32, k store.Key) error {
-	return l.h.store.Remove(ctx, k)
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Remove(ctx, k) })
 }
 
 func (l *localPeer) Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error {
-	return l.h.withEnsure(ctx, k, func() error { return l.h.store.Zero(ctx, k, off, n, l.opts(epoch, sync)) })
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Zero(ctx, k, off, n, l.opts(epoch, sync)) })
 }
 
 func (l *localPeer) ECWrite(ctx context.Context, epoch uint32, o gateway.Object, op gateway.ECOp, off, n uint32, data []byte, sync bool) error {

@@ -315,3 +315,12 @@ func truncate(data []byte, alloc uint32) []byte {
 	}
 	return data
 }
+
+// DataInLen is the size of the Data-In buffer the command allocates
+// (reads and verifies), for the transport's memory budget.
+func (c *Cmd) DataInLen() uint32 {
+	if c.desc.class == classRead && c.n > 0 {
+		return c.n * uint32(c.lu.bs)
+	}
+	return 0
+}

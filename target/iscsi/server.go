@@ -47,7 +47,7 @@ type Config struct {
 	FirstBurstLength uint32
 	// MaxOutstandingR2T is our offer (default 16).
 	MaxOutstandingR2T uint32
-	// MaxTransfer caps one command's data in bytes (default 8 MiB).
+	// MaxTransfer caps one command's data in bytes (default 32 MiB).
 	MaxTransfer uint32
 	// MaxBufferBytes bounds the data buffered for all commands of the
 	// server at once (default 512 MiB).

@@ -237,12 +237,22 @@ func (t *task) run() {
 			expOut = t.edtl
 		}
 		want := min(cmd.OutLen, expOut)
+		spdtlOut = cmd.OutLen
 		if cmd.OutExact && expOut != cmd.OutLen {
-			res = scsi.InvalidFieldInIU()
-			flags, count := residual(expOut, cmd.OutLen)
-			t.sendStatus(res, nil, flags, count)
-			t.metrics(name, 0, start, errRejected)
-			return
+			// EDTL above the CDB's length: only the CDB's is solicited;
+			// below it: a plain write is cut to whole blocks, anything
+			// else is refused. Either way the residual is reported.
+			ok := expOut > cmd.OutLen && cmd.TruncateOut(cmd.OutLen)
+			if !ok && expOut < cmd.OutLen {
+				ok = cmd.TruncateOut(expOut)
+			}
+			if !ok {
+				flags, count := residual(expOut, spdtlOut)
+				t.sendStatus(cmd.OutMismatch(), nil, flags, count)
+				t.metrics(name, 0, start, errRejected)
+				return
+			}
+			want = cmd.OutLen
 		}
 		need := int64(want) + int64(cmd.DataInLen())
 		if need > 0 {
@@ -270,7 +280,6 @@ func (t *task) run() {
 			return // aborted: no status
 		}
 		bytes = int(want)
-		spdtlOut = cmd.OutLen
 	}
 	// Data-In and residuals.
 	var flags byte

@@ -72,10 +72,10 @@ func (c *conn) taskMgmt(p *pdu.PDU) error {
 			break
 		}
 		c.abortAll()
-		se.tgt.lu.Reset(se.nexus)
+		se.tgt.lu.Reset()
 	case tmfWarmReset, tmfColdReset:
 		c.abortAll()
-		se.tgt.lu.Reset(se.nexus)
+		se.tgt.lu.Reset()
 		cold = fn == tmfColdReset
 	case tmfClearACA, tmfReassign:
 		resp = tmfNotSupported

@@ -22,7 +22,7 @@ import (
 // Defaults for Config fields left zero.
 const (
 	DefaultBlockSize   = 512
-	DefaultMaxTransfer = 8 << 20
+	DefaultMaxTransfer = 32 << 20
 )
 
 // Config describes a logical unit.
@@ -139,17 +139,15 @@ func (lu *LU) Resized() {
 }
 
 // Reset performs a LOGICAL UNIT RESET: SPC-2 reservations and prevent
-// state are cleared and every I_T nexus gets a reset unit attention (the
-// initiator n that asked excepted, as LIO and SAM-5 5.11 allow).
-func (lu *LU) Reset(n *Nexus) {
+// state are cleared and every I_T nexus, the requester's included, gets
+// BUS DEVICE RESET FUNCTION OCCURRED (SAM-5 §6.3.3).
+func (lu *LU) Reset() {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	lu.reserve6 = ""
-	for id, ns := range lu.nexuses {
+	for _, ns := range lu.nexuses {
 		ns.prevent = false
-		if n == nil || id != n.ID {
-			ns.addUA(ascLogicalUnitReset)
-		}
+		ns.addUA(ascLogicalUnitReset)
 	}
 }
 
@@ -206,6 +204,9 @@ type Cmd struct {
 	// lists).
 	OutLen   uint32
 	OutExact bool
+	// truncatable: a plain write may be cut to whole blocks of a shorter
+	// expected transfer length (FCP-4 §9.4.2 a).
+	truncatable bool
 	// parsed by prep for block commands
 	lba uint64
 	n   uint32
@@ -323,4 +324,24 @@ func (c *Cmd) DataInLen() uint32 {
 		return c.n * uint32(c.lu.bs)
 	}
 	return 0
+}
+
+// TruncateOut shortens a plain write to the first n bytes when n is a
+// whole number of blocks; it reports whether it did.
+func (c *Cmd) TruncateOut(n uint32) bool {
+	if !c.truncatable || n%uint32(c.lu.bs) != 0 || n > c.OutLen {
+		return false
+	}
+	c.n = n / uint32(c.lu.bs)
+	c.OutLen = n
+	return true
+}
+
+// OutMismatch is the result for a transport length that disagrees with
+// the CDB's data-out length.
+func (c *Cmd) OutMismatch() Result {
+	if c.desc.op == opCompareWrite {
+		return invalidCDB(13, -1)
+	}
+	return InvalidFieldInIU()
 }

@@ -105,6 +105,7 @@ func prepRW(c *Cmd) *Result {
 			return &r
 		}
 		c.OutLen, c.OutExact = n*uint32(c.lu.bs), true
+		c.truncatable = true
 	}
 	c.lba, c.n = lba, n
 	return nil
@@ -256,6 +257,10 @@ func prepWriteSame(c *Cmd) *Result {
 		r := invalidCDB(1, 2)
 		return &r
 	}
+	if cdb[1]&0x10 != 0 && cdb[1]&0x08 == 0 { // ANCHOR needs UNMAP
+		r := invalidCDB(1, 4)
+		return &r
+	}
 	blocks := c.lu.blocks()
 	if lba > blocks {
 		r := lbaOutOfRange()
@@ -307,7 +312,9 @@ func execWriteSame(ctx ctxT, c *Cmd, out []byte) Result {
 		return deviceError(err, true)
 	}
 	defer unlock()
-	if len(out) == 0 || allZero(out) {
+	if unmap || len(out) == 0 || allZero(out) {
+		// With UNMAP the blocks are deallocated whatever the data: they
+		// then read as zeros (LBPRZ), as LIO and tgt do.
 		if unmap {
 			err = c.lu.dev.Discard(ctx, off, length)
 		} else {

@@ -179,7 +179,12 @@ func (c *client) login(keys ...string) (*pdu.PDU, error) {
 
 func (c *client) loginNormal(iqn string, extra ...string) {
 	c.t.Helper()
-	keys := append([]string{"InitiatorName=iqn.2026-11.test:client", "TargetName=" + iqn, "SessionType=Normal",
+	c.loginAs("iqn.2026-11.test:client", iqn, extra...)
+}
+
+func (c *client) loginAs(initiator, iqn string, extra ...string) {
+	c.t.Helper()
+	keys := append([]string{"InitiatorName=" + initiator, "TargetName=" + iqn, "SessionType=Normal",
 		"MaxRecvDataSegmentLength=65536", "ImmediateData=Yes", "InitialR2T=No", "FirstBurstLength=65536",
 		"MaxBurstLength=262144", "HeaderDigest=None", "DataDigest=None"}, extra...)
 	if _, err := c.login(keys...); err != nil {

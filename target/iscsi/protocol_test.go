@@ -3,12 +3,12 @@ package iscsi
 import (
 	"bytes"
 	"context"
-	"errors"
-	"os"
-	"os/exec"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -358,7 +358,7 @@ func TestGarbageNeverKills(t *testing.T) {
 	inputs := [][]byte{
 		bytes.Repeat([]byte{0xff}, 48),
 		append([]byte{0x03, 0x87, 0, 0, 0, 0xff, 0xff, 0xff}, make([]byte, 40)...), // login with 16 MiB data
-		append([]byte{0x01, 0x80, 0, 0, 0xff, 0, 0, 0}, make([]byte, 40)...),      // AHS in login phase
+		append([]byte{0x01, 0x80, 0, 0, 0xff, 0, 0, 0}, make([]byte, 40)...),       // AHS in login phase
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
 	}
 	for _, in := range inputs {

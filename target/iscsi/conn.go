@@ -380,7 +380,21 @@ func (c *conn) logoutReq(p *pdu.PDU) error {
 		return c.sendReject(rejectInvalidField, &p.Header)
 	}
 	if resp == 0 {
-		// Let in-flight commands finish and send their status first.
+		// Commands still waiting for Data-Out will not get it any more;
+		// the others finish and send their status first.
+		c.tmu.Lock()
+		var stuck []*task
+		for _, t := range c.tasks {
+			t.mu.Lock()
+			if t.collecting || !t.unsolDone {
+				stuck = append(stuck, t)
+			}
+			t.mu.Unlock()
+		}
+		c.tmu.Unlock()
+		for _, t := range stuck {
+			t.abortAndWait()
+		}
 		c.taskWG.Wait()
 	}
 	c.sess.done1(&p.Header)

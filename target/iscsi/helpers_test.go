@@ -184,9 +184,21 @@ func (c *client) loginNormal(iqn string, extra ...string) {
 
 func (c *client) loginAs(initiator, iqn string, extra ...string) {
 	c.t.Helper()
-	keys := append([]string{"InitiatorName=" + initiator, "TargetName=" + iqn, "SessionType=Normal",
+	keys := []string{"InitiatorName=" + initiator, "TargetName=" + iqn, "SessionType=Normal",
 		"MaxRecvDataSegmentLength=65536", "ImmediateData=Yes", "InitialR2T=No", "FirstBurstLength=65536",
-		"MaxBurstLength=262144", "HeaderDigest=None", "DataDigest=None"}, extra...)
+		"MaxBurstLength=262144", "HeaderDigest=None", "DataDigest=None"}
+	for _, e := range extra { // extra keys override the defaults
+		k, _, _ := strings.Cut(e, "=")
+		replaced := false
+		for i, d := range keys {
+			if strings.HasPrefix(d, k+"=") {
+				keys[i], replaced = e, true
+			}
+		}
+		if !replaced {
+			keys = append(keys, e)
+		}
+	}
 	if _, err := c.login(keys...); err != nil {
 		c.t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -408,5 +409,139 @@ func TestMaxCmdSNWindow(t *testing.T) {
 	c.cmdSN = saved
 	if r := c.scsi([]byte{0}, false, 0, nil); r.status != 0 {
 		t.Fatalf("TUR after ignored command: %#x", r.status)
+	}
+}
+
+// TestDigestsNegotiated: CRC32C header and data digests are negotiated,
+// used on every PDU, and a corrupt digest ends the connection.
+func TestDigestsNegotiated(t *testing.T) {
+	ts := startServer(t, Config{}, "d")
+	c := dial(t, ts.addr)
+	p, err := c.login("InitiatorName=iqn.2026-11.test:dig", "TargetName="+IQN("d"), "SessionType=Normal",
+		"HeaderDigest=CRC32C,None", "DataDigest=CRC32C")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(p.Data, []byte("HeaderDigest=CRC32C\x00")) || !bytes.Contains(p.Data, []byte("DataDigest=CRC32C\x00")) {
+		t.Fatalf("login answer %q", p.Data)
+	}
+	lim := pdu.Limits{MaxData: 1 << 20, HeaderDigest: true, DataDigest: true}
+	inq := func() *pdu.PDU {
+		var h pdu.Header
+		h.SetOpcode(pdu.OpSCSICmd)
+		h.SetFlags(0x80 | pdu.FlagRead)
+		h.SetITT(c.itt)
+		c.itt++
+		h.SetField20(36)
+		binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+		c.cmdSN++
+		copy(h[32:], []byte{0x12, 0, 0, 0, 36, 0})
+		if err := pdu.WritePDU(c.nc, &h, nil, true, true); err != nil {
+			t.Fatal(err)
+		}
+		p, err := pdu.ReadPDU(c.nc, lim)
+		if err != nil {
+			t.Fatalf("reading a digested PDU: %v", err)
+		}
+		return p
+	}
+	if p := inq(); p.Opcode() != pdu.OpDataIn || len(p.Data) != 36 || string(p.Data[8:15]) != "GOSHEEP" {
+		t.Fatalf("INQUIRY over digests: %v %q", p.Header.String(), p.Data)
+	}
+	// A PDU with a bad header digest ends the connection.
+	var h pdu.Header
+	h.SetOpcode(pdu.OpNOPOut)
+	h[0] |= 0x40
+	var raw bytes.Buffer
+	pdu.WritePDU(&raw, &h, nil, true, true)
+	b := raw.Bytes()
+	b[48] ^= 0xff
+	c.nc.Write(b)
+	if _, err := pdu.ReadPDU(c.nc, lim); err == nil {
+		t.Fatal("connection survived a header digest error")
+	}
+}
+
+// TestLogoutWithPendingWrite: a logout while a write still waits for its
+// Data-Out aborts that write instead of hanging.
+func TestLogoutWithPendingWrite(t *testing.T) {
+	ts := startServer(t, Config{}, "lw")
+	c := dial(t, ts.addr)
+	c.loginNormal(IQN("lw"), "InitialR2T=Yes")
+	c.drainUA()
+	var h pdu.Header
+	h.SetOpcode(pdu.OpSCSICmd)
+	h.SetFlags(0x80 | pdu.FlagWrite)
+	h.SetITT(c.itt)
+	c.itt++
+	h.SetField20(4096)
+	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+	c.cmdSN++
+	copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0})
+	c.send(&h, nil)
+	if p := c.recv(); p.Opcode() != pdu.OpR2T {
+		t.Fatalf("want R2T, got %#x", p.Opcode())
+	}
+	if err := c.logout(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type recorder struct {
+	mu       sync.Mutex
+	ops      map[string]int
+	bytes    map[string]int
+	errs     int
+	sessions int
+	maxSess  int
+}
+
+func (r *recorder) Request(fe, op string, n int, d time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if fe != "iscsi" {
+		panic("frontend " + fe)
+	}
+	r.ops[op]++
+	r.bytes[op] += n
+	if err != nil {
+		r.errs++
+	}
+}
+
+func (r *recorder) Sessions(fe string, delta int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sessions += delta
+	r.maxSess = max(r.maxSess, r.sessions)
+}
+
+// TestMetrics: commands are recorded with names and bytes, sessions
+// counted up and down.
+func TestMetrics(t *testing.T) {
+	rec := &recorder{ops: map[string]int{}, bytes: map[string]int{}}
+	ts := startServer(t, Config{Recorder: rec}, "m")
+	c := dial(t, ts.addr)
+	c.loginNormal(IQN("m"))
+	c.drainUA()
+	c.scsi([]byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0}, false, 4096, make([]byte, 4096))
+	c.scsi([]byte{0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, 4096, nil)
+	if err := c.logout(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.SessionCount() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.ops["WRITE(10)"] != 1 || rec.bytes["WRITE(10)"] != 4096 || rec.ops["READ(10)"] != 1 || rec.bytes["READ(10)"] != 4096 {
+		t.Fatalf("ops %v bytes %v", rec.ops, rec.bytes)
+	}
+	if rec.errs < 1 { // the power-on unit attention
+		t.Fatalf("errors %d", rec.errs)
+	}
+	if rec.maxSess != 1 || rec.sessions != 0 {
+		t.Fatalf("sessions max %d now %d", rec.maxSess, rec.sessions)
 	}
 }

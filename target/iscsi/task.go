@@ -40,6 +40,7 @@ type task struct {
 	r2tSN      uint32
 	wake       chan struct{}
 	statusSent bool // under mu
+	collecting bool // waiting for Data-Out (under mu)
 }
 
 type r2t struct {
@@ -229,7 +230,7 @@ func (t *task) run() {
 		res = t.otherLUN(lun)
 	} else if cmd, early := lu.Prepare(se.nexus, t.cdb); early != nil {
 		res = *early
-		name = "REJECTED"
+		name = lu.OpName(t.cdb)
 	} else {
 		name = cmd.Name()
 		expOut := uint32(0)
@@ -357,7 +358,13 @@ func (t *task) collect(want uint32) ([]byte, error) {
 	}
 	t.pieces = nil
 	t.buf = buf
+	t.collecting = true
 	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.collecting = false
+		t.mu.Unlock()
+	}()
 	deadline := time.NewTimer(2 * time.Minute)
 	defer deadline.Stop()
 	for {

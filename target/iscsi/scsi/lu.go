@@ -345,3 +345,19 @@ func (c *Cmd) OutMismatch() Result {
 	}
 	return InvalidFieldInIU()
 }
+
+// OpName names the command of a CDB, for metrics ("OPCODE 0xNN" when
+// unsupported).
+func (lu *LU) OpName(cdb []byte) string {
+	if len(cdb) == 0 {
+		return "EMPTY"
+	}
+	key := uint16(cdb[0]) << 8
+	if lu.hasSA[cdb[0]] && len(cdb) > 1 {
+		key |= uint16(cdb[1] & 0x1f)
+	}
+	if d := lu.ops[key]; d != nil {
+		return d.name
+	}
+	return fmt.Sprintf("OPCODE 0x%02X", cdb[0])
+}

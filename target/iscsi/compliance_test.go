@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gosheep/gosheep/volume/voltest"
 )
 
 // cunitResults is the part of CUnit's automated XML report we read.
@@ -103,29 +105,41 @@ func loadExpected(t *testing.T) map[string]string {
 	return exp
 }
 
-// TestLibiscsiCompliance runs libiscsi's iscsi-test-cu (all tests, data
-// loss allowed, the same LUN as the second multipath path) against a
-// 64 MiB MemDevice and fails on any failure not listed in
-// testdata/iscsi-test-cu.expected.
-func TestLibiscsiCompliance(t *testing.T) {
+// runTestCU runs iscsi-test-cu -x with the given test selection in a
+// temporary directory and returns the parsed CUnit report and output.
+func runTestCU(t *testing.T, sel string, dataloss bool, urls ...string) (passed []string, failed map[string]string, out string) {
 	tool(t, "iscsi-test-cu")
-	ts := startServer(t, Config{}, "cu")
-	expected := loadExpected(t)
 	dir := t.TempDir()
-	url := ts.url("cu")
-	out, err := run(t, 10*time.Minute, nil, "sh", "-c",
-		"cd '"+dir+"' && exec iscsi-test-cu -x --dataloss -t ALL '"+url+"' '"+url+"'")
+	args := []string{"-x", "-t", sel}
+	if dataloss {
+		args = append(args, "--dataloss")
+	}
+	args = append(args, urls...)
+	shArgs := append([]string{"-c", "cd '" + dir + "' && exec iscsi-test-cu \"$@\"", "sh"}, args...)
+	out, err := run(t, 10*time.Minute, nil, "sh", shArgs...)
 	if err != nil {
-		t.Logf("iscsi-test-cu: %v", err)
+		t.Logf("iscsi-test-cu: %v (non-zero when a test fails)", err)
 	}
 	data, rerr := os.ReadFile(filepath.Join(dir, "CUnitAutomated-Results.xml"))
 	if rerr != nil {
 		t.Fatalf("no CUnit report (%v); output:\n%s", rerr, tail(out, 4000))
 	}
-	passed, failed, err := parseCUnit(data)
+	passed, failed, err = parseCUnit(data)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return passed, failed, out
+}
+
+// TestLibiscsiCompliance runs libiscsi's iscsi-test-cu (all tests, data
+// loss allowed, the same LUN as the second multipath path) against a
+// 64 MiB MemDevice and fails on any failure not listed in
+// testdata/iscsi-test-cu.expected.
+func TestLibiscsiCompliance(t *testing.T) {
+	ts := startServer(t, Config{}, "cu")
+	expected := loadExpected(t)
+	url := ts.url("cu")
+	passed, failed, out := runTestCU(t, "ALL", true, url, url)
 	if len(passed)+len(failed) < 200 {
 		t.Fatalf("only %d tests ran; output:\n%s", len(passed)+len(failed), tail(out, 4000))
 	}
@@ -147,6 +161,39 @@ func TestLibiscsiCompliance(t *testing.T) {
 	}
 	if ts.Panics() != 0 {
 		t.Errorf("server recovered %d panics", ts.Panics())
+	}
+}
+
+// TestLibiscsiPhysical512 runs the tests that depend on the physical
+// block size with 512-byte physical blocks (the full run uses 4 KiB,
+// where libiscsi 1.19's GetLBAStatus.UnmapSingle is wrong).
+func TestLibiscsiPhysical512(t *testing.T) {
+	ts := startServer(t, Config{PhysicalBlockSize: 512}, "p512")
+	url := ts.url("p512")
+	passed, failed, out := runTestCU(t, "ALL.GetLBAStatus", true, url)
+	if len(failed) > 0 || len(passed) != 3 {
+		t.Fatalf("passed %v failed %v\n%s", passed, failed, tail(out, 3000))
+	}
+}
+
+// TestLibiscsiReadOnly runs the write-protection tests against a
+// read-only target (the full suite assumes a writable LUN).
+func TestLibiscsiReadOnly(t *testing.T) {
+	ts := startServer(t, Config{})
+	if err := ts.AddTarget(TargetSpec{Name: "ro", VID: 5, ReadOnly: true, Device: voltest.NewMemDevice(64<<20, 4<<20)}); err != nil {
+		t.Fatal(err)
+	}
+	url := ts.url("ro")
+	for _, sel := range []string{"ALL.ReadOnly", "ALL.Write10.WriteProtect", "ALL.Write16.WriteProtect",
+		"ALL.WriteSame10.WriteProtect", "ALL.WriteSame16.WriteProtect", "ALL.WriteVerify12.WriteProtect",
+		"ALL.ModeSense6"} {
+		passed, failed, out := runTestCU(t, sel, true, url)
+		if len(failed) > 0 || len(passed) == 0 {
+			t.Errorf("%s: passed %v failed %v\n%s", sel, passed, failed, tail(out, 3000))
+		}
+		if strings.Contains(out, "[SKIPPED]") && sel != "ALL.ModeSense6" {
+			t.Errorf("%s skipped itself:\n%s", sel, tail(out, 2000))
+		}
 	}
 }
 

@@ -49,6 +49,9 @@ type Config struct {
 	MaxOutstandingR2T uint32
 	// MaxTransfer caps one command's data in bytes (default 32 MiB).
 	MaxTransfer uint32
+	// PhysicalBlockSize is the physical block size reported to
+	// initiators (default 4096; 512 reports no alignment preference).
+	PhysicalBlockSize uint32
 	// MaxBufferBytes bounds the data buffered for all commands of the
 	// server at once (default 512 MiB).
 	MaxBufferBytes int64
@@ -289,6 +292,7 @@ func (s *Server) AddTarget(spec TargetSpec) error {
 		lu: scsi.New(scsi.Config{
 			Device: spec.Device, ReadOnly: spec.ReadOnly, VID: spec.VID,
 			Name: spec.Name, TargetIQN: iqn, MaxTransfer: s.cfg.MaxTransfer,
+			PhysicalBlockSize: s.cfg.PhysicalBlockSize,
 		}),
 		sessions: map[*session]struct{}{},
 	}

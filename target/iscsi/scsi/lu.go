@@ -36,6 +36,9 @@ type Config struct {
 	Name      string // VDI name, for the product/T10 designators
 	TargetIQN string // for the SCSI name string designator
 	BlockSize uint32 // logical block size (512 or 4096); default 512
+	// PhysicalBlockSize is reported by READ CAPACITY(16) so initiators
+	// align I/O (gosheep's store checksums 4 KiB blocks); default 4096.
+	PhysicalBlockSize uint32
 	// MaxTransfer caps one command's data (bytes, a multiple of BlockSize).
 	MaxTransfer uint32
 }
@@ -87,6 +90,9 @@ func New(cfg Config) *LU {
 	}
 	if cfg.MaxTransfer == 0 {
 		cfg.MaxTransfer = DefaultMaxTransfer
+	}
+	if cfg.PhysicalBlockSize < cfg.BlockSize || cfg.PhysicalBlockSize&(cfg.PhysicalBlockSize-1) != 0 {
+		cfg.PhysicalBlockSize = max(4096, cfg.BlockSize)
 	}
 	cfg.MaxTransfer -= cfg.MaxTransfer % cfg.BlockSize
 	lu := &LU{

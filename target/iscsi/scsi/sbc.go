@@ -413,6 +413,11 @@ func execReadCapacity16(ctx ctxT, c *Cmd, _ []byte) Result {
 	b := make([]byte, 32)
 	binary.BigEndian.PutUint64(b, last)
 	binary.BigEndian.PutUint32(b[8:], uint32(c.lu.bs))
+	// Logical blocks per physical block exponent: initiators align
+	// their I/O to physical blocks.
+	for bs := c.lu.bs; bs < uint64(c.lu.cfg.PhysicalBlockSize); bs <<= 1 {
+		b[13]++
+	}
 	b[14] = 0x80 | 0x40 // LBPME, LBPRZ: thin, unmapped blocks read as zeros
 	return good(truncate(b, be32(c.CDB[10:])))
 }

@@ -255,7 +255,7 @@ func (t *task) run() {
 			}
 			want = cmd.OutLen
 		}
-		need := int64(want) + int64(cmd.DataInLen())
+		need := min(int64(want)+int64(cmd.DataInLen()), c.srv.cfg.MaxBufferBytes)
 		if need > 0 {
 			if err := c.srv.budget.acquire(t.ctx, need); err != nil {
 				return // aborted
@@ -448,6 +448,12 @@ func (t *task) sendStatus(res scsi.Result, data []byte, rflags byte, resid uint3
 	}
 	t.statusSent = true
 	t.mu.Unlock()
+	// The initiator may reuse the ITT as soon as it sees the status.
+	c.tmu.Lock()
+	if c.tasks[t.itt] == t {
+		delete(c.tasks, t.itt)
+	}
+	c.tmu.Unlock()
 	se.done1(&t.hdr)
 	maxSeg := se.params.maxSendData
 	burst := se.params.maxBurst

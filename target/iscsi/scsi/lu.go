@@ -323,13 +323,32 @@ func truncate(data []byte, alloc uint32) []byte {
 	return data
 }
 
-// DataInLen is the size of the Data-In buffer the command allocates
-// (reads and verifies), for the transport's memory budget.
+// DataInLen is the size of the buffer the command reads into (reads,
+// verifies, COMPARE AND WRITE, ORWRITE), for the transport's memory
+// budget. It is bounded by the maximum transfer length.
 func (c *Cmd) DataInLen() uint32 {
-	if c.desc.class == classRead && c.n > 0 {
-		return c.n * uint32(c.lu.bs)
+	switch c.desc.op {
+	case opRead6, opRead10, opRead12, opRead16, opVerify10, opVerify12, opVerify16,
+		opCompareWrite, opOrWrite16:
+		return uint32(min(uint64(c.n)*c.lu.bs, uint64(c.lu.maxXfer)))
 	}
 	return 0
+}
+
+// OpName names the command of a CDB, for metrics ("OPCODE 0xNN" when
+// unsupported).
+func (lu *LU) OpName(cdb []byte) string {
+	if len(cdb) == 0 {
+		return "EMPTY"
+	}
+	key := uint16(cdb[0]) << 8
+	if lu.hasSA[cdb[0]] && len(cdb) > 1 {
+		key |= uint16(cdb[1] & 0x1f)
+	}
+	if d := lu.ops[key]; d != nil {
+		return d.name
+	}
+	return fmt.Sprintf("OPCODE 0x%02X", cdb[0])
 }
 
 // TruncateOut shortens a plain write to the first n bytes when n is a
@@ -350,20 +369,4 @@ func (c *Cmd) OutMismatch() Result {
 		return invalidCDB(13, -1)
 	}
 	return InvalidFieldInIU()
-}
-
-// OpName names the command of a CDB, for metrics ("OPCODE 0xNN" when
-// unsupported).
-func (lu *LU) OpName(cdb []byte) string {
-	if len(cdb) == 0 {
-		return "EMPTY"
-	}
-	key := uint16(cdb[0]) << 8
-	if lu.hasSA[cdb[0]] && len(cdb) > 1 {
-		key |= uint16(cdb[1] & 0x1f)
-	}
-	if d := lu.ops[key]; d != nil {
-		return d.name
-	}
-	return fmt.Sprintf("OPCODE 0x%02X", cdb[0])
 }

@@ -545,3 +545,40 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("sessions max %d now %d", rec.maxSess, rec.sessions)
 	}
 }
+
+// TestImmediateCommandsBounded: immediate commands beyond the bound get
+// TASK SET FULL instead of piling up.
+func TestImmediateCommandsBounded(t *testing.T) {
+	ts := startServer(t, Config{QueueDepth: 4}, "imm")
+	c := dial(t, ts.addr)
+	c.loginNormal(IQN("imm"), "InitialR2T=Yes")
+	c.drainUA()
+	// Writes that wait for Data-Out stay in flight.
+	n := 4 + maxImmediateTasks + 3
+	for i := range n {
+		var h pdu.Header
+		h.SetOpcode(pdu.OpSCSICmd)
+		h[0] |= 0x40 // immediate
+		h.SetFlags(0x80 | pdu.FlagWrite)
+		h.SetITT(uint32(1000 + i))
+		h.SetField20(512)
+		binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+		copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0})
+		c.send(&h, nil)
+	}
+	full, r2ts := 0, 0
+	for range n {
+		p := c.recv()
+		switch {
+		case p.Opcode() == pdu.OpR2T:
+			r2ts++
+		case p.Opcode() == pdu.OpSCSIResp && p.Header[3] == scsi.StatusTaskSetFull:
+			full++
+		default:
+			t.Fatalf("unexpected %s status %#x", p.Header.String(), p.Header[3])
+		}
+	}
+	if r2ts != 4+maxImmediateTasks || full != 3 {
+		t.Fatalf("%d R2Ts and %d TASK SET FULL", r2ts, full)
+	}
+}

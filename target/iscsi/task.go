@@ -11,6 +11,10 @@ import (
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
 )
 
+// maxImmediateTasks bounds immediate commands (outside the CmdSN window)
+// in flight on a connection.
+const maxImmediateTasks = 16
+
 // task is one SCSI command of a connection.
 type task struct {
 	c     *conn
@@ -86,6 +90,13 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 		c.tmu.Unlock()
 		se.done1(&p.Header)
 		return c.sendReject(rejectTaskInProgress, &p.Header)
+	}
+	if len(c.tasks) >= se.window+maxImmediateTasks {
+		// Immediate commands bypass the CmdSN window; bound them.
+		c.tmu.Unlock()
+		t.sendStatus(scsi.Result{Status: scsi.StatusTaskSetFull}, nil, 0, 0)
+		t.abort()
+		return nil
 	}
 	c.tasks[t.itt] = t
 	c.taskWG.Add(1)

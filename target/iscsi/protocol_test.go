@@ -582,3 +582,146 @@ func TestImmediateCommandsBounded(t *testing.T) {
 		t.Fatalf("%d R2Ts and %d TASK SET FULL", r2ts, full)
 	}
 }
+
+// TestR2TMultipleOutstanding writes 64 KiB with immediate data,
+// unsolicited Data-Out and several outstanding R2Ts of small bursts, and
+// checks offsets, R2TSNs, the data on the device and ExpDataSN.
+func TestR2TMultipleOutstanding(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		keys      []string
+		imm, unso int // bytes sent as immediate data / unsolicited Data-Out
+	}{
+		{"solicited only", []string{"InitialR2T=Yes", "ImmediateData=No", "MaxOutstandingR2T=4", "MaxBurstLength=4096"}, 0, 0},
+		{"immediate + unsolicited + R2T", []string{"InitialR2T=No", "ImmediateData=Yes", "MaxOutstandingR2T=3", "MaxBurstLength=8192", "FirstBurstLength=8192"}, 2048, 6144},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, Config{MaxRecvDataSegmentLength: 2048}, "r2t")
+			c := dial(t, ts.addr)
+			c.loginNormal(IQN("r2t"), tc.keys...)
+			c.drainUA()
+			data := make([]byte, 64<<10)
+			for i := range data {
+				data[i] = byte(i*13 + i>>9)
+			}
+			const itt = 4711
+			var h pdu.Header
+			h.SetOpcode(pdu.OpSCSICmd)
+			f := byte(pdu.FlagWrite)
+			if tc.unso == 0 {
+				f |= pdu.FlagFinal
+			}
+			h.SetFlags(f)
+			h.SetITT(itt)
+			h.SetField20(uint32(len(data)))
+			binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+			c.cmdSN++
+			copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 16, 0, 0, 128, 0}) // WRITE(10) LBA 16, 128 blocks
+			c.send(&h, data[:tc.imm])
+			sendData := func(ttt, off, n uint32) {
+				sn := uint32(0)
+				for pos := off; pos < off+n; pos += 2048 {
+					l := min(2048, off+n-pos)
+					var d pdu.Header
+					d.SetOpcode(pdu.OpDataOut)
+					if pos+l == off+n {
+						d.SetFlags(0x80)
+					}
+					d.SetITT(itt)
+					d.SetField20(ttt)
+					d.SetDataSN(sn)
+					d.SetBufferOffset(pos)
+					c.send(&d, data[pos:pos+l])
+					sn++
+				}
+			}
+			if tc.unso > 0 {
+				sendData(pdu.ReservedTag, uint32(tc.imm), uint32(tc.unso))
+			}
+			next := uint32(tc.imm + tc.unso)
+			wantSN := uint32(0)
+			maxOut := 0
+			var pending []*pdu.PDU
+			for {
+				// Collect what the target sends before answering: several
+				// R2Ts may be outstanding.
+				c.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				p, err := c.tryRecv()
+				c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if err == nil {
+					if p.Opcode() == pdu.OpSCSIResp {
+						if p.Header[3] != 0 {
+							t.Fatalf("status %#x", p.Header[3])
+						}
+						if got := p.DataSN(); got != wantSN {
+							t.Fatalf("ExpDataSN %d, want %d R2Ts", got, wantSN)
+						}
+						break
+					}
+					if p.Opcode() != pdu.OpR2T || p.ITT() != itt {
+						t.Fatalf("unexpected %s", p.Header.String())
+					}
+					if p.DataSN() != wantSN || p.BufferOffset() != next || p.DesiredLength() > 8192 {
+						t.Fatalf("R2T sn %d off %d len %d; want sn %d off %d", p.DataSN(), p.BufferOffset(), p.DesiredLength(), wantSN, next)
+					}
+					wantSN++
+					next += p.DesiredLength()
+					pending = append(pending, p)
+					maxOut = max(maxOut, len(pending))
+					continue
+				}
+				if len(pending) == 0 {
+					t.Fatalf("no R2T and no status: %v", err)
+				}
+				for _, r := range pending {
+					sendData(r.TTT(), r.BufferOffset(), r.DesiredLength())
+				}
+				pending = nil
+			}
+			if tc.unso == 0 && maxOut < 2 {
+				t.Errorf("at most %d R2T outstanding, want several", maxOut)
+			}
+			got := make([]byte, len(data))
+			ts.devs["r2t"].ReadAt(t.Context(), got, 16*512)
+			if !bytes.Equal(got, data) {
+				t.Fatal("device content differs")
+			}
+		})
+	}
+}
+
+// TestDataInSegments: Data-In honours the initiator's
+// MaxRecvDataSegmentLength, numbers DataSN from 0, sets F at each
+// MaxBurstLength boundary and carries the status in the last PDU.
+func TestDataInSegments(t *testing.T) {
+	ts := startServer(t, Config{}, "din")
+	c := dial(t, ts.addr)
+	c.loginNormal(IQN("din"), "MaxRecvDataSegmentLength=4096", "MaxBurstLength=16384", "FirstBurstLength=16384")
+	c.drainUA()
+	var h pdu.Header
+	h.SetOpcode(pdu.OpSCSICmd)
+	h.SetFlags(0x80 | pdu.FlagRead)
+	h.SetITT(77)
+	h.SetField20(64 << 10)
+	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+	copy(h[32:], []byte{0x28, 0, 0, 0, 0, 0, 0, 0, 128, 0})
+	c.send(&h, nil)
+	off := uint32(0)
+	for sn := uint32(0); ; sn++ {
+		p := c.recv()
+		if p.Opcode() != pdu.OpDataIn || p.DataSN() != sn || p.BufferOffset() != off || len(p.Data) > 4096 {
+			t.Fatalf("PDU %d: %s sn %d off %d len %d", sn, p.Header.String(), p.DataSN(), p.BufferOffset(), len(p.Data))
+		}
+		off += uint32(len(p.Data))
+		wantF := off%16384 == 0
+		if p.Final() != wantF {
+			t.Fatalf("F=%v at offset %d", p.Final(), off)
+		}
+		if p.Flags()&pdu.FlagStatus != 0 {
+			if off != 64<<10 || p.Header[3] != 0 {
+				t.Fatalf("status at offset %d: %#x", off, p.Header[3])
+			}
+			return
+		}
+	}
+}

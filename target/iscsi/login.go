@@ -214,9 +214,6 @@ func (ls *loginState) step(p *pdu.PDU) (bool, error) {
 			next = nsg
 		}
 	}
-	if transit && ls.stage == stageSecurity && nsg == stageFull {
-		// Skipping operational negotiation: declare ours anyway.
-	}
 	if transit && next >= stageOperational && ls.stage == stageSecurity {
 		resp = append(resp, ls.declarations()...)
 	} else if ls.stage == stageOperational && !cont {
@@ -326,10 +323,6 @@ func (ls *loginState) key(kv pdu.KV) ([]pdu.KV, uint16, string) {
 			return nil, loginInitiatorError, k + " outside security negotiation"
 		}
 		return nil, 0, "" // handled by chapStep
-	}
-	if ls.stage == stageSecurity && !strings.HasPrefix(k, "X") {
-		// Operational keys may also come in the security stage; they are
-		// negotiated the same way.
 	}
 	switch k {
 	case "HeaderDigest", "DataDigest":

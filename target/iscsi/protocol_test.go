@@ -725,3 +725,28 @@ func TestDataInSegments(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxConnections: connections beyond the limit are closed at once.
+func TestMaxConnections(t *testing.T) {
+	ts := startServer(t, Config{MaxConnections: 2}, "mc")
+	a, b := dial(t, ts.addr), dial(t, ts.addr)
+	a.loginNormal(IQN("mc"))
+	b.loginAs("iqn.2026-11.test:b", IQN("mc"))
+	c := dial(t, ts.addr)
+	if _, err := c.login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("mc"), "SessionType=Normal"); err == nil {
+		t.Fatal("third connection logged in")
+	}
+	a.logout()
+	a.nc.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d := dial(t, ts.addr)
+		if _, err := d.login("InitiatorName=iqn.2026-11.test:d", "TargetName="+IQN("mc"), "SessionType=Normal"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection accepted after one closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

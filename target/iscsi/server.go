@@ -55,6 +55,9 @@ type Config struct {
 	// MaxBufferBytes bounds the data buffered for all commands of the
 	// server at once (default 512 MiB).
 	MaxBufferBytes int64
+	// MaxConnections bounds open connections; more are closed at once
+	// (default 4096).
+	MaxConnections int
 	// LoginTimeout bounds the login phase (default 15 s).
 	LoginTimeout time.Duration
 	// WriteTimeout bounds one write to an initiator (default 60 s).
@@ -92,6 +95,9 @@ func (c *Config) fill() {
 		c.MaxBufferBytes = 512 << 20
 	}
 	c.MaxBufferBytes = max(c.MaxBufferBytes, 2*int64(c.MaxTransfer))
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 4096
+	}
 	if c.LoginTimeout <= 0 {
 		c.LoginTimeout = 15 * time.Second
 	}
@@ -192,8 +198,9 @@ func IQN(name string) string {
 func (s *Server) Panics() int64 { return s.panics.Load() }
 
 // Serve accepts connections on ln until ctx is done, Close is called or
-// ln fails. It closes ln when it returns. It may be called for several
-// listeners.
+// ln fails. It closes ln when it returns; connections already accepted
+// run until Close or RemoveTarget. It may be called for several
+// listeners (each one's address is advertised unless AdvertiseAddrs).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -234,8 +241,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			nc.Close()
+			c.shutdown()
 			return nil
+		}
+		if len(s.conns) >= s.cfg.MaxConnections {
+			s.mu.Unlock()
+			s.log.Warn("iscsi: too many connections", "remote", nc.RemoteAddr().String())
+			c.shutdown()
+			continue
 		}
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)

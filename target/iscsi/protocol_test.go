@@ -750,3 +750,35 @@ func TestMaxConnections(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestSessionReinstatement: a new login with the same initiator name and
+// ISID replaces the old session (whose connection is closed); a login
+// naming an unknown TSIH is refused.
+func TestSessionReinstatement(t *testing.T) {
+	ts := startServer(t, Config{}, "re")
+	a := dial(t, ts.addr)
+	a.loginNormal(IQN("re"))
+	a.drainUA()
+	b := dial(t, ts.addr)
+	b.loginNormal(IQN("re")) // same name and ISID
+	a.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := a.tryRecv(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("old session still open: %v", err)
+	}
+	if uas := b.drainUA(); len(uas) != 1 {
+		t.Fatalf("new session unit attentions %x", uas)
+	}
+	if n := ts.SessionCount(); n != 1 {
+		t.Fatalf("%d sessions", n)
+	}
+	c := dial(t, ts.addr)
+	var h pdu.Header
+	h.SetOpcode(pdu.OpLoginReq)
+	h[0] |= 0x40
+	h.SetFlags(0x80 | 1<<2 | 3)
+	binary.BigEndian.PutUint16(h[14:], 999) // TSIH of no session
+	c.send(&h, []byte("InitiatorName=iqn.2026-11.test:z\x00TargetName="+IQN("re")+"\x00"))
+	if p := c.recv(); p.Opcode() != pdu.OpLoginResp || p.Header[36] != 2 || p.Header[37] != 0x0a {
+		t.Fatalf("login with unknown TSIH: status %#02x%02x", p.Header[36], p.Header[37])
+	}
+}

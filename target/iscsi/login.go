@@ -214,9 +214,9 @@ func (ls *loginState) step(p *pdu.PDU) (bool, error) {
 			next = nsg
 		}
 	}
-	if transit && next >= stageOperational && ls.stage == stageSecurity {
-		resp = append(resp, ls.declarations()...)
-	} else if ls.stage == stageOperational && !cont {
+	if ls.stage == stageOperational {
+		// Operational keys only in operational-stage responses; if the
+		// initiator skips that stage it assumes our default of 8192.
 		resp = append(resp, ls.declarations()...)
 	}
 	if transit && next == stageFull {

@@ -1,0 +1,413 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gosheep/gosheep/target/iscsi/pdu"
+	"github.com/gosheep/gosheep/target/iscsi/scsi"
+)
+
+// errProtocol ends a connection after a protocol violation.
+var errProtocol = errors.New("iscsi: protocol error")
+
+// Reject reasons (RFC 7143 §11.17.1).
+const (
+	rejectDataDigest     = 0x02
+	rejectSNACK          = 0x03
+	rejectProtocol       = 0x04
+	rejectNotSupported   = 0x05
+	rejectImmediateCmd   = 0x06
+	rejectTaskInProgress = 0x07
+	rejectInvalidData    = 0x08
+	rejectInvalidField   = 0x09
+	rejectWaitingLogout  = 0x0b
+)
+
+// session is an iSCSI session: one connection (MaxConnections=1), the
+// CmdSN window and the I_T nexus.
+type session struct {
+	srv       *Server
+	tgt       *target // nil for discovery
+	tsih      uint16
+	isid      uint64
+	initiator string
+	nexus     *scsi.Nexus
+	params    sessParams
+
+	mu       sync.Mutex
+	expCmdSN uint32
+	inflight int
+	window   int
+	conn     *conn
+	closed   bool
+	done     chan struct{}
+}
+
+// sessParams are the negotiated session-wide values.
+type sessParams struct {
+	initialR2T       bool
+	immediateData    bool
+	maxBurst         uint32
+	firstBurst       uint32
+	maxOutstandingR2 uint32
+	maxSendData      uint32 // initiator's MaxRecvDataSegmentLength
+	headerDigest     bool
+	dataDigest       bool
+}
+
+// cmdSNs returns ExpCmdSN and MaxCmdSN for a response.
+func (se *session) cmdSNs() (uint32, uint32) {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return se.expCmdSN, se.expCmdSN + uint32(se.window-se.inflight) - 1
+}
+
+// close ends the session's connection (it tears the session down).
+func (se *session) close() {
+	se.mu.Lock()
+	c := se.conn
+	se.mu.Unlock()
+	if c != nil {
+		c.shutdown()
+	}
+}
+
+func (se *session) wait() { <-se.done }
+
+// conn is one TCP connection.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	lnAddr net.Addr
+	br     *bufio.Reader
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
+
+	// write side
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	waiters atomic.Int32
+	statSN  uint32
+	werr    error
+
+	sess *session
+	cid  uint16
+	lim  pdu.Limits // what ReadPDU accepts
+
+	tmu      sync.Mutex
+	tasks    map[uint32]*task // by ITT
+	nextTTT  uint32
+	taskWG   sync.WaitGroup
+	pending  map[uint32]*pdu.PDU // commands held for a CmdSN gap
+	textResp *textContinuation
+	logout   bool
+}
+
+func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	return &conn{
+		srv: s, nc: nc, lnAddr: lnAddr, ctx: ctx, cancel: cancel,
+		br:      bufio.NewReaderSize(nc, 64<<10),
+		bw:      bufio.NewWriterSize(nc, 64<<10),
+		tasks:   map[uint32]*task{},
+		pending: map[uint32]*pdu.PDU{},
+		lim:     pdu.Limits{MaxData: 8192},
+	}
+}
+
+// shutdown aborts the connection: the reader and every task stop.
+func (c *conn) shutdown() {
+	c.once.Do(func() {
+		c.cancel()
+		c.nc.Close()
+	})
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.panics.Add(1)
+			c.srv.log.Error("iscsi: panic in connection", "remote", c.nc.RemoteAddr().String(),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+		c.shutdown()
+		c.taskWG.Wait()
+		c.endSession()
+	}()
+	if err := c.login(); err != nil {
+		c.srv.log.Debug("iscsi: login failed", "remote", c.nc.RemoteAddr().String(), "err", err)
+		return
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	err := c.readLoop()
+	if err != nil && !errors.Is(err, io.EOF) && c.ctx.Err() == nil {
+		c.srv.log.Debug("iscsi: connection ended", "remote", c.nc.RemoteAddr().String(), "err", err)
+	}
+}
+
+// endSession releases what the connection's session holds.
+func (c *conn) endSession() {
+	se := c.sess
+	if se == nil {
+		return
+	}
+	se.mu.Lock()
+	if se.closed {
+		se.mu.Unlock()
+		return
+	}
+	se.closed = true
+	se.conn = nil
+	se.mu.Unlock()
+	if se.tgt != nil {
+		se.tgt.lu.Detach(se.nexus)
+		se.tgt.mu.Lock()
+		delete(se.tgt.sessions, se)
+		se.tgt.mu.Unlock()
+	}
+	c.srv.freeTSIH(se.tsih, se)
+	c.srv.rec.Sessions("iscsi", -1)
+	close(se.done)
+}
+
+// write serialises a group of PDUs on the socket. fn writes with
+// c.writePDU; the buffer is flushed unless another writer is waiting.
+func (c *conn) write(fn func() error) error {
+	c.waiters.Add(1)
+	c.wmu.Lock()
+	c.waiters.Add(-1)
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	err := fn()
+	if err == nil && c.waiters.Load() == 0 {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.werr = err
+		go c.shutdown()
+	}
+	return err
+}
+
+// writePDU writes one PDU (under c.wmu). withStatus assigns the next
+// StatSN and fills ExpCmdSN/MaxCmdSN.
+func (c *conn) writePDU(h *pdu.Header, data []byte, withStatus bool) error {
+	if withStatus {
+		h.SetStatSN(c.statSN)
+		c.statSN++
+	} else if h.Opcode() != pdu.OpDataIn {
+		h.SetStatSN(c.statSN)
+	}
+	if c.sess != nil {
+		exp, maxSN := c.sess.cmdSNs()
+		h.SetExpCmdSN(exp)
+		h.SetMaxCmdSN(maxSN)
+	}
+	return pdu.WritePDU(c.bw, h, data, c.lim.HeaderDigest, c.lim.DataDigest)
+}
+
+func (c *conn) sendReject(reason byte, bad *pdu.Header) error {
+	var h pdu.Header
+	h.SetOpcode(pdu.OpReject)
+	h.SetFlags(0x80)
+	h[2] = reason
+	h.SetITT(pdu.ReservedTag)
+	return c.write(func() error { return c.writePDU(&h, bad[:], true) })
+}
+
+// readLoop handles full-feature-phase PDUs until the connection ends.
+func (c *conn) readLoop() error {
+	for {
+		p, err := pdu.ReadPDU(c.br, c.lim)
+		if err != nil {
+			return err
+		}
+		if err := c.handle(p); err != nil {
+			return err
+		}
+		c.tmu.Lock()
+		lo := c.logout
+		c.tmu.Unlock()
+		if lo {
+			return nil
+		}
+	}
+}
+
+// isSequenced reports whether a PDU carries a CmdSN that advances.
+func isSequenced(p *pdu.PDU) bool {
+	switch p.Opcode() {
+	case pdu.OpSCSICmd, pdu.OpNOPOut, pdu.OpTaskReq, pdu.OpTextReq, pdu.OpLogoutReq:
+		return !p.Immediate()
+	}
+	return false
+}
+
+func (c *conn) handle(p *pdu.PDU) error {
+	se := c.sess
+	op := p.Opcode()
+	if se.tgt == nil { // discovery session: text, NOP and logout only
+		switch op {
+		case pdu.OpTextReq, pdu.OpLogoutReq, pdu.OpNOPOut:
+		default:
+			return c.sendReject(rejectProtocol, &p.Header)
+		}
+	}
+	switch op {
+	case pdu.OpDataOut:
+		c.dataOut(p)
+		return nil
+	case pdu.OpSNACKReq:
+		// ErrorRecoveryLevel 0: SNACK is not supported.
+		return c.sendReject(rejectSNACK, &p.Header)
+	case pdu.OpSCSICmd, pdu.OpNOPOut, pdu.OpTaskReq, pdu.OpTextReq, pdu.OpLogoutReq:
+	default:
+		return c.sendReject(rejectNotSupported, &p.Header)
+	}
+	if !isSequenced(p) {
+		return c.dispatch(p)
+	}
+	se.mu.Lock()
+	sn, exp := p.CmdSN(), se.expCmdSN
+	maxSN := exp + uint32(se.window-se.inflight) - 1
+	if int32(sn-exp) < 0 || int32(maxSN-sn) < 0 {
+		// Outside the window: silently ignored (RFC 7143 §4.2.2.1).
+		se.mu.Unlock()
+		return nil
+	}
+	if sn != exp {
+		// A gap: hold the command until the missing ones arrive.
+		se.mu.Unlock()
+		c.tmu.Lock()
+		if _, dup := c.pending[sn]; !dup && len(c.pending) < se.window {
+			c.pending[sn] = p
+		}
+		c.tmu.Unlock()
+		return nil
+	}
+	se.mu.Unlock()
+	for {
+		se.mu.Lock()
+		se.expCmdSN++
+		se.inflight++
+		se.mu.Unlock()
+		if err := c.dispatch(p); err != nil {
+			return err
+		}
+		se.mu.Lock()
+		next := se.expCmdSN
+		se.mu.Unlock()
+		c.tmu.Lock()
+		q, ok := c.pending[next]
+		delete(c.pending, next)
+		c.tmu.Unlock()
+		if !ok {
+			return nil
+		}
+		p = q
+	}
+}
+
+// done releases a sequenced command's window slot; call it before the
+// response is written so that the response opens the window.
+func (se *session) done1(p *pdu.Header) {
+	if p.Immediate() {
+		return
+	}
+	se.mu.Lock()
+	se.inflight--
+	se.mu.Unlock()
+}
+
+func (c *conn) dispatch(p *pdu.PDU) error {
+	switch p.Opcode() {
+	case pdu.OpSCSICmd:
+		return c.scsiCommand(p)
+	case pdu.OpNOPOut:
+		return c.nopOut(p)
+	case pdu.OpTaskReq:
+		return c.taskMgmt(p)
+	case pdu.OpTextReq:
+		return c.text(p)
+	case pdu.OpLogoutReq:
+		return c.logoutReq(p)
+	}
+	return nil
+}
+
+func (c *conn) nopOut(p *pdu.PDU) error {
+	c.sess.done1(&p.Header)
+	if p.ITT() == pdu.ReservedTag {
+		return nil // a ping answer or a CmdSN-only update
+	}
+	var h pdu.Header
+	h.SetOpcode(pdu.OpNOPIn)
+	h.SetFlags(0x80)
+	h.SetLUN(p.LUN())
+	h.SetITT(p.ITT())
+	h.SetField20(pdu.ReservedTag)
+	return c.write(func() error { return c.writePDU(&h, p.Data, true) })
+}
+
+func (c *conn) logoutReq(p *pdu.PDU) error {
+	reason := p.Flags() & 0x7f
+	resp := byte(0)
+	switch reason {
+	case 0, 1: // close session / close connection
+		if reason == 1 && p.CID() != c.cid {
+			resp = 1 // CID not found
+		}
+	case 2:
+		resp = 2 // connection recovery not supported
+	default:
+		return c.sendReject(rejectInvalidField, &p.Header)
+	}
+	if resp == 0 {
+		// Commands still waiting for Data-Out will not get it any more;
+		// the others finish and send their status first.
+		c.tmu.Lock()
+		var stuck []*task
+		for _, t := range c.tasks {
+			t.mu.Lock()
+			if t.collecting || !t.unsolDone {
+				stuck = append(stuck, t)
+			}
+			t.mu.Unlock()
+		}
+		c.tmu.Unlock()
+		for _, t := range stuck {
+			t.abortAndWait()
+		}
+		c.taskWG.Wait()
+	}
+	c.sess.done1(&p.Header)
+	var h pdu.Header
+	h.SetOpcode(pdu.OpLogoutResp)
+	h.SetFlags(0x80)
+	h[2] = resp
+	h.SetITT(p.ITT())
+	err := c.write(func() error { return c.writePDU(&h, nil, true) })
+	if resp == 0 {
+		c.tmu.Lock()
+		c.logout = true
+		c.tmu.Unlock()
+	}
+	return err
+}

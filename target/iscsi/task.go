@@ -1,0 +1,527 @@
+package iscsi
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gosheep/gosheep/target/iscsi/pdu"
+	"github.com/gosheep/gosheep/target/iscsi/scsi"
+)
+
+// maxImmediateTasks bounds immediate commands (outside the CmdSN window)
+// in flight on a connection.
+const maxImmediateTasks = 16
+
+// task is one SCSI command of a connection.
+type task struct {
+	c     *conn
+	hdr   pdu.Header
+	itt   uint32
+	edtl  uint32
+	read  bool
+	write bool
+	cdb   []byte
+	ctx   context.Context
+	abort context.CancelFunc
+	done  chan struct{}
+
+	mu sync.Mutex
+	// Data-Out state (under mu).
+	aborted    bool
+	protoErr   bool
+	unsolLimit uint32 // bytes the initiator may send unsolicited (incl. immediate)
+	unsolDone  bool   // F seen on the unsolicited sequence
+	unsolSN    uint32 // next DataSN of the unsolicited sequence
+	received   uint32 // contiguous bytes received
+	pieces     [][]byte
+	buf        []byte // allocated once the command knows its length
+	want       uint32
+	r2ts       []*r2t
+	nextR2TOff uint32
+	r2tSN      uint32
+	wake       chan struct{}
+	statusSent bool // under mu
+	collecting bool // waiting for Data-Out (under mu)
+}
+
+type r2t struct {
+	ttt        uint32
+	off, end   uint32
+	nextOff    uint32
+	nextDataSN uint32
+}
+
+// scsiCommand handles a SCSI Command PDU (in the reader goroutine).
+func (c *conn) scsiCommand(p *pdu.PDU) error {
+	se := c.sess
+	f := p.Flags()
+	cdb := p.CDB()
+	if p.AHSLen() > 0 {
+		// Extended CDB AHS (type 1): the CDB continues in the AHS.
+		if ext := extendedCDB(p.AHS); ext != nil {
+			cdb = append(append([]byte(nil), cdb...), ext...)
+		}
+	}
+	t := &task{
+		c: c, hdr: p.Header, itt: p.ITT(), edtl: p.EDTL(),
+		read: f&pdu.FlagRead != 0, write: f&pdu.FlagWrite != 0,
+		cdb: append([]byte(nil), cdb...), done: make(chan struct{}),
+		wake: make(chan struct{}, 1),
+	}
+	t.ctx, t.abort = context.WithCancel(c.ctx)
+	if len(p.Data) > 0 {
+		if !t.write || !se.params.immediateData || uint32(len(p.Data)) > se.params.firstBurst {
+			se.done1(&p.Header)
+			return c.sendReject(rejectProtocol, &p.Header)
+		}
+		t.pieces = [][]byte{p.Data[:min(uint32(len(p.Data)), t.edtl)]}
+		t.received = uint32(len(t.pieces[0]))
+	}
+	t.unsolLimit = t.received
+	if t.write && !se.params.initialR2T {
+		t.unsolLimit = min(se.params.firstBurst, t.edtl)
+	}
+	t.unsolDone = f&pdu.FlagFinal != 0 || t.received >= t.unsolLimit
+	c.tmu.Lock()
+	if _, busy := c.tasks[t.itt]; busy || t.itt == pdu.ReservedTag {
+		c.tmu.Unlock()
+		se.done1(&p.Header)
+		return c.sendReject(rejectTaskInProgress, &p.Header)
+	}
+	if len(c.tasks) >= se.window+maxImmediateTasks {
+		// Immediate commands bypass the CmdSN window; bound them.
+		c.tmu.Unlock()
+		t.sendStatus(scsi.Result{Status: scsi.StatusTaskSetFull}, nil, 0, 0)
+		t.abort()
+		return nil
+	}
+	c.tasks[t.itt] = t
+	c.taskWG.Add(1)
+	c.tmu.Unlock()
+	go t.run()
+	return nil
+}
+
+// extendedCDB returns the additional CDB bytes of an Extended CDB AHS.
+func extendedCDB(ahs []byte) []byte {
+	for len(ahs) >= 4 {
+		l := int(binary.BigEndian.Uint16(ahs))
+		typ := ahs[2]
+		total := (3 + l + 3) &^ 3
+		if total > len(ahs) || l < 1 {
+			return nil
+		}
+		if typ == 1 {
+			return ahs[4 : 3+l]
+		}
+		ahs = ahs[total:]
+	}
+	return nil
+}
+
+// dataOut places a Data-Out PDU (in the reader goroutine).
+func (c *conn) dataOut(p *pdu.PDU) {
+	c.tmu.Lock()
+	t := c.tasks[p.ITT()]
+	c.tmu.Unlock()
+	if t == nil {
+		return // a late PDU of a finished or unknown command: dropped
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.aborted || t.protoErr {
+		return
+	}
+	off, sn, n := p.BufferOffset(), p.DataSN(), uint32(len(p.Data))
+	var seqEnd uint32
+	if p.TTT() == pdu.ReservedTag {
+		if t.unsolDone || sn != t.unsolSN || off != t.received || uint64(off)+uint64(n) > uint64(t.unsolLimit) {
+			t.protoErr = true
+			t.kick()
+			return
+		}
+		t.unsolSN++
+		if p.Final() {
+			t.unsolDone = true
+		}
+		seqEnd = t.unsolLimit
+	} else {
+		var r *r2t
+		for _, x := range t.r2ts {
+			if x.ttt == p.TTT() {
+				r = x
+			}
+		}
+		if r == nil || sn != r.nextDataSN || off != r.nextOff || off+n > r.end || off != t.received {
+			t.protoErr = true
+			t.kick()
+			return
+		}
+		r.nextDataSN++
+		r.nextOff += n
+		seqEnd = r.end
+		if r.nextOff == r.end {
+			for i, x := range t.r2ts {
+				if x == r {
+					t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
+					break
+				}
+			}
+		} else if p.Final() {
+			t.protoErr = true // F before the burst is complete
+		}
+	}
+	_ = seqEnd
+	if t.buf != nil {
+		if off < t.want {
+			copy(t.buf[off:t.want], p.Data)
+		}
+	} else {
+		t.pieces = append(t.pieces, p.Data)
+	}
+	t.received += n
+	t.kick()
+}
+
+func (t *task) kick() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// residual computes the iSCSI residual flags and count.
+func residual(expected, actual uint32) (byte, uint32) {
+	switch {
+	case actual > expected:
+		return pdu.FlagOverflow, actual - expected
+	case actual < expected:
+		return pdu.FlagUnder, expected - actual
+	}
+	return 0, 0
+}
+
+var errAborted = errors.New("iscsi: task aborted")
+
+// run executes the command and sends its status (own goroutine).
+func (t *task) run() {
+	c := t.c
+	se := c.sess
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.panics.Add(1)
+			c.srv.log.Error("iscsi: panic in command", "panic", r)
+			c.shutdown()
+		}
+		c.tmu.Lock()
+		if c.tasks[t.itt] == t {
+			delete(c.tasks, t.itt)
+		}
+		c.tmu.Unlock()
+		if !t.statusSent {
+			se.done1(&t.hdr)
+		}
+		t.abort()
+		close(t.done)
+		c.taskWG.Done()
+	}()
+	start := time.Now()
+	lu := se.tgt.lu
+	var res scsi.Result
+	var name = "UNKNOWN"
+	var bytes int
+	inSent, spdtlOut := uint32(0), uint32(0)
+	held := int64(0)
+	defer func() { c.srv.budget.release(held) }()
+
+	if lun := t.hdr.LUN(); lun != 0 {
+		res = t.otherLUN(lun)
+	} else if cmd, early := lu.Prepare(se.nexus, t.cdb); early != nil {
+		res = *early
+		name = lu.OpName(t.cdb)
+	} else {
+		name = cmd.Name()
+		expOut := uint32(0)
+		if t.write {
+			expOut = t.edtl
+		}
+		want := min(cmd.OutLen, expOut)
+		spdtlOut = cmd.OutLen
+		if cmd.OutExact && expOut != cmd.OutLen {
+			// EDTL above the CDB's length: only the CDB's is solicited;
+			// below it: a plain write is cut to whole blocks, anything
+			// else is refused. Either way the residual is reported.
+			ok := expOut > cmd.OutLen && cmd.TruncateOut(cmd.OutLen)
+			if !ok && expOut < cmd.OutLen {
+				ok = cmd.TruncateOut(expOut)
+			}
+			if !ok {
+				flags, count := residual(expOut, spdtlOut)
+				t.sendStatus(cmd.OutMismatch(), nil, flags, count)
+				t.metrics(name, 0, start, errRejected)
+				return
+			}
+			want = cmd.OutLen
+		}
+		need := min(int64(want)+int64(cmd.DataInLen()), c.srv.cfg.MaxBufferBytes)
+		if need > 0 {
+			if err := c.srv.budget.acquire(t.ctx, need); err != nil {
+				return // aborted
+			}
+			held = need
+		}
+		var out []byte
+		if want > 0 {
+			var err error
+			out, err = t.collect(want)
+			if errors.Is(err, errAborted) {
+				return
+			}
+			if err != nil {
+				res = scsi.Aborted()
+				t.sendStatus(res, nil, 0, 0)
+				t.metrics(name, 0, start, err)
+				return
+			}
+		}
+		res = cmd.Execute(t.ctx, out)
+		if t.ctx.Err() != nil {
+			return // aborted: no status
+		}
+		bytes = int(want)
+	}
+	// Data-In and residuals.
+	var flags byte
+	var count uint32
+	data := res.Data
+	if len(data) > 0 {
+		expIn := uint32(0)
+		if t.read {
+			expIn = t.edtl
+		}
+		flags, count = residual(expIn, uint32(len(data)))
+		if uint32(len(data)) > expIn {
+			data = data[:expIn]
+		}
+		inSent = uint32(len(data))
+		bytes += int(inSent)
+	} else if t.write {
+		flags, count = residual(t.edtl, spdtlOut)
+	} else if t.read {
+		flags, count = residual(t.edtl, 0)
+	}
+	t.sendStatus(res, data, flags, count)
+	var err error
+	if res.Status != scsi.StatusGood {
+		err = errCheckCondition
+	}
+	t.metrics(name, bytes, start, err)
+}
+
+var (
+	errRejected       = errors.New("iscsi: command rejected")
+	errCheckCondition = errors.New("iscsi: check condition")
+)
+
+func (t *task) metrics(op string, n int, start time.Time, err error) {
+	t.c.srv.rec.Request("iscsi", op, n, time.Since(start), err)
+}
+
+// otherLUN answers commands to LUNs other than 0.
+func (t *task) otherLUN(lun uint64) scsi.Result {
+	switch t.cdb[0] {
+	case 0x12: // INQUIRY: peripheral qualifier 3, no device
+		if t.cdb[1]&1 != 0 {
+			return scsi.Result{Status: scsi.StatusCheckCondition, Sense: (&scsi.Sense{Key: scsi.KeyIllegalRequest, ASC: 0x2500, BitPtr: -1}).Bytes()}
+		}
+		d := make([]byte, 36)
+		d[0] = 0x7f
+		d[2], d[3], d[4] = 0x06, 0x02, 31
+		alloc := uint32(binary.BigEndian.Uint16(t.cdb[3:]))
+		return scsi.Result{Status: scsi.StatusGood, Data: d[:min(alloc, 36)]}
+	case 0xa0: // REPORT LUNS works on any LUN
+		if cmd, early := t.c.sess.tgt.lu.Prepare(t.c.sess.nexus, t.cdb); early == nil {
+			return cmd.Execute(t.ctx, nil)
+		} else {
+			return *early
+		}
+	}
+	return scsi.Result{Status: scsi.StatusCheckCondition, Sense: (&scsi.Sense{Key: scsi.KeyIllegalRequest, ASC: 0x2500, BitPtr: -1}).Bytes()}
+}
+
+// collect receives want bytes of Data-Out, soliciting with R2Ts what was
+// not sent unsolicited.
+func (t *task) collect(want uint32) ([]byte, error) {
+	c := t.c
+	p := &c.sess.params
+	buf := make([]byte, want)
+	t.mu.Lock()
+	t.want = want
+	pos := uint32(0)
+	for _, pc := range t.pieces {
+		if pos < want {
+			copy(buf[pos:], pc)
+		}
+		pos += uint32(len(pc))
+	}
+	t.pieces = nil
+	t.buf = buf
+	t.collecting = true
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.collecting = false
+		t.mu.Unlock()
+	}()
+	deadline := time.NewTimer(2 * time.Minute)
+	defer deadline.Stop()
+	for {
+		t.mu.Lock()
+		if t.aborted {
+			t.mu.Unlock()
+			return nil, errAborted
+		}
+		if t.protoErr {
+			t.mu.Unlock()
+			return nil, errProtocol
+		}
+		if t.received >= want && t.unsolDone && len(t.r2ts) == 0 {
+			t.mu.Unlock()
+			return buf, nil
+		}
+		var send []r2t
+		if t.unsolDone {
+			if t.nextR2TOff < t.received {
+				t.nextR2TOff = t.received
+			}
+			for uint32(len(t.r2ts)) < p.maxOutstandingR2 && t.nextR2TOff < want {
+				l := min(p.maxBurst, want-t.nextR2TOff)
+				c.tmu.Lock()
+				c.nextTTT++
+				if c.nextTTT == pdu.ReservedTag {
+					c.nextTTT = 1
+				}
+				ttt := c.nextTTT
+				c.tmu.Unlock()
+				r := &r2t{ttt: ttt, off: t.nextR2TOff, end: t.nextR2TOff + l, nextOff: t.nextR2TOff}
+				t.r2ts = append(t.r2ts, r)
+				t.nextR2TOff += l
+				send = append(send, *r)
+			}
+		}
+		sn := t.r2tSN
+		t.r2tSN += uint32(len(send))
+		t.mu.Unlock()
+		if len(send) > 0 {
+			err := c.write(func() error {
+				for i, r := range send {
+					var h pdu.Header
+					h.SetOpcode(pdu.OpR2T)
+					h.SetFlags(0x80)
+					h.SetLUN(t.hdr.LUN())
+					h.SetITT(t.itt)
+					h.SetField20(r.ttt)
+					h.SetDataSN(sn + uint32(i))
+					h.SetBufferOffset(r.off)
+					h.SetDesiredLength(r.end - r.off)
+					if err := c.writePDU(&h, nil, false); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, errAborted
+			}
+		}
+		select {
+		case <-t.wake:
+		case <-t.ctx.Done():
+			return nil, errAborted
+		case <-deadline.C:
+			return nil, errProtocol
+		}
+	}
+}
+
+// sendStatus sends Data-In (status in the last one when possible) and,
+// when needed, a SCSI Response.
+func (t *task) sendStatus(res scsi.Result, data []byte, rflags byte, resid uint32) {
+	c := t.c
+	se := c.sess
+	t.mu.Lock()
+	if t.aborted {
+		t.mu.Unlock()
+		return
+	}
+	t.statusSent = true
+	t.mu.Unlock()
+	// The initiator may reuse the ITT as soon as it sees the status.
+	c.tmu.Lock()
+	if c.tasks[t.itt] == t {
+		delete(c.tasks, t.itt)
+	}
+	c.tmu.Unlock()
+	se.done1(&t.hdr)
+	maxSeg := se.params.maxSendData
+	burst := se.params.maxBurst
+	c.write(func() error {
+		dataSN := uint32(0)
+		statusInData := res.Status == scsi.StatusGood && len(res.Sense) == 0
+		for off := uint32(0); off < uint32(len(data)); {
+			n := min(maxSeg, uint32(len(data))-off)
+			// Each sequence (burst) ends on a MaxBurstLength boundary.
+			if b := burst - off%burst; n > b {
+				n = b
+			}
+			last := off+n == uint32(len(data))
+			var h pdu.Header
+			h.SetOpcode(pdu.OpDataIn)
+			f := byte(0)
+			if last || (off+n)%burst == 0 {
+				f |= pdu.FlagFinal
+			}
+			withStatus := last && statusInData
+			if withStatus {
+				f |= pdu.FlagStatus | rflags
+				h[3] = res.Status
+				h.SetResidual(resid)
+			}
+			h.SetFlags(f)
+			h.SetLUN(t.hdr.LUN())
+			h.SetITT(t.itt)
+			h.SetField20(pdu.ReservedTag)
+			h.SetDataSN(dataSN)
+			h.SetBufferOffset(off)
+			dataSN++
+			if err := c.writePDU(&h, data[off:off+n], withStatus); err != nil {
+				return err
+			}
+			off += n
+			if withStatus {
+				return nil
+			}
+		}
+		var h pdu.Header
+		h.SetOpcode(pdu.OpSCSIResp)
+		h.SetFlags(0x80 | rflags)
+		h[2] = 0 // command completed at target
+		h[3] = res.Status
+		h.SetITT(t.itt)
+		t.mu.Lock()
+		expDataSN := dataSN + t.r2tSN
+		t.mu.Unlock()
+		h.SetDataSN(expDataSN) // ExpDataSN
+		h.SetResidual(resid)
+		var sense []byte
+		if len(res.Sense) > 0 {
+			sense = make([]byte, 2+len(res.Sense))
+			binary.BigEndian.PutUint16(sense, uint16(len(res.Sense)))
+			copy(sense[2:], res.Sense)
+		}
+		return c.writePDU(&h, sense, true)
+	})
+}

@@ -106,7 +106,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", r.listen, err)
 	}
-	d.pool = client.NewPool()
+	d.pool = client.NewPool(4)
 	d.views = newViews()
 	d.node, err = cluster.Start(ctx, cluster.Config{
 		DataDir: cfg.Dir, Addr: r.listen, RaftAddr: r.raft, GossipAddr: r.gossip, Join: cfg.Join,
@@ -120,7 +120,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.log = d.log.With("node", d.node.ID())
 	local := &localPeer{}
 	d.gw = gateway.New(gateway.Config{
-		Self: d.node.ID(), Views: d.views, Codecs: codecs{erasure.NewCodecs()}, Logger: d.log,
+		Self: d.node.ID(), Views: d.views, Codecs: codecs{&erasure.Codecs{}}, Logger: d.log,
 		Peers: &peers{self: d.node.ID(), local: local, pool: d.pool},
 	})
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})

@@ -85,7 +85,7 @@ func (d *Daemon) shape(oid proto.OID) (recovery.Shape, bool, bool) {
 }
 
 func (d *Daemon) newRecoverer() *recovery.Recoverer {
-	codecs := erasure.NewCodecs()
+	codecs := &erasure.Codecs{}
 	return recovery.New(recovery.Config{
 		Self:   d.node.ID(),
 		Local:  d.store,

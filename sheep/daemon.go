@@ -32,18 +32,18 @@ import (
 
 // Daemon is a running node.
 type Daemon struct {
-	cfg   Config
-	r     *resolved
-	log   *slog.Logger
-	store *store.Disk
-	node  *cluster.Node
-	pool  *client.Pool
-	views *views
-	gw    *gateway.Gateway
-	vols  *volume.Manager
-	h     *handler
-	srv   *native.Server
-	ln    net.Listener
+	cfg     Config
+	r       *resolved
+	log     *slog.Logger
+	store   *store.Disk
+	node    *cluster.Node
+	pool    *client.Pool
+	views   *views
+	gw      *gateway.Gateway
+	vols    *volume.Manager
+	h       *handler
+	srv     *native.Server
+	ln      net.Listener
 	fe      frontEnds
 	rec     *recovery.Recoverer
 	metrics *metrics.Metrics
@@ -128,6 +128,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	local.h = d.h
 	d.rec = d.newRecoverer()
 	d.h.guard = d.rec.Guard
+	d.h.recoveryStatus = d.rec.Status
 	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	d.node.FSM().Watch(d.watch)
 	// The FSM may have applied everything before Watch was registered.

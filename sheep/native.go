@@ -9,6 +9,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/recovery"
 	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/target/native"
 	"github.com/gosheep/gosheep/volume"
@@ -19,16 +20,18 @@ import (
 // and gosheep's JSON extensions. It is the native front end: it uses the
 // volume layer for VDI operations and the gateway for object I/O.
 type handler struct {
-	node    *cluster.Node
-	vols    *volume.Manager
-	gw      *gateway.Gateway
-	store   localStore
+	node  *cluster.Node
+	vols  *volume.Manager
+	gw    *gateway.Gateway
+	store localStore
 	// guard runs a store operation once the local copy of k is current
 	// (recovery.Recoverer.Guard); nil runs it directly.
 	guard func(ctx context.Context, k store.Key, op func() error) error
-	log     *slog.Logger
-	kill    func() // dog node kill
-	started time.Time
+	log   *slog.Logger
+	kill  func() // dog node kill
+	// recoveryStatus reports this node's recovery progress.
+	recoveryStatus func() recovery.Status
+	started        time.Time
 }
 
 func rsp(req *proto.Request, res proto.Result) proto.Response {

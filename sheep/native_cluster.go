@@ -160,15 +160,16 @@ func (h *handler) clusterState(ctx context.Context, req *proto.Request) (proto.R
 
 // NodeInfo is one node's status (OpNodeInfo).
 type NodeInfo struct {
-	ID      string            `json:"id"`
-	Addr    string            `json:"addr"`
-	Zone    uint32            `json:"zone"`
-	Usage   store.Usage       `json:"usage"`
-	Epoch   uint32            `json:"epoch"`
-	Leader  bool              `json:"leader"`
-	Healthy bool              `json:"healthy"`
-	Uptime  float64           `json:"uptime_seconds"`
-	Tags    map[string]string `json:"tags,omitempty"`
+	ID       string            `json:"id"`
+	Addr     string            `json:"addr"`
+	Zone     uint32            `json:"zone"`
+	Usage    store.Usage       `json:"usage"`
+	Epoch    uint32            `json:"epoch"`
+	Leader   bool              `json:"leader"`
+	Healthy  bool              `json:"healthy"`
+	Uptime   float64           `json:"uptime_seconds"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	Recovery recovery.Status   `json:"recovery"`
 }
 
 func (h *handler) nodeInfo(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
@@ -177,6 +178,7 @@ func (h *handler) nodeInfo(ctx context.Context, req *proto.Request) (proto.Respo
 	return h.jsonRsp(ctx, req, NodeInfo{
 		ID: self.ID, Addr: self.Addr.String(), Zone: self.Zone, Usage: u, Epoch: h.epoch(),
 		Leader: h.node.IsLeader(), Healthy: h.node.Healthy(), Uptime: time.Since(h.started).Seconds(),
+		Recovery: h.recoveryStatus(),
 	})
 }
 

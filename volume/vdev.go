@@ -178,6 +178,44 @@ func parallel(ps []piece, fn func(p piece) error) error {
 	return errors.Join(errs...)
 }
 
+// revalidate re-reads the index entries of ps that the cache does not own:
+// holes and ancestors' objects may have been allocated or copied on write
+// by another device (another front end, another node) since we cached
+// them, while an entry naming our own vid only changes by discard, which
+// removes the object (and a read of a missing object returns zeros).
+func (d *vdev) revalidate(ctx context.Context, v *cluster.VDI, ps []piece) error {
+	lo, hi := uint32(0), uint32(0)
+	found := false
+	for _, pc := range ps {
+		if d.owner(pc.idx) == v.VID {
+			continue
+		}
+		if !found {
+			lo, found = pc.idx, true
+		}
+		hi = pc.idx
+	}
+	if !found {
+		return nil
+	}
+	buf := make([]byte, 4*(hi-lo+1))
+	if err := d.m.cfg.Objects.Read(ctx, inodeObject(v), proto.IndexOffset(lo), buf); err != nil {
+		return fmt.Errorf("volume: read index of %q: %w", d.name, err)
+	}
+	fresh := make([]uint32, hi-lo+1)
+	proto.DecodeIndex(fresh, buf)
+	d.mu.Lock()
+	if d.vdi.VID == v.VID {
+		for i, val := range fresh {
+			if idx := lo + uint32(i); int(idx) < len(d.index) && d.index[idx] != v.VID {
+				d.index[idx] = val
+			}
+		}
+	}
+	d.mu.Unlock()
+	return nil
+}
+
 func (d *vdev) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	d.gate.RLock()
 	defer d.gate.RUnlock()
@@ -185,7 +223,11 @@ func (d *vdev) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	if err != nil {
 		return err
 	}
-	return parallel(pieces(off, uint64(len(p)), v.ObjectSize()), func(pc piece) error {
+	ps := pieces(off, uint64(len(p)), v.ObjectSize())
+	if err := d.revalidate(ctx, &v, ps); err != nil {
+		return err
+	}
+	return parallel(ps, func(pc piece) error {
 		buf := p[pc.lo : pc.lo+uint64(pc.n)]
 		owner := d.owner(pc.idx)
 		if owner == 0 {
@@ -280,6 +322,13 @@ func (d *vdev) writePiece(ctx context.Context, v *cluster.VDI, pc piece, data []
 	unlock := d.lockIdx(pc.idx)
 	defer unlock()
 	owner := d.owner(pc.idx)
+	if owner != v.VID {
+		// Someone else may have allocated it meanwhile: never CREATE over it.
+		if err := d.revalidate(ctx, v, []piece{pc}); err != nil {
+			return err
+		}
+		owner = d.owner(pc.idx)
+	}
 	obj := dataObject(v, v.VID, pc.idx)
 	switch owner {
 	case v.VID:
@@ -326,6 +375,9 @@ func (d *vdev) zero(ctx context.Context, off, n uint64, fua bool) error {
 		}
 		unlock := d.lockIdx(pc.idx)
 		defer unlock()
+		if err := d.revalidate(ctx, v, []piece{pc}); err != nil {
+			return err
+		}
 		owner := d.owner(pc.idx)
 		if owner == 0 {
 			return nil
@@ -363,10 +415,14 @@ func (d *vdev) Extents(ctx context.Context, off, n uint64) ([]Extent, error) {
 	if err != nil {
 		return nil, err
 	}
+	ps := pieces(off, n, v.ObjectSize())
+	if err := d.revalidate(ctx, &v, ps); err != nil {
+		return nil, err
+	}
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	var out []Extent
-	for _, pc := range pieces(off, n, v.ObjectSize()) {
+	for _, pc := range ps {
 		alloc := int(pc.idx) < len(d.index) && d.index[pc.idx] != 0
 		if k := len(out) - 1; k >= 0 && out[k].Allocated == alloc {
 			out[k].Length += uint64(pc.n)

@@ -308,3 +308,30 @@ func TestDeleteSnapshotKeepsChildData(t *testing.T) {
 		t.Fatal("deleted vdi opens")
 	}
 }
+
+func TestTwoDevicesSeeEachOthersAllocations(t *testing.T) {
+	ctx := context.Background()
+	m, _ := setup(t)
+	m.Create(ctx, CreateOpts{Name: "v", Size: 4 * mib})
+	a, _ := m.Open(ctx, "v")
+	b, _ := m.Open(ctx, "v") // opened before a writes: its cache says "hole"
+	data := random(mib)
+	if err := a.WriteAt(ctx, data, mib, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, b, mib, mib); !bytes.Equal(got, data) {
+		t.Fatal("second device reads a stale hole")
+	}
+	// b writes part of the object a allocated: it must not re-create it.
+	if err := b.WriteAt(ctx, []byte{1, 2, 3}, mib+10, false); err != nil {
+		t.Fatal(err)
+	}
+	copy(data[10:], []byte{1, 2, 3})
+	if got := mustRead(t, a, mib, mib); !bytes.Equal(got, data) {
+		t.Fatal("write through the second device clobbered the object")
+	}
+	ext, _ := b.Extents(ctx, 0, 4*mib)
+	if len(ext) != 3 || !ext[1].Allocated {
+		t.Fatalf("extents %v", ext)
+	}
+}

@@ -3,6 +3,7 @@ package sheep
 import (
 	"context"
 	"fmt"
+	"github.com/gosheep/gosheep/api"
 	"log/slog"
 	"time"
 
@@ -186,7 +187,7 @@ func (h *handler) propose(ctx context.Context, req *proto.Request, c *cluster.Co
 // meta serves a forwarded metadata command on the leader, or a dog command
 // (JSON in, JSON out) on any node.
 func (h *handler) meta(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
-	var m MetaRequest
+	var m api.MetaRequest
 	if err := native.DecodeJSON(data, &m); err != nil {
 		return h.errRsp(req, err)
 	}
@@ -197,27 +198,7 @@ func (h *handler) meta(ctx context.Context, req *proto.Request, data []byte) (pr
 	return native.ReplyJSON(ctx, req, out)
 }
 
-// MetaRequest is the payload of OpMeta: a raw command forwarded between
-// nodes (Forward), or a volume-level operation from dog.
-type MetaRequest struct {
-	Forward *cluster.Command `json:"forward,omitempty"`
-	Volume  *VolumeOp        `json:"volume,omitempty"`
-	Propose *cluster.Command `json:"propose,omitempty"` // commit from any node (dog's simple commands)
-}
-
-// VolumeOp is a VDI lifecycle operation dog asks for.
-type VolumeOp struct {
-	Op         string `json:"op"` // create, snapshot, clone, rollback, resize, delete
-	Name       string `json:"name"`
-	Tag        string `json:"tag,omitempty"`
-	SnapID     uint32 `json:"snap_id,omitempty"`
-	Dest       string `json:"dest,omitempty"`
-	Size       uint64 `json:"size,omitempty"`
-	Redundancy string `json:"redundancy,omitempty"`
-	BSS        uint8  `json:"block_size_shift,omitempty"`
-}
-
-func (h *handler) serveMeta(ctx context.Context, m *MetaRequest) (*cluster.Result, error) {
+func (h *handler) serveMeta(ctx context.Context, m *api.MetaRequest) (*cluster.Result, error) {
 	switch {
 	case m.Forward != nil:
 		return h.node.ApplyAsLeader(ctx, m.Forward)
@@ -229,13 +210,13 @@ func (h *handler) serveMeta(ctx context.Context, m *MetaRequest) (*cluster.Resul
 	return nil, fmt.Errorf("empty meta request: %w", proto.ResInvalidParms)
 }
 
-func (h *handler) volumeOp(ctx context.Context, op *VolumeOp) (*cluster.Result, error) {
+func (h *handler) volumeOp(ctx context.Context, op *api.VolumeOp) (*cluster.Result, error) {
 	var (
 		v   *cluster.VDI
 		err error
 	)
 	switch op.Op {
-	case "create":
+	case api.VolCreate:
 		o := volume.CreateOpts{Name: op.Name, Size: op.Size, BlockSizeShift: op.BSS}
 		if op.Redundancy != "" {
 			if o.Redundancy, err = proto.ParseRedundancy(op.Redundancy); err != nil {
@@ -243,15 +224,15 @@ func (h *handler) volumeOp(ctx context.Context, op *VolumeOp) (*cluster.Result, 
 			}
 		}
 		v, err = h.vols.Create(ctx, o)
-	case "snapshot":
+	case api.VolSnapshot:
 		v, err = h.vols.Snapshot(ctx, op.Name, op.Tag)
-	case "clone":
+	case api.VolClone:
 		v, err = h.vols.Clone(ctx, op.Name, op.Tag, op.SnapID, op.Dest, op.Size)
-	case "rollback":
+	case api.VolRollback:
 		v, err = h.vols.Rollback(ctx, op.Name, op.Tag, op.SnapID)
-	case "resize":
+	case api.VolResize:
 		v, err = h.vols.Resize(ctx, op.Name, op.Size)
-	case "delete":
+	case api.VolDelete:
 		err = h.vols.Delete(ctx, op.Name, op.Tag, op.SnapID)
 	default:
 		return nil, fmt.Errorf("unknown volume op %q: %w", op.Op, proto.ResInvalidParms)

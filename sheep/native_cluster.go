@@ -3,12 +3,12 @@ package sheep
 import (
 	"context"
 	"encoding/binary"
+	"github.com/gosheep/gosheep/api"
 	"time"
 
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/recovery"
-	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/target/native"
 )
 
@@ -145,51 +145,24 @@ func (h *handler) jsonRsp(ctx context.Context, req *proto.Request, v any) (proto
 	return native.ReplyJSON(ctx, req, v)
 }
 
-// ClusterState is dog's view of the cluster (OpClusterState).
-type ClusterState struct {
-	State   *cluster.State         `json:"state"`
-	Members []cluster.MemberStatus `json:"members"`
-	Leader  string                 `json:"leader"`
-	Self    string                 `json:"self"`
-}
-
 func (h *handler) clusterState(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
 	leader, _, _ := h.node.Leader()
-	return h.jsonRsp(ctx, req, ClusterState{State: h.node.FSM().State(), Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
-}
-
-// NodeInfo is one node's status (OpNodeInfo).
-type NodeInfo struct {
-	ID       string            `json:"id"`
-	Addr     string            `json:"addr"`
-	Zone     uint32            `json:"zone"`
-	Usage    store.Usage       `json:"usage"`
-	Epoch    uint32            `json:"epoch"`
-	Leader   bool              `json:"leader"`
-	Healthy  bool              `json:"healthy"`
-	Uptime   float64           `json:"uptime_seconds"`
-	Tags     map[string]string `json:"tags,omitempty"`
-	Recovery recovery.Status   `json:"recovery"`
+	return h.jsonRsp(ctx, req, api.ClusterState{State: h.node.FSM().State(), Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
 }
 
 func (h *handler) nodeInfo(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
 	u, _ := h.store.Usage()
 	self := h.node.Self()
-	return h.jsonRsp(ctx, req, NodeInfo{
+	return h.jsonRsp(ctx, req, api.NodeInfo{
 		ID: self.ID, Addr: self.Addr.String(), Zone: self.Zone, Usage: u, Epoch: h.epoch(),
 		Leader: h.node.IsLeader(), Healthy: h.node.Healthy(), Uptime: time.Since(h.started).Seconds(),
 		Recovery: h.recoveryStatus(),
 	})
 }
 
-// ObjInfoRequest asks OBJ_INFO about one oid.
-type ObjInfoRequest struct {
-	OID proto.OID `json:"oid"`
-}
-
 // objInfo answers OBJ_INFO: the copies (live and stale, any strip) of an oid here.
 func (h *handler) objInfo(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
-	var q ObjInfoRequest
+	var q api.ObjInfoRequest
 	if err := native.DecodeJSON(data, &q); err != nil {
 		return h.errRsp(req, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/gosheep/gosheep/api"
 	"net/netip"
 
 	"github.com/gosheep/gosheep/client"
@@ -178,7 +179,7 @@ func (f *forwarder) Forward(ctx context.Context, addr netip.AddrPort, c *cluster
 		return nil, fmt.Errorf("leader %s: %v: %w", addr, err, proto.ResNetworkError)
 	}
 	var r cluster.Result
-	if err := conn.Meta(ctx, proto.OpMeta, MetaRequest{Forward: c}, &r); err != nil {
+	if err := conn.Meta(ctx, proto.OpMeta, api.MetaRequest{Forward: c}, &r); err != nil {
 		return nil, err
 	}
 	return &r, nil

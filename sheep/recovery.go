@@ -3,6 +3,7 @@ package sheep
 import (
 	"context"
 	"fmt"
+	"github.com/gosheep/gosheep/api"
 	"time"
 
 	"github.com/gosheep/gosheep/client"
@@ -34,7 +35,7 @@ func (r recoveryRemote) Stat(ctx context.Context, addr string, oid proto.OID) ([
 		return nil, fmt.Errorf("%s: %v: %w", addr, err, proto.ResNetworkError)
 	}
 	var out []recovery.Entry
-	if err := c.Meta(ctx, proto.OpObjInfo, ObjInfoRequest{OID: oid}, &out); err != nil {
+	if err := c.Meta(ctx, proto.OpObjInfo, api.ObjInfoRequest{OID: oid}, &out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -363,7 +363,11 @@ func (c *conn) nopOut(p *pdu.PDU) error {
 	h.SetLUN(p.LUN())
 	h.SetITT(p.ITT())
 	h.SetField20(pdu.ReservedTag)
-	return c.write(func() error { return c.writePDU(&h, p.Data, true) })
+	echo := p.Data
+	if uint32(len(echo)) > c.sess.params.maxSendData {
+		echo = echo[:c.sess.params.maxSendData]
+	}
+	return c.write(func() error { return c.writePDU(&h, echo, true) })
 }
 
 func (c *conn) logoutReq(p *pdu.PDU) error {

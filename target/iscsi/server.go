@@ -112,7 +112,8 @@ func (c *Config) fill() {
 	}
 }
 
-// TargetSpec describes a target to export.
+// TargetSpec describes a target to export. The caller keeps ownership of
+// Device: RemoveTarget and Close do not close it.
 type TargetSpec struct {
 	Name     string // VDI name; the management key
 	IQN      string // derived from Name when empty

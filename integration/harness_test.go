@@ -1,0 +1,281 @@
+package integration
+
+import (
+	"bytes"
+	"flag"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gosheep/gosheep/api"
+	"github.com/gosheep/gosheep/client"
+	"github.com/gosheep/gosheep/proto"
+)
+
+// bin holds the binaries built once for the whole package.
+var bin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "gosheep-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cmd := exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/sheep")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building binaries:", err)
+		os.Exit(1)
+	}
+	bin = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func needCluster(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("multi-process test (skipped with -short)")
+	}
+}
+
+// node is one sheep process.
+type node struct {
+	t    *testing.T
+	ip   string
+	dir  string
+	args []string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+// cluster is a set of nodes on 127.0.0.<base+i>.
+type cluster struct {
+	t     *testing.T
+	nodes []*node
+}
+
+// lockedBuf is a goroutine-safe log sink.
+type lockedBuf struct {
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (w lockedBuf) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+// addrBase picks a /24-free loopback block per test so parallel packages
+// don't collide: 127.<a>.<b>.x.
+func loopback(t *testing.T) string {
+	h := 0
+	for _, c := range t.Name() {
+		h = h*31 + int(c)
+	}
+	if h < 0 {
+		h = -h
+	}
+	return fmt.Sprintf("127.%d.%d.", 10+h%200, h/200%250)
+}
+
+func newCluster(t *testing.T, n int, extra ...string) *cluster {
+	t.Helper()
+	needCluster(t)
+	base := loopback(t)
+	c := &cluster{t: t}
+	for i := 0; i < n; i++ {
+		ip := fmt.Sprintf("%s%d", base, i+1)
+		args := []string{"--listen", ip + ":7000", "--dir", filepath.Join(t.TempDir(), "d"), "--log-level", "debug"}
+		if i > 0 {
+			args = append(args, "--join", base+"1:7002")
+		}
+		args = append(args, extra...)
+		nd := &node{t: t, ip: ip, args: args, log: &bytes.Buffer{}}
+		c.nodes = append(c.nodes, nd)
+		nd.start()
+	}
+	t.Cleanup(func() {
+		for _, nd := range c.nodes {
+			nd.kill()
+		}
+		if t.Failed() {
+			for i, nd := range c.nodes {
+				nd.mu.Lock()
+				t.Logf("---- node %d (%s) log tail ----\n%s", i, nd.ip, tail(nd.log.String(), 60))
+				nd.mu.Unlock()
+			}
+		}
+	})
+	for _, nd := range c.nodes {
+		nd.waitListening()
+	}
+	return c
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (n *node) start() {
+	n.cmd = exec.Command(filepath.Join(bin, "sheep"), n.args...)
+	w := lockedBuf{&n.mu, n.log}
+	n.cmd.Stdout, n.cmd.Stderr = w, w
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.done = make(chan struct{})
+	cmd, done := n.cmd, n.done
+	go func() { cmd.Wait(); close(done) }()
+}
+
+func (n *node) addr() string { return n.ip + ":7000" }
+
+func (n *node) waitListening() {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", n.addr(), 200*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-n.done:
+			n.t.Fatalf("sheep %s exited during start-up:\n%s", n.ip, n.logTail())
+		default:
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	n.t.Fatalf("sheep %s did not listen", n.ip)
+}
+
+func (n *node) logTail() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return tail(n.log.String(), 40)
+}
+
+// kill sends SIGKILL (kill -9) and waits.
+func (n *node) kill() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.done
+}
+
+func (n *node) restart() {
+	n.kill()
+	n.start()
+	n.waitListening()
+}
+
+// conn dials a node.
+func (n *node) conn(t *testing.T) *client.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, n.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// state fetches the cluster state through node n.
+func (n *node) state(t *testing.T) *api.ClusterState {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var st api.ClusterState
+	if err := n.conn(t).Meta(ctx, proto.OpClusterState, struct{}{}, &st); err != nil {
+		t.Fatal(err)
+	}
+	return &st
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// format waits for every node to be a live member, then formats.
+func (c *cluster) format(copies string) {
+	t := c.t
+	t.Helper()
+	waitFor(t, "all members alive", 30*time.Second, func() bool {
+		alive := 0
+		for _, m := range c.nodes[0].state(t).Members {
+			if m.Status == "alive" {
+				alive++
+			}
+		}
+		return alive == len(c.nodes)
+	})
+	red, err := proto.ParseRedundancy(copies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := proto.ClusterArgs{Copies: red.NrCopies(), CopyPolicy: red.Policy(), BlockSizeShift: proto.DefaultBSS}
+	if err := c.nodes[0].conn(t).MakeFS(ctx, req, "plain"); err != nil {
+		t.Fatalf("format: %v", err)
+	}
+	waitFor(t, "every node formatted", 10*time.Second, func() bool {
+		for _, n := range c.nodes {
+			if n.state(t).State.Format == nil {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// dog runs the dog binary against node n.
+func (n *node) dog(t *testing.T, stdin []byte, args ...string) (string, error) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(n.addr())
+	cmd := exec.Command(filepath.Join(bin, "dog"), append(args, "-a", host, "-p", port)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("dog %s: %w: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}

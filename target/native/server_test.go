@@ -445,3 +445,52 @@ func TestBufPool(t *testing.T) {
 		t.Fatal("oversized buffers are not pooled")
 	}
 }
+
+type fakeRecorder struct {
+	mu       sync.Mutex
+	sessions map[string]int
+	requests []string
+}
+
+func (r *fakeRecorder) Request(frontend, op string, n int, d time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res := "ok"
+	if err != nil {
+		res = proto.ResultOf(err).Error()
+	}
+	r.requests = append(r.requests, frontend+" "+op+" "+res+" "+string(rune('0'+n%10)))
+}
+
+func (r *fakeRecorder) Sessions(frontend string, delta int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sessions[frontend] += delta
+}
+
+func TestRecorder(t *testing.T) {
+	rec := &fakeRecorder{sessions: map[string]int{}}
+	s, addr := startServer(t, Config{Recorder: rec})
+	r := dialRaw(t, addr)
+	r.send(proto.Request{Opcode: proto.OpReadObj, ID: 1, DataLength: 3}, nil)
+	r.recv()
+	rec.mu.Lock()
+	open := rec.sessions["native"]
+	rec.mu.Unlock()
+	if open != 1 {
+		t.Fatalf("%d sessions open during the connection", open)
+	}
+	r.send(proto.Request{ProtoVer: proto.SheepProtoVer, Opcode: proto.OpReadPeer, ID: 2}, nil)
+	r.recv()
+	r.nc.Close()
+	s.Close() // waits for the connection to wind down
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	want := []string{"native READ_OBJ ok 3", "peer READ_PEER Invalid parameters 0"}
+	if len(rec.requests) != 2 || rec.requests[0] != want[0] || rec.requests[1] != want[1] {
+		t.Fatalf("requests %q", rec.requests)
+	}
+	if rec.sessions["native"] != 0 {
+		t.Fatalf("sessions %v", rec.sessions)
+	}
+}

@@ -124,19 +124,30 @@ func (f *FSM) WaitApplied(index uint64, done <-chan struct{}) bool {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	b, err := json.Marshal(f.state)
+	b, err := json.Marshal(snapshotDoc{Applied: f.applied, State: f.state})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: encode snapshot: %w", err)
 	}
 	return fsmSnapshot(b), nil
 }
 
+// snapshotDoc is the persisted FSM snapshot: the state and the Raft index
+// it reflects (so WaitApplied works right after a restore).
+type snapshotDoc struct {
+	Applied uint64 `json:"applied"`
+	State   *State `json:"state"`
+}
+
 // Restore implements raft.FSM.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	s := NewState()
-	if err := json.NewDecoder(rc).Decode(s); err != nil {
+	doc := snapshotDoc{State: NewState()}
+	if err := json.NewDecoder(rc).Decode(&doc); err != nil {
 		return fmt.Errorf("cluster: decode snapshot: %w", err)
+	}
+	s := doc.State
+	if s == nil {
+		return fmt.Errorf("cluster: snapshot without state")
 	}
 	if s.VDIs == nil {
 		s.VDIs = map[uint32]*VDI{}
@@ -147,6 +158,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	old := f.state
 	f.state = s
+	f.applied = max(f.applied, doc.Applied)
 	watchers := f.watchers
 	view := s.Clone()
 	f.changed.Broadcast()

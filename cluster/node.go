@@ -290,6 +290,17 @@ func (n *Node) FSM() *FSM { return n.fsm }
 // at or below it are replays of history.
 func (n *Node) BootIndex() uint64 { return n.bootIndex }
 
+// CaughtUp reports whether this node knows a leader and its FSM has applied
+// everything the leader told it is committed: the state it serves from is
+// the cluster's, not a replay of its own old log.
+func (n *Node) CaughtUp() bool {
+	if _, id := n.raft.LeaderWithID(); id == "" {
+		return false
+	}
+	ci := n.raft.CommitIndex()
+	return ci > 0 && n.fsm.AppliedIndex() >= ci
+}
+
 // IsLeader reports whether this node is the Raft leader.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
@@ -444,8 +455,10 @@ func (n *Node) ApplyAsLeader(ctx context.Context, c *Command) (*Result, error) {
 	return r, nil
 }
 
+// waitApplied waits until the FSM itself has applied index (Raft's own
+// AppliedIndex runs ahead of the FSM).
 func (n *Node) waitApplied(ctx context.Context, index uint64) bool {
-	for n.raft.AppliedIndex() < index {
+	for n.fsm.AppliedIndex() < index {
 		select {
 		case <-ctx.Done():
 			return false

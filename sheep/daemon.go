@@ -184,7 +184,7 @@ func (m metaOf) Propose(ctx context.Context, c *cluster.Command) (*cluster.Resul
 func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) {
 	d.views.update(cur)
 	d.vols.Changed(old, cur)
-	live := c == nil || r.Index > d.node.BootIndex()
+	live := true
 	select {
 	case <-d.replayed:
 	default:
@@ -211,10 +211,12 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 	}
 }
 
-// afterReplay waits until the Raft log present at boot has been applied,
-// then reconciles the store with the current format.
+// afterReplay waits until the node has caught up with the cluster's
+// metadata (replaying its own log first), then reconciles the store with
+// the current format and starts recovery. Changes applied before that are
+// history, not events to act on.
 func (d *Daemon) afterReplay() {
-	for d.ctx.Err() == nil && d.node.FSM().AppliedIndex() < d.node.BootIndex() {
+	for d.ctx.Err() == nil && !d.node.CaughtUp() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	close(d.replayed)

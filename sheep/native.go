@@ -153,6 +153,7 @@ var forceOps = map[proto.Opcode]bool{
 	proto.OpShutdown: true, proto.OpClusterInfo: true, proto.OpGetClusterDefault: true,
 	proto.OpForceRecover: true, proto.OpMeta: true, proto.OpClusterState: true, proto.OpNodeInfo: true,
 	proto.OpStatSheep: true, proto.OpKillNode: true, proto.OpSyncPeer: true,
+	proto.OpListObjs: true, proto.OpObjInfo: true, proto.OpGetObjList: true,
 }
 
 // gate applies the cluster-state rules: unformatted clusters and shut down

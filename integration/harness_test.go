@@ -279,3 +279,34 @@ func (n *node) dog(t *testing.T, stdin []byte, args ...string) (string, error) {
 	}
 	return out.String(), nil
 }
+
+// info fetches a node's status.
+func (n *node) info(t *testing.T) *api.NodeInfo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var ni api.NodeInfo
+	if err := n.conn(t).Meta(ctx, proto.OpNodeInfo, struct{}{}, &ni); err != nil {
+		t.Fatal(err)
+	}
+	return &ni
+}
+
+// waitRecovered waits until every given node finished recovering the
+// current epoch.
+func (c *cluster) waitRecovered(nodes ...*node) uint32 {
+	t := c.t
+	t.Helper()
+	var e uint32
+	waitFor(t, "recovery complete", 90*time.Second, func() bool {
+		e = nodes[0].state(t).State.Epoch()
+		for _, n := range nodes {
+			ni := n.info(t)
+			if ni.Epoch != e || ni.Recovery.Recovered < e {
+				return false
+			}
+		}
+		return true
+	})
+	return e
+}

@@ -430,6 +430,15 @@ func (r *Recoverer) recoverKey(ctx context.Context, e *Epoch, k store.Key, s Sha
 		}
 	}
 	sort.SliceStable(src, func(i, j int) bool { return src[i].addr == "" && src[j].addr != "" })
+	for _, h := range src {
+		// Our own stashed copy is current: put it back instead of copying.
+		if h.addr == "" && h.e.Stale != 0 && local == nil {
+			if err := r.cfg.Local.Unstash(ctx, k, h.e.Stale); err == nil {
+				r.observe(0, nil)
+				return nil
+			}
+		}
+	}
 	var lastErr error
 	for _, h := range src {
 		buf := make([]byte, h.e.Size)

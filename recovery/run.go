@@ -186,6 +186,7 @@ func (r *Recoverer) plan(ctx context.Context, e *Epoch, holdings map[proto.OID][
 				}
 			}
 			if !current {
+				r.log.Debug("recovery: need copy", "oid", oid, "strip", k.ECIndex, "best", best, "holdings", fmtHoldings(hs))
 				pending[k] = true
 				tasks = append(tasks, task{key: k, shape: s})
 			}
@@ -304,4 +305,20 @@ func (r *Recoverer) PurgeThrough(ctx context.Context, e uint32) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+func fmtHoldings(hs []holding) string {
+	out := ""
+	for _, h := range hs {
+		who := h.addr
+		if who == "" {
+			who = "local"
+		}
+		out += fmt.Sprintf("%s:e%d", who, h.e.Epoch)
+		if h.e.Stale != 0 {
+			out += fmt.Sprintf("(stale@%d)", h.e.Stale)
+		}
+		out += " "
+	}
+	return out
 }

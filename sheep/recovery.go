@@ -142,8 +142,16 @@ func (d *Daemon) startRecovery(s *cluster.State) {
 		return
 	}
 	ms := make([]placement.Node, len(c.Members))
+	member := false
 	for i, m := range c.Members {
 		ms[i] = placement.Node{ID: m.ID, Addr: m.Addr, Zone: m.Zone, Weight: m.Space}
+		member = member || m.ID == d.node.ID()
+	}
+	if !member {
+		// Not in this epoch (we are joining, or were away): the epoch that
+		// adds us will recover. Acting now would stash copies that are
+		// still ours to keep.
+		return
 	}
 	d.rec.Start(&recovery.Epoch{Epoch: c.Epoch, Ring: r, Members: ms})
 }

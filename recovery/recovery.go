@@ -533,3 +533,36 @@ func (r *Recoverer) rebuildStrip(ctx context.Context, k store.Key, s Shape, hs [
 
 // ECIndex is the strip index of an EC entry.
 func (e Entry) ECIndex() uint8 { return e.Key.ECIndex }
+
+// RepairLocal replaces this node's copy of k (found corrupt by a scrub or a
+// read) with a current copy from another node, or rebuilds an EC strip
+// from the others.
+func (r *Recoverer) RepairLocal(ctx context.Context, k store.Key) error {
+	r.mu.Lock()
+	e := r.epoch
+	r.mu.Unlock()
+	if e == nil {
+		return fmt.Errorf("recovery: no epoch yet: %w", proto.ResWaitForFormat)
+	}
+	s, ok, _ := r.cfg.Shape(k.OID)
+	if !ok {
+		return fmt.Errorf("recovery: repair %s: unknown object: %w", k.OID, proto.ResNoObj)
+	}
+	unlock := r.lockKey(k)
+	defer unlock()
+	hs, err := r.gather(ctx, e, k.OID)
+	if err != nil {
+		return err
+	}
+	others := hs[:0:0]
+	for _, h := range hs {
+		if h.addr == "" && h.e.Key == k {
+			continue // the copy being repaired: not a source
+		}
+		others = append(others, h)
+	}
+	if len(others) == 0 {
+		return fmt.Errorf("recovery: repair %s: no other copy: %w", k.OID, proto.ResEIO)
+	}
+	return r.recoverKey(ctx, e, k, s, others)
+}

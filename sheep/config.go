@@ -36,6 +36,9 @@ type Config struct {
 
 	Logger *slog.Logger
 
+	ScrubRate     uint64        // bytes per second a background scrub verifies (0 disables)
+	ScrubInterval time.Duration // pause between scrub passes
+
 	// Test hooks.
 	EpochDelay time.Duration
 }

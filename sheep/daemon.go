@@ -45,6 +45,7 @@ type Daemon struct {
 	srv     *native.Server
 	ln      net.Listener
 	fe      frontEnds
+	codecs  *erasure.Codecs
 	rec     *recovery.Recoverer
 	metrics *metrics.Metrics
 
@@ -119,8 +120,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.log = d.log.With("node", d.node.ID())
 	local := &localPeer{}
+	d.codecs = &erasure.Codecs{}
 	d.gw = gateway.New(gateway.Config{
-		Self: d.node.ID(), Views: d.views, Codecs: codecs{&erasure.Codecs{}}, Logger: d.log,
+		Self: d.node.ID(), Views: d.views, Codecs: codecs{d.codecs}, Logger: d.log,
 		Peers: &peers{self: d.node.ID(), local: local, pool: d.pool},
 	})
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})
@@ -129,6 +131,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.rec = d.newRecoverer()
 	d.h.guard = d.rec.Guard
 	d.h.recoveryStatus = d.rec.Status
+	d.h.check = d.volumeCheck
 	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	d.node.FSM().Watch(d.watch)
 	// The FSM may have applied everything before Watch was registered.
@@ -147,6 +150,14 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.wg.Add(2)
 	go func() { defer d.wg.Done(); d.afterReplay() }()
 	go func() { defer d.wg.Done(); d.vols.RunReclaimer(d.ctx, 30*time.Second, d.node.IsLeader) }()
+	if cfg.ScrubRate > 0 {
+		every := cfg.ScrubInterval
+		if every <= 0 {
+			every = 24 * time.Hour
+		}
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.scrub(d.ctx, cfg.ScrubRate, every) }()
+	}
 	if err := d.startFrontEnds(); err != nil {
 		return nil, err
 	}

@@ -30,6 +30,8 @@ type handler struct {
 	guard func(ctx context.Context, k store.Key, op func() error) error
 	log   *slog.Logger
 	kill  func() // dog node kill
+	// check serves api.VolCheck (it needs the daemon's placement and peers).
+	check func(ctx context.Context, op *api.VolumeOp) (*cluster.Result, error)
 	// recoveryStatus reports this node's recovery progress.
 	recoveryStatus func() recovery.Status
 	started        time.Time
@@ -235,6 +237,11 @@ func (h *handler) volumeOp(ctx context.Context, op *api.VolumeOp) (*cluster.Resu
 		v, err = h.vols.Resize(ctx, op.Name, op.Size)
 	case api.VolDelete:
 		err = h.vols.Delete(ctx, op.Name, op.Tag, op.SnapID)
+	case api.VolCheck:
+		if h.check == nil {
+			return nil, fmt.Errorf("check is not available: %w", proto.ResNoSupport)
+		}
+		return h.check(ctx, op)
 	default:
 		return nil, fmt.Errorf("unknown volume op %q: %w", op.Op, proto.ResInvalidParms)
 	}

@@ -9,9 +9,9 @@ import (
 	"github.com/gosheep/gosheep/client"
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
-	"github.com/gosheep/gosheep/erasure"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/recovery"
+	"github.com/gosheep/gosheep/store"
 )
 
 // recoveryRemote reaches other nodes' stores for recovery.
@@ -86,7 +86,7 @@ func (d *Daemon) shape(oid proto.OID) (recovery.Shape, bool, bool) {
 }
 
 func (d *Daemon) newRecoverer() *recovery.Recoverer {
-	codecs := &erasure.Codecs{}
+	codecs := d.codecs
 	return recovery.New(recovery.Config{
 		Self:   d.node.ID(),
 		Local:  d.store,
@@ -185,3 +185,6 @@ func (d *Daemon) maybePurge(s *cluster.State) {
 		}
 	}()
 }
+
+// entryOf is a live-copy entry for a key (recovery reads of live copies).
+func entryOf(k store.Key) recovery.Entry { return recovery.Entry{Key: k} }

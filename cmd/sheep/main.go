@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,10 +23,11 @@ func main() {
 
 func run(args []string) int {
 	var (
-		cfg      sheep.Config
-		capacity string
-		logLevel string
-		join     string
+		cfg       sheep.Config
+		capacity  string
+		scrubRate string
+		logLevel  string
+		join      string
 	)
 	cmd := &cobra.Command{
 		Use:   "sheep [flags]",
@@ -56,6 +58,13 @@ iSCSI and NBD.`,
 					return fmt.Errorf("--capacity: %w", err)
 				}
 				cfg.Capacity = n
+			}
+			if scrubRate != "" && scrubRate != "0" {
+				n, err := units.ParseSize(scrubRate)
+				if err != nil {
+					return fmt.Errorf("--scrub-rate: %w", err)
+				}
+				cfg.ScrubRate = n
 			}
 			for _, j := range strings.Split(join, ",") {
 				if j = strings.TrimSpace(j); j != "" {
@@ -106,6 +115,8 @@ iSCSI and NBD.`,
 	f.IntVar(&cfg.Voters, "voters", 3, "Raft voters the cluster keeps (odd; other nodes are non-voters)")
 	f.StringVar(&cfg.AutoFormat, "format", "", `format the cluster at start if unformatted, with these copies ("1", "3", "4:2")`)
 	f.StringVar(&cfg.CreateVDI, "create", "", "create this volume at start if missing, NAME:SIZE (e.g. vol0:10G)")
+	f.StringVar(&scrubRate, "scrub-rate", "32M", `bytes per second the background scrub verifies ("0" disables)`)
+	f.DurationVar(&cfg.ScrubInterval, "scrub-interval", 24*time.Hour, "pause between background scrub passes")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {

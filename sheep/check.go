@@ -1,0 +1,289 @@
+package sheep
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/gosheep/gosheep/api"
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/cluster/placement"
+	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+)
+
+// copyState is what one target holds of one key.
+type copyState struct {
+	node placement.Node
+	key  store.Key
+	hash [20]byte
+	err  error // nil: a readable copy with hash
+}
+
+// hashOn returns the SHA-1 of key's copy on node (checksums verified there).
+func (d *Daemon) hashOn(ctx context.Context, n placement.Node, k store.Key) ([20]byte, error) {
+	if n.ID == d.node.ID() {
+		return d.store.Hash(ctx, k)
+	}
+	c, err := d.pool.Get(ctx, n.Addr.String())
+	if err != nil {
+		return [20]byte{}, fmt.Errorf("%s: %v: %w", n.Addr, err, proto.ResNetworkError)
+	}
+	req := peerReq(proto.OpGetHash, 0, k, 0, false)
+	rsp, _, err := c.Do(ctx, req, nil, nil)
+	if err != nil {
+		return [20]byte{}, err
+	}
+	return rsp.Hash(), nil
+}
+
+// readCopy reads a whole copy from node, bypassing recovery guards.
+func (d *Daemon) readCopy(ctx context.Context, n placement.Node, k store.Key, size uint32) ([]byte, error) {
+	buf := make([]byte, size)
+	if n.ID == d.node.ID() {
+		return buf, d.store.Read(ctx, k, 0, buf)
+	}
+	return buf, recoveryRemote{pool: d.pool}.Read(ctx, n.Addr.String(), entryOf(k), 0, buf)
+}
+
+// writeCopy installs a whole copy on node.
+func (d *Daemon) writeCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, data []byte) error {
+	if n.ID == d.node.ID() {
+		return d.store.Create(ctx, k, uint32(len(data)), 0, data, store.WriteOpts{Epoch: epoch, Sync: true})
+	}
+	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
+	return p.Create(ctx, epoch, k, uint32(len(data)), 0, data, true)
+}
+
+// checkVDI compares every copy (or strip) of every object the VDI refers
+// to, and with repair rewrites copies that are missing, corrupt or differ
+// from the majority, and strips that fail parity.
+func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, repair bool) (*api.CheckReport, error) {
+	v, err := d.vols.Lookup(name, tag, snapID)
+	if err != nil {
+		return nil, err
+	}
+	view := d.views.View()
+	if view == nil {
+		return nil, proto.ResWaitForFormat
+	}
+	ino, err := d.vols.ReadInode(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	rep := &api.CheckReport{VDI: name}
+	objs := []gateway.Object{{OID: proto.InodeOID(v.VID), Red: proto.Redundancy{Copies: v.Redundancy().NrCopies()}, Size: proto.InodeSize}}
+	seen := map[proto.OID]bool{}
+	for idx, owner := range ino.DataVDIID {
+		if owner == 0 {
+			continue
+		}
+		oid := proto.DataOID(owner, uint32(idx))
+		if !seen[oid] {
+			seen[oid] = true
+			objs = append(objs, gateway.Object{OID: oid, Red: v.Redundancy(), Size: v.ObjectSize()})
+		}
+	}
+	codecs := codecs{d.codecs}
+	for _, o := range objs {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		rep.Objects++
+		if o.Red.IsEC() {
+			d.checkEC(ctx, view, codecs, o, repair, rep)
+		} else {
+			d.checkReplicated(ctx, view, o, repair, rep)
+		}
+	}
+	return rep, nil
+}
+
+func (d *Daemon) targets(view *gateway.View, o gateway.Object) []placement.Node {
+	n := int(o.Red.NrCopies())
+	t := view.Ring.Targets(o.OID, n)
+	if o.Red.IsEC() && len(t) > 0 && len(t) < n {
+		w := make([]placement.Node, n)
+		for i := range w {
+			w[i] = t[i%len(t)]
+		}
+		t = w
+	}
+	return t
+}
+
+func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gateway.Object, repair bool, rep *api.CheckReport) {
+	var cs []copyState
+	votes := map[[20]byte]int{}
+	for _, n := range d.targets(view, o) {
+		k := store.ReplicaKey(o.OID)
+		h, err := d.hashOn(ctx, n, k)
+		cs = append(cs, copyState{node: n, key: k, hash: h, err: err})
+		if err == nil {
+			votes[h]++
+		}
+		rep.Copies++
+	}
+	if len(votes) == 0 {
+		allMissing := true
+		for _, c := range cs {
+			allMissing = allMissing && errors.Is(c.err, proto.ResNoObj)
+		}
+		if !allMissing {
+			rep.Lost++
+			rep.Details = append(rep.Details, fmt.Sprintf("%s: no readable copy", o.OID))
+		}
+		return
+	}
+	// The majority (ties: any) is the good content.
+	var good [20]byte
+	best := 0
+	for h, n := range votes {
+		if n > best {
+			good, best = h, n
+		}
+	}
+	var src *copyState
+	for i := range cs {
+		if cs[i].err == nil && cs[i].hash == good {
+			src = &cs[i]
+			break
+		}
+	}
+	var data []byte
+	for _, c := range cs {
+		kind := ""
+		switch {
+		case errors.Is(c.err, proto.ResNoObj):
+			rep.Missing++
+			kind = "missing"
+		case c.err != nil && proto.ResultOf(c.err) == proto.ResEIO:
+			rep.Corrupt++
+			kind = "corrupt"
+		case c.err != nil:
+			rep.Details = append(rep.Details, fmt.Sprintf("%s on %s: unreachable: %v", o.OID, c.node.Addr, c.err))
+			continue
+		case c.hash != good:
+			rep.Mismatch++
+			kind = "differs from the majority"
+		default:
+			continue
+		}
+		msg := fmt.Sprintf("%s on %s: %s", o.OID, c.node.Addr, kind)
+		if repair {
+			if data == nil {
+				var err error
+				if data, err = d.readCopy(ctx, src.node, src.key, o.Size); err != nil {
+					rep.Details = append(rep.Details, msg+": repair source unreadable: "+err.Error())
+					continue
+				}
+			}
+			if err := d.writeCopy(ctx, view.Epoch, c.node, c.key, data); err != nil {
+				msg += ": repair failed: " + err.Error()
+			} else {
+				rep.Repaired++
+				msg += ": repaired"
+				d.metrics.ScrubFinding("repaired")
+			}
+		}
+		rep.Details = append(rep.Details, msg)
+	}
+}
+
+func (d *Daemon) checkEC(ctx context.Context, view *gateway.View, cs codecs, o gateway.Object, repair bool, rep *api.CheckReport) {
+	dn, pn := int(o.Red.Data), int(o.Red.Parity)
+	c, err := cs.cs.Get(dn, pn)
+	if err != nil {
+		rep.Details = append(rep.Details, fmt.Sprintf("%s: %v", o.OID, err))
+		return
+	}
+	ts := d.targets(view, o)
+	stripSize := o.Size / uint32(dn)
+	chunks := make([][]byte, dn+pn)
+	bad := []int{}
+	missing := 0
+	for i, n := range ts {
+		rep.Copies++
+		k := store.StripKey(o.OID, uint8(i))
+		buf, err := d.readCopy(ctx, n, k, stripSize)
+		switch {
+		case err == nil:
+			chunks[i] = buf
+		case errors.Is(err, proto.ResNoObj):
+			rep.Missing++
+			missing++
+			bad = append(bad, i)
+		case proto.ResultOf(err) == proto.ResEIO:
+			rep.Corrupt++
+			bad = append(bad, i)
+		default:
+			rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: unreachable: %v", o.OID, i, n.Addr, err))
+		}
+	}
+	if missing == dn+pn {
+		return // a hole: never written
+	}
+	have := 0
+	for _, ch := range chunks {
+		if ch != nil {
+			have++
+		}
+	}
+	if have < dn {
+		rep.Lost++
+		rep.Details = append(rep.Details, fmt.Sprintf("%s: only %d of %d strips readable", o.OID, have, dn))
+		return
+	}
+	if len(bad) == 0 {
+		if ok, err := c.Verify(chunks); err == nil && !ok {
+			// Parity disagrees with data: re-encode parity from the data strips.
+			rep.Mismatch++
+			msg := fmt.Sprintf("%s: parity inconsistent", o.OID)
+			for i := dn; i < dn+pn; i++ {
+				chunks[i] = nil
+				bad = append(bad, i)
+			}
+			rep.Details = append(rep.Details, msg)
+		}
+	}
+	if len(bad) == 0 {
+		return
+	}
+	sort.Ints(bad)
+	if !repair {
+		for _, i := range bad {
+			rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: missing or corrupt", o.OID, i, ts[i].Addr))
+		}
+		return
+	}
+	if err := c.Reconstruct(chunks); err != nil {
+		rep.Details = append(rep.Details, fmt.Sprintf("%s: rebuild failed: %v", o.OID, err))
+		return
+	}
+	for _, i := range bad {
+		k := store.StripKey(o.OID, uint8(i))
+		if err := d.writeCopy(ctx, view.Epoch, ts[i], k, chunks[i]); err != nil {
+			rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: repair failed: %v", o.OID, i, ts[i].Addr, err))
+			continue
+		}
+		rep.Repaired++
+		d.metrics.ScrubFinding("repaired")
+		rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: rebuilt", o.OID, i, ts[i].Addr))
+	}
+}
+
+// volumeCheck serves api.VolCheck.
+func (d *Daemon) volumeCheck(ctx context.Context, op *api.VolumeOp) (*cluster.Result, error) {
+	rep, err := d.checkVDI(ctx, op.Name, op.Tag, op.SnapID, op.Repair)
+	if err != nil {
+		return &cluster.Result{Code: proto.ResultOf(err), Message: err.Error()}, nil
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return nil, err
+	}
+	return &cluster.Result{Value: b}, nil
+}

@@ -389,6 +389,7 @@ func (n *Node) Propose(ctx context.Context, c *Command) (*Result, error) {
 		c.Time = time.Now().UnixNano()
 	}
 	backoff := 50 * time.Millisecond
+	start := time.Now()
 	for {
 		r, err := n.proposeOnce(ctx, c)
 		if err == nil {
@@ -401,6 +402,11 @@ func (n *Node) Propose(ctx context.Context, c *Command) (*Result, error) {
 			return nil, err
 		}
 		n.log.Debug("propose retry", "op", c.Op, "err", err)
+		if !n.Healthy() && time.Since(start) > n.cfg.Lease {
+			// Cut off from the quorum: say so instead of hanging until the
+			// caller gives up. A minority must not change metadata.
+			return nil, fmt.Errorf("cluster: %s: no metadata quorum reachable (last error: %v): %w", c.Op, err, ErrFenced)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("cluster: %s: %w (last error: %v)", c.Op, ctx.Err(), err)

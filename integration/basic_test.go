@@ -143,3 +143,15 @@ func TestOneNodeRestartKeepsData(t *testing.T) {
 		t.Fatal("data differs after restart")
 	}
 }
+
+// openVDIOr opens a VDI, returning nil on error.
+func openVDIOr(t *testing.T, n *node, name string) *vdi.VDI {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v, err := vdi.Open(ctx, n.conn(t), name, "", 0)
+	if err != nil {
+		return nil
+	}
+	return v
+}

@@ -54,8 +54,9 @@ func needCluster(t *testing.T) {
 
 // node is one sheep process.
 type node struct {
-	t    *testing.T
-	ip   string
+	t      *testing.T
+	ip     string
+	prefix []string // command prefix, e.g. ip netns exec NS
 	dir  string
 	args []string
 	cmd  *exec.Cmd
@@ -138,7 +139,9 @@ func tail(s string, n int) string {
 }
 
 func (n *node) start() {
-	n.cmd = exec.Command(filepath.Join(bin, "sheep"), n.args...)
+	argv := append(append([]string{}, n.prefix...), filepath.Join(bin, "sheep"))
+	argv = append(argv, n.args...)
+	n.cmd = exec.Command(argv[0], argv[1:]...)
 	w := lockedBuf{&n.mu, n.log}
 	n.cmd.Stdout, n.cmd.Stderr = w, w
 	if err := n.cmd.Start(); err != nil {

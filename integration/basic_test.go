@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gosheep/gosheep/client"
 	"github.com/gosheep/gosheep/client/vdi"
 	"github.com/gosheep/gosheep/proto"
 )
@@ -154,4 +155,12 @@ func openVDIOr(t *testing.T, n *node, name string) *vdi.VDI {
 		return nil
 	}
 	return v
+}
+
+func openSnapshot(ctx context.Context, n *node, name, tag string) (*vdi.VDI, error) {
+	c, err := client.Dial(ctx, n.addr())
+	if err != nil {
+		return nil, err
+	}
+	return vdi.Open(ctx, c, name, tag, 0)
 }

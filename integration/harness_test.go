@@ -17,6 +17,7 @@ import (
 
 	"github.com/gosheep/gosheep/api"
 	"github.com/gosheep/gosheep/client"
+	"github.com/gosheep/gosheep/client/vdi"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -312,4 +313,23 @@ func (c *cluster) waitRecovered(nodes ...*node) uint32 {
 		return true
 	})
 	return e
+}
+
+// opener returns a function that opens name through n on a fresh
+// connection (safe from any goroutine).
+func (n *node) opener(name string) func() (*vdi.VDI, error) {
+	return func() (*vdi.VDI, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, n.addr())
+		if err != nil {
+			return nil, err
+		}
+		v, err := vdi.Open(ctx, c, name, "", 0)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		return v, nil
+	}
 }

@@ -44,10 +44,42 @@ func (h *handler) readObj(ctx context.Context, req *proto.Request) (proto.Respon
 		copy(buf, ino.MarshalHeader()[min(int(a.Offset), proto.InodeHeaderSize):])
 		return h.objRsp(req, v), buf
 	}
-	if err := h.gw.Read(ctx, o, a.Offset, buf); err != nil {
+	err = h.gw.Read(ctx, o, a.Offset, buf)
+	if errors.Is(err, proto.ResNoObj) && o.OID.IsInode() {
+		// Committed but not materialised (its creator died): rebuild it
+		// from the table and the parent's inode, then serve it.
+		if merr := h.vols.Materialize(ctx, &cluster.Result{Changed: []uint32{v.VID}}); merr == nil {
+			err = h.gw.Read(ctx, o, a.Offset, buf)
+		}
+	}
+	if err != nil {
 		return h.errRsp(req, err)
 	}
+	if o.OID.IsInode() {
+		patchHeader(buf, a.Offset, v)
+	}
 	return h.objRsp(req, v), buf
+}
+
+// patchHeader overlays the table's view of an inode header on bytes read
+// from the inode object at off: the table is authoritative for the fields
+// it owns (a node that died between a commit and rewriting the header
+// leaves the object behind), while QEMU's own fields (vm_state_size,
+// vm_clock_nsec) come from the object.
+func patchHeader(buf []byte, off uint32, v *cluster.VDI) {
+	if off >= proto.InodeHeaderSize || len(buf) == 0 {
+		return
+	}
+	hdr := make([]byte, proto.InodeHeaderSize)
+	copy(hdr[off:], buf)
+	var ino proto.Inode
+	if err := ino.UnmarshalHeader(hdr); err != nil {
+		return
+	}
+	t := v.Inode()
+	t.VMClockNsec, t.VMStateSize, t.BtreeCounter = ino.VMClockNsec, ino.VMStateSize, ino.BtreeCounter
+	fixed := t.MarshalHeader()
+	copy(buf, fixed[off:])
 }
 
 func (h *handler) objRsp(req *proto.Request, v *cluster.VDI) proto.Response {

@@ -240,3 +240,7 @@ func TestFillSmallDataDir(t *testing.T) {
 	t.Logf("verified: no-space error, no crash, %d objects intact, space reclaimed after delete", written)
 	_ = json.Marshal
 }
+
+func metaDelete(name string) api.MetaRequest {
+	return api.MetaRequest{Volume: &api.VolumeOp{Op: api.VolDelete, Name: name}}
+}

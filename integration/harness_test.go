@@ -2,8 +2,8 @@ package integration
 
 import (
 	"bytes"
-	"flag"
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -58,12 +58,12 @@ type node struct {
 	t      *testing.T
 	ip     string
 	prefix []string // command prefix, e.g. ip netns exec NS
-	dir  string
-	args []string
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-	mu   sync.Mutex
-	done chan struct{}
+	dir    string
+	args   []string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+	mu     sync.Mutex
+	done   chan struct{}
 }
 
 // cluster is a set of nodes on 127.0.0.<base+i>.

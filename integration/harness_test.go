@@ -333,3 +333,36 @@ func (n *node) opener(name string) func() (*vdi.VDI, error) {
 		return v, nil
 	}
 }
+
+// addNode starts one more node joining the cluster.
+func (c *cluster) addNode(extra ...string) *node {
+	t := c.t
+	t.Helper()
+	base := strings.TrimSuffix(c.nodes[0].ip, "1")
+	ip := fmt.Sprintf("%s%d", base, len(c.nodes)+1)
+	args := append([]string{"--listen", ip + ":7000", "--dir", filepath.Join(t.TempDir(), "d"), "--log-level", "debug",
+		"--join", c.nodes[0].ip + ":7002"}, extra...)
+	nd := &node{t: t, ip: ip, args: args, log: &bytes.Buffer{}}
+	c.nodes = append(c.nodes, nd)
+	nd.start()
+	nd.waitListening()
+	return nd
+}
+
+// objects counts the data objects (copies and strips) a node holds.
+func (n *node) objects(t *testing.T) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	oids, err := n.conn(t).GetObjList(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := 0
+	for _, o := range oids {
+		if o.IsData() {
+			k++
+		}
+	}
+	return k
+}

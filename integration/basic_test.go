@@ -13,7 +13,7 @@ import (
 	"github.com/gosheep/gosheep/proto"
 )
 
-func createVDI(t *testing.T, n *node, name string, size uint64) uint32 {
+func createVDI(t testing.TB, n *node, name string, size uint64) uint32 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -24,7 +24,7 @@ func createVDI(t *testing.T, n *node, name string, size uint64) uint32 {
 	return r.VDIID
 }
 
-func openVDI(t *testing.T, n *node, name string) *vdi.VDI {
+func openVDI(t testing.TB, n *node, name string) *vdi.VDI {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -146,7 +146,7 @@ func TestOneNodeRestartKeepsData(t *testing.T) {
 }
 
 // openVDIOr opens a VDI, returning nil on error.
-func openVDIOr(t *testing.T, n *node, name string) *vdi.VDI {
+func openVDIOr(t testing.TB, n *node, name string) *vdi.VDI {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

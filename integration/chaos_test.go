@@ -14,7 +14,7 @@ import (
 )
 
 // meta runs an OpMeta request through n.
-func (n *node) meta(t *testing.T, req api.MetaRequest) (*gcluster.Result, error) {
+func (n *node) meta(t testing.TB, req api.MetaRequest) (*gcluster.Result, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

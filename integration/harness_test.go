@@ -34,7 +34,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	cmd := exec.Command("go", "build", "-race", "-o", dir+"/", "../cmd/sheep")
+	// Race-checked binaries for tests; plain ones when benchmarking.
+	args := []string{"build", "-race", "-o", dir + "/", "../cmd/sheep"}
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		args = []string{"build", "-o", dir + "/", "../cmd/sheep"}
+	}
+	cmd := exec.Command("go", args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
@@ -46,7 +51,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needCluster(t *testing.T) {
+func needCluster(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("multi-process test (skipped with -short)")
@@ -55,7 +60,7 @@ func needCluster(t *testing.T) {
 
 // node is one sheep process.
 type node struct {
-	t      *testing.T
+	t      testing.TB
 	ip     string
 	prefix []string // command prefix, e.g. ip netns exec NS
 	dir    string
@@ -68,7 +73,7 @@ type node struct {
 
 // cluster is a set of nodes on 127.0.0.<base+i>.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes []*node
 }
 
@@ -86,7 +91,7 @@ func (w lockedBuf) Write(p []byte) (int, error) {
 
 // addrBase picks a /24-free loopback block per test so parallel packages
 // don't collide: 127.<a>.<b>.x.
-func loopback(t *testing.T) string {
+func loopback(t testing.TB) string {
 	h := 0
 	for _, c := range t.Name() {
 		h = h*31 + int(c)
@@ -97,7 +102,7 @@ func loopback(t *testing.T) string {
 	return fmt.Sprintf("127.%d.%d.", 10+h%200, h/200%250)
 }
 
-func newCluster(t *testing.T, n int, extra ...string) *cluster {
+func newCluster(t testing.TB, n int, extra ...string) *cluster {
 	t.Helper()
 	needCluster(t)
 	base := loopback(t)
@@ -199,7 +204,7 @@ func (n *node) restart() {
 }
 
 // conn dials a node.
-func (n *node) conn(t *testing.T) *client.Conn {
+func (n *node) conn(t testing.TB) *client.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -212,7 +217,7 @@ func (n *node) conn(t *testing.T) *client.Conn {
 }
 
 // state fetches the cluster state through node n.
-func (n *node) state(t *testing.T) *api.ClusterState {
+func (n *node) state(t testing.TB) *api.ClusterState {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -223,7 +228,7 @@ func (n *node) state(t *testing.T) *api.ClusterState {
 	return &st
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -268,7 +273,7 @@ func (c *cluster) format(copies string) {
 }
 
 // dog runs the dog binary against node n.
-func (n *node) dog(t *testing.T, stdin []byte, args ...string) (string, error) {
+func (n *node) dog(t testing.TB, stdin []byte, args ...string) (string, error) {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(n.addr())
 	cmd := exec.Command(filepath.Join(bin, "dog"), append(args, "-a", host, "-p", port)...)
@@ -285,7 +290,7 @@ func (n *node) dog(t *testing.T, stdin []byte, args ...string) (string, error) {
 }
 
 // info fetches a node's status.
-func (n *node) info(t *testing.T) *api.NodeInfo {
+func (n *node) info(t testing.TB) *api.NodeInfo {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -350,7 +355,7 @@ func (c *cluster) addNode(extra ...string) *node {
 }
 
 // objects counts the data objects (copies and strips) a node holds.
-func (n *node) objects(t *testing.T) int {
+func (n *node) objects(t testing.TB) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -31,7 +31,7 @@ func newHistory(bs int) *history {
 // writer streams writes over blocks [lo, hi) (each block owned by one
 // writer goroutine, so its versions are ordered) until stop is closed.
 // open returns a VDI handle (reconnecting) or an error.
-func (h *history) writer(t *testing.T, open func() (*vdi.VDI, error), lo, hi int, writers int, stop <-chan struct{}) *sync.WaitGroup {
+func (h *history) writer(t testing.TB, open func() (*vdi.VDI, error), lo, hi int, writers int, stop <-chan struct{}) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
 		wg.Add(1)
@@ -85,7 +85,7 @@ func (h *history) writer(t *testing.T, open func() (*vdi.VDI, error), lo, hi int
 }
 
 // verify reads every acknowledged block through v.
-func (h *history) verify(t *testing.T, v *vdi.VDI) {
+func (h *history) verify(t testing.TB, v *vdi.VDI) {
 	t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-func needTool(t *testing.T, name string) {
+func needTool(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		if testing.Short() {
@@ -26,7 +26,7 @@ func iscsiURL(n *node, vdi string) string {
 	return fmt.Sprintf("iscsi://%s:3260/iqn.2026-11.io.gosheep:%s/0", n.ip, vdi)
 }
 
-func runCmd(t *testing.T, timeout time.Duration, name string, args ...string) string {
+func runCmd(t testing.TB, timeout time.Duration, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -114,7 +114,7 @@ func TestISCSIComplianceOnCluster(t *testing.T) {
 		iscsiURL(c.nodes[0], "mp"), iscsiURL(c.nodes[1], "mp"))
 }
 
-func runCompliance(t *testing.T, sel, extraExpected, url, url2 string) {
+func runCompliance(t testing.TB, sel, extraExpected, url, url2 string) {
 	t.Helper()
 	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestLibiscsiCompliance$", "-v", "../target/iscsi/")
 	cmd.Env = append(os.Environ(),
@@ -133,7 +133,7 @@ func runCompliance(t *testing.T, sel, extraExpected, url, url2 string) {
 	}
 }
 
-func mustAbs(t *testing.T, p string) string {
+func mustAbs(t testing.TB, p string) string {
 	a, err := filepath.Abs(p)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 	"github.com/gosheep/gosheep/proto"
 )
 
-func run(t *testing.T, args ...string) error {
+func run(t testing.TB, args ...string) error {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
@@ -25,7 +25,7 @@ func run(t *testing.T, args ...string) error {
 
 // netns builds n network namespaces on a bridge (10.77.<net>.i/24, the test
 // reaches them from 10.77.<net>.254) and returns their names and addresses.
-func netns(t *testing.T, net, n int) ([]string, []string) {
+func netns(t testing.TB, net, n int) ([]string, []string) {
 	t.Helper()
 	br := fmt.Sprintf("gsbr%d", net)
 	if err := run(t, "ip", "link", "add", br, "type", "bridge"); err != nil {

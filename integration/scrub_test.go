@@ -25,7 +25,7 @@ func (n *node) dataDir() string {
 }
 
 // flipByte corrupts one byte of an object's data on n's disk, bypassing sheep.
-func (n *node) flipByte(t *testing.T, oid proto.OID, off int64) {
+func (n *node) flipByte(t testing.TB, oid proto.OID, off int64) {
 	t.Helper()
 	p := filepath.Join(n.dataDir(), "store", "obj", oid.String())
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
@@ -43,14 +43,14 @@ func (n *node) flipByte(t *testing.T, oid proto.OID, off int64) {
 	t.Logf("injecting: flipped byte %d of %s on %s", off, oid, n.ip)
 }
 
-func (n *node) hash(t *testing.T, oid proto.OID) ([20]byte, error) {
+func (n *node) hash(t testing.TB, oid proto.OID) ([20]byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return n.conn(t).GetHash(ctx, oid, 0)
 }
 
-func (n *node) check(t *testing.T, name string, repair bool) api.CheckReport {
+func (n *node) check(t testing.TB, name string, repair bool) api.CheckReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -19,7 +19,7 @@ func nbdURL(n *node, export string) string {
 }
 
 // qemuIO runs qemu-io commands against a URL.
-func qemuIO(t *testing.T, url string, cmds ...string) string {
+func qemuIO(t testing.TB, url string, cmds ...string) string {
 	t.Helper()
 	args := []string{"-f", "raw"}
 	if strings.Contains(url, "@") {
@@ -37,7 +37,7 @@ func qemuIO(t *testing.T, url string, cmds ...string) string {
 }
 
 // readAll reads a whole export or target into memory with qemu-img.
-func readAll(t *testing.T, url string) []byte {
+func readAll(t testing.TB, url string) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "out.img")
 	runCmd(t, 5*time.Minute, "qemu-img", "convert", "-O", "raw", url, p)

@@ -52,7 +52,7 @@ type CheckReport struct {
 	Mismatch int      `json:"mismatch"` // copies differing from the majority / failing parity
 	Corrupt  int      `json:"corrupt"`  // copies failing their checksums
 	Repaired int      `json:"repaired"`
-	Lost     int      `json:"lost"`     // objects with no good copy left
+	Lost     int      `json:"lost"` // objects with no good copy left
 	Details  []string `json:"details,omitempty"`
 }
 

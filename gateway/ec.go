@@ -33,6 +33,10 @@ const (
 	ECWrite  ECOp = 1 // write into existing strips
 	ECCreate ECOp = 2 // create all strips (zero-filled) with data
 	ECZero   ECOp = 3 // zero a range (no data)
+	// ECCreateExcl creates only if the object does not exist yet; if it
+	// does (another gateway allocated it), the data is written into it and
+	// ErrExists is returned.
+	ECCreateExcl ECOp = 4
 )
 
 const stripe = proto.ECStripeSize
@@ -112,6 +116,15 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	}
 	unlock := g.locks.lock(o.OID)
 	defer unlock()
+	existed := false
+	if op == ECCreateExcl {
+		// The primary holds strip 0 and serialises every mutation of the
+		// object, so its own strip says whether the object exists.
+		op = ECCreate
+		if g.cfg.Exists != nil && g.cfg.Exists(ctx, store.StripKey(o.OID, 0)) {
+			op, existed = ECWrite, true
+		}
+	}
 	a, b := align(o, off, int(n))
 	d := uint32(o.Red.Data)
 	if o.Size%stripe != 0 {
@@ -142,12 +155,15 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 		p := g.cfg.Peers.Peer(node)
 		k := store.StripKey(o.OID, uint8(i))
 		if op == ECCreate {
-			return p.Create(pctx, v.Epoch, k, stripSize, soff, chunks[i], sync)
+			return p.Create(pctx, v.Epoch, k, stripSize, soff, chunks[i], sync, false)
 		}
 		return p.Write(pctx, v.Epoch, k, soff, chunks[i], sync)
 	})
 	if err == nil {
 		g.markDirty(ts...)
+		if existed {
+			return ErrExists
+		}
 	}
 	return err
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gosheep/gosheep/cluster/placement"
@@ -41,7 +42,9 @@ type Views interface {
 // Peer performs store operations on one node, tagged with the sender's epoch
 // (a node in another epoch refuses with OLD/NEW_NODE_VER).
 type Peer interface {
-	Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error
+	// Create makes the object (zero-filled) with data at off, replacing
+	// any copy; with excl it fails with proto.ResOIDExist if one exists.
+	Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync, excl bool) error
 	Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error
 	Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error
 	Remove(ctx context.Context, epoch uint32, k store.Key) error
@@ -76,6 +79,9 @@ type Config struct {
 	PeerTimeout time.Duration
 	// DefaultTimeout applies when the caller's context has no deadline.
 	DefaultTimeout time.Duration
+	// Exists reports whether this node holds a key (the primary's check
+	// for exclusive erasure-coded creates).
+	Exists func(ctx context.Context, k store.Key) bool
 }
 
 // Gateway routes object I/O. It is safe for concurrent use.
@@ -225,24 +231,53 @@ func fanout(ts []placement.Node, fn func(i int, n placement.Node) error) error {
 // Create makes the object (zero-filled) with data at off on every copy.
 // An existing object is replaced.
 func (g *Gateway) Create(ctx context.Context, o Object, off uint32, data []byte, sync bool) error {
+	return g.create(ctx, o, off, data, sync, false)
+}
+
+// CreateExclusive is Create for an object nobody should have created yet
+// (allocation of a volume's object). If some copy exists already — another
+// gateway allocated it at the same time — it returns ErrExists after
+// creating the missing copies, and the caller writes its range instead, so
+// concurrent allocations never wipe each other's data.
+func (g *Gateway) CreateExclusive(ctx context.Context, o Object, off uint32, data []byte, sync bool) error {
+	return g.create(ctx, o, off, data, sync, true)
+}
+
+// ErrExists reports an exclusive create of an existing object.
+var ErrExists = proto.NewError(proto.ResOIDExist, "gateway: object exists")
+
+func (g *Gateway) create(ctx context.Context, o Object, off uint32, data []byte, sync, excl bool) error {
 	if err := checkRange(o, off, len(data)); err != nil {
 		return err
 	}
 	if o.Red.IsEC() {
-		return g.ecRoute(ctx, o, ECCreate, off, uint32(len(data)), data, sync)
+		op := ECCreate
+		if excl {
+			op = ECCreateExcl
+		}
+		return g.ecRoute(ctx, o, op, off, uint32(len(data)), data, sync)
 	}
 	return g.do(ctx, "create "+o.OID.String(), func(ctx context.Context, v *View) error {
 		ts, err := targets(v, o)
 		if err != nil {
 			return err
 		}
+		var existed atomic.Bool
 		err = fanout(ts, func(_ int, n placement.Node) error {
 			pctx, cancel := g.peerCtx(ctx)
 			defer cancel()
-			return g.cfg.Peers.Peer(n).Create(pctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, off, data, sync)
+			err := g.cfg.Peers.Peer(n).Create(pctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, off, data, sync, excl)
+			if excl && errors.Is(err, proto.ResOIDExist) {
+				existed.Store(true)
+				return nil
+			}
+			return err
 		})
 		if err == nil {
 			g.markDirty(ts...)
+			if existed.Load() {
+				return ErrExists
+			}
 		}
 		return err
 	})
@@ -400,7 +435,7 @@ func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement
 			return
 		}
 		for _, b := range bad {
-			err := g.cfg.Peers.Peer(b).Create(ctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, 0, buf, true)
+			err := g.cfg.Peers.Peer(b).Create(ctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, 0, buf, true, false)
 			g.log.Warn("read repair", "oid", o.OID, "node", b.ID, "from", good.ID, "err", err)
 		}
 	}()

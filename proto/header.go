@@ -35,6 +35,10 @@ const (
 	// FlagSync is a gosheep extension on peer writes: make this write durable
 	// before answering (the FUA of iSCSI/NBD). Sheepdog never set bit 0x800.
 	FlagSync Flags = 0x800
+	// FlagExclusive is a gosheep extension on CREATE_AND_WRITE_PEER: create
+	// only if the object does not exist (else ResOIDExist), so two gateways
+	// allocating one object at once never wipe each other's data.
+	FlagExclusive Flags = 0x1000
 )
 
 var le = binary.LittleEndian

@@ -55,7 +55,7 @@ func (d *Daemon) writeCopy(ctx context.Context, epoch uint32, n placement.Node, 
 		return d.store.Create(ctx, k, uint32(len(data)), 0, data, store.WriteOpts{Epoch: epoch, Sync: true})
 	}
 	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
-	return p.Create(ctx, epoch, k, uint32(len(data)), 0, data, true)
+	return p.Create(ctx, epoch, k, uint32(len(data)), 0, data, true, false)
 }
 
 // checkVDI compares every copy (or strip) of every object the VDI refers

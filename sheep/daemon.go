@@ -124,6 +124,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.gw = gateway.New(gateway.Config{
 		Self: d.node.ID(), Views: d.views, Codecs: codecs{d.codecs}, Logger: d.log,
 		Peers: &peers{self: d.node.ID(), local: local, pool: d.pool},
+		Exists: func(ctx context.Context, k store.Key) bool {
+			_, err := d.store.Stat(ctx, k)
+			return err == nil
+		},
 	})
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})
 	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now()}

@@ -60,7 +60,7 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		}
 	}
 	k := peerKeyOf(a)
-	opts := store.WriteOpts{Sync: req.Flags&proto.FlagSync != 0, Epoch: req.Epoch}
+	opts := store.WriteOpts{Sync: req.Flags&proto.FlagSync != 0, Epoch: req.Epoch, Exclusive: req.Flags&proto.FlagExclusive != 0}
 	var (
 		err error
 		out []byte

@@ -41,8 +41,10 @@ func (l *localPeer) opts(epoch uint32, sync bool) store.WriteOpts {
 	return store.WriteOpts{Sync: sync, Epoch: epoch}
 }
 
-func (l *localPeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error {
-	return l.h.guarded(ctx, k, func() error { return l.h.store.Create(ctx, k, size, off, data, l.opts(epoch, sync)) })
+func (l *localPeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync, excl bool) error {
+	o := l.opts(epoch, sync)
+	o.Exclusive = excl
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Create(ctx, k, size, off, data, o) })
 }
 
 func (l *localPeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
@@ -99,8 +101,11 @@ func (r *remotePeer) do(ctx context.Context, req proto.Request, w, rbuf []byte) 
 	return err
 }
 
-func (r *remotePeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync bool) error {
+func (r *remotePeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync, excl bool) error {
 	req := peerReq(proto.OpCreateAndWritePeer, epoch, k, off, sync)
+	if excl {
+		req.Flags |= proto.FlagExclusive
+	}
 	req.SetPeerSize(size)
 	if data == nil {
 		data = []byte{}

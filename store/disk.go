@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store/vfs"
 )
 
@@ -47,8 +48,9 @@ type StaleInfo struct {
 	ObjEpoch uint32 // epoch of its last mutation
 }
 
-// ErrExists is returned by Unstash when a live copy is present.
-var ErrExists = errors.New("store: a live copy exists")
+// ErrExists is returned by an exclusive Create, or by Unstash, when a live
+// copy is present.
+var ErrExists = proto.NewError(proto.ResOIDExist, "store: object exists")
 
 // Stasher is the stale-copy side of the store that recovery uses.
 type Stasher interface {

@@ -33,6 +33,14 @@ func (d *Disk) Create(ctx context.Context, k Key, size uint32, off uint32, data 
 	l := d.keyLock(k)
 	l.Lock()
 	defer l.Unlock()
+	if o.Exclusive {
+		d.idxMu.RLock()
+		_, exists := d.index[k]
+		d.idxMu.RUnlock()
+		if exists {
+			return fmt.Errorf("store: create %s: %w", fileName(k), ErrExists)
+		}
+	}
 	tmp := d.tmpPath(k)
 	err := d.writeNew(tmp, &hdr, off, data, o.Sync)
 	if err != nil {

@@ -42,6 +42,8 @@ type WriteOpts struct {
 	// Epoch is the cluster epoch the mutation happened in; the store keeps
 	// the highest one per object so recovery can tell which copies changed.
 	Epoch uint32
+	// Exclusive makes Create fail with ErrExists when the object exists.
+	Exclusive bool
 }
 
 // ObjInfo describes a stored object.

@@ -18,6 +18,9 @@ type Objects interface {
 	Read(ctx context.Context, o gateway.Object, off uint32, p []byte) error
 	Write(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error
 	Create(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error
+	// CreateExclusive creates unless the object exists (then it returns an
+	// error matching proto.ResOIDExist and the caller writes instead).
+	CreateExclusive(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error
 	Zero(ctx context.Context, o gateway.Object, off, n uint32, sync bool) error
 	Remove(ctx context.Context, o gateway.Object) error
 	Flush(ctx context.Context) error

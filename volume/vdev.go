@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -330,11 +331,28 @@ func (d *vdev) writePiece(ctx context.Context, v *cluster.VDI, pc piece, data []
 		owner = d.owner(pc.idx)
 	}
 	obj := dataObject(v, v.VID, pc.idx)
+	if owner == v.VID {
+		err := d.m.cfg.Objects.Write(ctx, obj, pc.inner, data, fua)
+		if !errors.Is(err, proto.ResNoObj) {
+			return err
+		}
+		// Discarded by another device since we cached the entry: look
+		// again and allocate.
+		d.mu.Lock()
+		if d.vdi.VID == v.VID && int(pc.idx) < len(d.index) {
+			d.index[pc.idx] = 0
+		}
+		d.mu.Unlock()
+		if err := d.revalidate(ctx, v, []piece{pc}); err != nil {
+			return err
+		}
+		if owner = d.owner(pc.idx); owner == v.VID {
+			return d.allocate(ctx, obj, pc.inner, data, pc.inner, data, fua)
+		}
+	}
 	switch owner {
-	case v.VID:
-		return d.m.cfg.Objects.Write(ctx, obj, pc.inner, data, fua)
 	case 0:
-		if err := d.m.cfg.Objects.Create(ctx, obj, pc.inner, data, fua); err != nil {
+		if err := d.allocate(ctx, obj, pc.inner, data, pc.inner, data, fua); err != nil {
 			return err
 		}
 	default:
@@ -344,11 +362,22 @@ func (d *vdev) writePiece(ctx context.Context, v *cluster.VDI, pc piece, data []
 			return fmt.Errorf("volume: copy-on-write read of %s: %w", proto.DataOID(owner, pc.idx), err)
 		}
 		copy(full[pc.inner:], data)
-		if err := d.m.cfg.Objects.Create(ctx, obj, 0, full, fua); err != nil {
+		if err := d.allocate(ctx, obj, 0, full, pc.inner, data, fua); err != nil {
 			return err
 		}
 	}
 	return d.setIndex(ctx, v, pc.idx, v.VID, fua)
+}
+
+// allocate creates our object with init at initOff, unless another device
+// (on this node or another) created it meanwhile: then only our own range
+// (data at off) is written into it, never wiping what the other wrote.
+func (d *vdev) allocate(ctx context.Context, obj gateway.Object, initOff uint32, init []byte, off uint32, data []byte, fua bool) error {
+	err := d.m.cfg.Objects.CreateExclusive(ctx, obj, initOff, init, fua)
+	if errors.Is(err, proto.ResOIDExist) {
+		return d.m.cfg.Objects.Write(ctx, obj, off, data, fua)
+	}
+	return err
 }
 
 func (d *vdev) Flush(ctx context.Context) error {
@@ -400,7 +429,7 @@ func (d *vdev) zero(ctx context.Context, off, n uint64, fua bool) error {
 				return err
 			}
 			clear(full[pc.inner : pc.inner+pc.n])
-			if err := d.m.cfg.Objects.Create(ctx, dataObject(v, v.VID, pc.idx), 0, full, fua); err != nil {
+			if err := d.allocate(ctx, dataObject(v, v.VID, pc.idx), 0, full, pc.inner, make([]byte, pc.n), fua); err != nil {
 				return err
 			}
 			return d.setIndex(ctx, v, pc.idx, v.VID, fua)

@@ -54,6 +54,16 @@ func (m *memObjects) Create(ctx context.Context, o gateway.Object, off uint32, d
 	return nil
 }
 
+func (m *memObjects) CreateExclusive(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error {
+	m.mu.Lock()
+	_, exists := m.objs[o.OID]
+	m.mu.Unlock()
+	if exists {
+		return fmt.Errorf("%s: %w", o.OID, proto.ResOIDExist)
+	}
+	return m.Create(ctx, o, off, data, sync)
+}
+
 func (m *memObjects) Zero(ctx context.Context, o gateway.Object, off, n uint32, sync bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -333,5 +343,32 @@ func TestTwoDevicesSeeEachOthersAllocations(t *testing.T) {
 	ext, _ := b.Extents(ctx, 0, 4*mib)
 	if len(ext) != 3 || !ext[1].Allocated {
 		t.Fatalf("extents %v", ext)
+	}
+}
+
+// TestConcurrentAllocationFromTwoDevices: two devices (two nodes' front
+// ends) allocate the same object at once; neither wipes the other's half.
+func TestConcurrentAllocationFromTwoDevices(t *testing.T) {
+	ctx := context.Background()
+	m, _ := setup(t)
+	m.Create(ctx, CreateOpts{Name: "v", Size: 4 * mib})
+	for round := 0; round < 20; round++ {
+		a, _ := m.Open(ctx, "v")
+		b, _ := m.Open(ctx, "v")
+		base := uint64(round%4) * mib
+		// Make the object a hole again.
+		if err := a.Discard(ctx, base, mib); err != nil {
+			t.Fatal(err)
+		}
+		x, y := random(mib/2), random(mib/2)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); a.WriteAt(ctx, x, base, false) }()
+		go func() { defer wg.Done(); b.WriteAt(ctx, y, base+mib/2, false) }()
+		wg.Wait()
+		got := mustRead(t, a, base, mib)
+		if !bytes.Equal(got[:mib/2], x) || !bytes.Equal(got[mib/2:], y) {
+			t.Fatalf("round %d: a concurrent allocation wiped the other writer's data", round)
+		}
 	}
 }

@@ -71,7 +71,8 @@ func (n *node) check(t testing.TB, name string, repair bool) api.CheckReport {
 // TestBitRotRepaired flips bytes in object files and sees a read repaired
 // (read-repair), a check find and fix one, and the scrub fix one nobody reads.
 func TestBitRotRepaired(t *testing.T) {
-	c := newCluster(t, 3, "--scrub-interval", "3s", "--scrub-rate", "1G")
+	// No scrub until step 3 (it would fix step 2's corruption first).
+	c := newCluster(t, 3, "--scrub-interval", "1h")
 	c.format("3")
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
 	vid := createVDI(t, a, "vol", 16<<20)
@@ -117,6 +118,9 @@ func TestBitRotRepaired(t *testing.T) {
 	t.Logf("verified: check found %d corrupt copy and repair fixed it", 1)
 
 	// 3. Scrub finds and fixes a copy nobody reads.
+	cc.args = append(cc.args, "--scrub-interval", "2s", "--scrub-rate", "1G")
+	cc.restart()
+	c.healthy(c.nodes...)
 	good3, _ := a.hash(t, proto.DataOID(vid, 3))
 	cc.flipByte(t, proto.DataOID(vid, 3), 12345)
 	waitFor(t, "scrub repair", 40*time.Second, func() bool {

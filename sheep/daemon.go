@@ -135,6 +135,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.rec = d.newRecoverer()
 	d.h.guard = d.rec.Guard
 	d.h.recoveryStatus = d.rec.Status
+	d.h.ready = d.isReplayed
 	d.h.check = d.volumeCheck
 	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	d.node.FSM().Watch(d.watch)
@@ -222,7 +223,20 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 	}
 	if c != nil && c.Op == cluster.CmdShutdown && r.Code == proto.ResSuccess {
 		d.log.Info("cluster shutdown requested")
-		go d.Stop()
+		// Let in-flight answers (the shutdown request itself, forwarded
+		// commands) reach their callers before the listeners close.
+		time.AfterFunc(time.Second, d.Stop)
+	}
+}
+
+// isReplayed reports whether the node caught up with the cluster's
+// metadata since it started.
+func (d *Daemon) isReplayed() bool {
+	select {
+	case <-d.replayed:
+		return true
+	default:
+		return false
 	}
 }
 

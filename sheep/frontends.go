@@ -40,17 +40,29 @@ func (d *Daemon) startFrontEnds() error {
 				d.log.Error("iscsi server stopped", "err", err)
 			}
 		}()
-		// Export every working VDI, and follow the catalog from now on.
+		// Follow the catalog: events for prompt changes, and a periodic
+		// reconcile so a target whose export failed (its inode not yet
+		// readable, a peer timing out) is retried until it exists.
 		events, unsub := d.vols.Subscribe()
 		fe.unsub = unsub
-		for _, info := range d.vols.List() {
-			d.exportISCSI(info)
-		}
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			for ev := range events {
-				d.onVolumeEvent(ev)
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			d.reconcileISCSI()
+			for {
+				select {
+				case ev, ok := <-events:
+					if !ok {
+						return
+					}
+					d.onVolumeEvent(ev)
+				case <-t.C:
+					d.reconcileISCSI()
+				case <-d.ctx.Done():
+					return
+				}
 			}
 		}()
 	}
@@ -135,11 +147,35 @@ func (d *Daemon) exportISCSI(info volume.Info) {
 	}
 }
 
+// reconcileISCSI exports every working VDI that has no target yet and
+// removes targets whose VDI is gone.
+func (d *Daemon) reconcileISCSI() {
+	if !d.isReplayed() {
+		return
+	}
+	have := map[string]bool{}
+	for _, name := range d.fe.iscsi.Targets() {
+		have[name] = true
+	}
+	want := map[string]bool{}
+	for _, info := range d.vols.List() {
+		want[info.Name] = true
+		if !have[info.Name] {
+			d.exportISCSI(info)
+		}
+	}
+	for name := range have {
+		if !want[name] {
+			d.fe.iscsi.RemoveTarget(name)
+		}
+	}
+}
+
 // onVolumeEvent keeps the front ends in step with the VDI table.
 func (d *Daemon) onVolumeEvent(ev volume.Event) {
 	switch ev.Kind {
 	case volume.Added:
-		if d.fe.iscsi != nil {
+		if d.fe.iscsi != nil && d.isReplayed() {
 			d.exportISCSI(ev.Info)
 		}
 	case volume.Removed:

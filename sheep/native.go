@@ -32,6 +32,9 @@ type handler struct {
 	kill  func() // dog node kill
 	// check serves api.VolCheck (it needs the daemon's placement and peers).
 	check func(ctx context.Context, op *api.VolumeOp) (*cluster.Result, error)
+	// ready reports whether the node caught up with the cluster's metadata
+	// since it started (before that its VDI table may be a partial replay).
+	ready func() bool
 	// recoveryStatus reports this node's recovery progress.
 	recoveryStatus func() recovery.Status
 	started        time.Time
@@ -175,6 +178,8 @@ func (h *handler) gate(op proto.Opcode) proto.Result {
 		return proto.ResWaitForJoin
 	case !h.node.Healthy():
 		return proto.ResHalt
+	case h.ready != nil && !h.ready():
+		return proto.ResStartup
 	}
 	return proto.ResSuccess
 }

@@ -155,7 +155,7 @@ func (h *handler) nodeInfo(ctx context.Context, req *proto.Request) (proto.Respo
 	self := h.node.Self()
 	return h.jsonRsp(ctx, req, api.NodeInfo{
 		ID: self.ID, Addr: self.Addr.String(), Zone: self.Zone, Usage: u, Epoch: h.epoch(),
-		Leader: h.node.IsLeader(), Healthy: h.node.Healthy(), Uptime: time.Since(h.started).Seconds(),
+		Leader: h.node.IsLeader(), Healthy: h.node.Healthy() && (h.ready == nil || h.ready()), Uptime: time.Since(h.started).Seconds(),
 		Recovery: h.recoveryStatus(),
 	})
 }

@@ -76,7 +76,9 @@ type connError struct {
 	err  error
 }
 
-func (e *connError) Error() string { return "cannot connect to sheep at " + e.addr + ": " + e.err.Error() }
+func (e *connError) Error() string {
+	return "cannot connect to sheep at " + e.addr + ": " + e.err.Error()
+}
 func (e *connError) Unwrap() error { return e.err }
 
 // unsupported is an operation this sheep does not implement.

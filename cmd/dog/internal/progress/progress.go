@@ -1,6 +1,6 @@
 // Package progress draws sheepdog-style progress bars on a terminal:
 //
-//	 45.0 % [===============>                  ] 180 MB / 400 MB
+//	45.0 % [===============>                  ] 180 MB / 400 MB
 //
 // A nil *Bar is valid and draws nothing, so callers need not check whether
 // output goes to a terminal.

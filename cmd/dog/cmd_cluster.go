@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -9,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gosheep/gosheep/api"
+	"github.com/gosheep/gosheep/client"
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/cmd/dog/internal/parse"
@@ -259,6 +262,14 @@ func leaderAddr(st *api.ClusterState) string {
 	return ""
 }
 
+// printClusterInfo prints `dog cluster info` of st.
+func (a *app) printClusterInfo(st *api.ClusterState, diff bool) error {
+	ci := clusterInfoOf(st)
+	return a.emit(ci, func(w io.Writer) error {
+		return render.Cluster(w, ci.render(leaderAddr(st)), a.verbose, diff, a.opts())
+	})
+}
+
 func (a *app) clusterInfoCmd() *cobra.Command {
 	var diff bool
 	cmd := &cobra.Command{
@@ -273,10 +284,7 @@ func (a *app) clusterInfoCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ci := clusterInfoOf(st)
-			return a.emit(ci, func(w io.Writer) error {
-				return render.Cluster(w, ci.render(leaderAddr(st)), a.verbose, diff, a.opts())
-			})
+			return a.printClusterInfo(st, diff)
 		},
 	}
 	cmd.Flags().BoolVarP(&diff, "diff", "d", false, "show the nodes each epoch added (+) and removed (-)")
@@ -296,9 +304,37 @@ func (a *app) clusterShutdownCmd() *cobra.Command {
 			}
 			ctx, cancel := a.rctx(cmd.Context())
 			defer cancel()
-			return failf(c.Shutdown(ctx), "failed to shut down the cluster")
+			err = c.Shutdown(ctx)
+			if errors.Is(err, client.ErrConnClosed) && a.stopped(cmd.Context()) {
+				// The sheep went down before its answer reached us.
+				err = nil
+			}
+			return failf(err, "failed to shut down the cluster")
 		},
 	}
+}
+
+// stopped reports whether the sheep dog talks to has stopped serving: it
+// refuses connections, or says the cluster is shut down.
+func (a *app) stopped(ctx context.Context) bool {
+	a.closeAll()
+	for i := 0; i < 20; i++ {
+		st, err := a.state(ctx)
+		var ce *connError
+		switch {
+		case errors.As(err, &ce):
+			return true
+		case err == nil && st.State.Status == cluster.StatusShutdown:
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+		a.closeAll()
+	}
+	return false
 }
 
 func (a *app) clusterRecoverCmd() *cobra.Command {

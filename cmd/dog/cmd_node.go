@@ -73,6 +73,18 @@ func nodeRows(st *api.ClusterState) []nodeRow {
 	return rows
 }
 
+// printNodeList prints `dog node list` of st.
+func (a *app) printNodeList(st *api.ClusterState) error {
+	rows := nodeRows(st)
+	return a.emit(rows, func(w io.Writer) error {
+		ns := make([]render.Node, len(rows))
+		for i, r := range rows {
+			ns[i] = r.Node
+		}
+		return render.NodeList(w, ns, a.verbose, a.opts())
+	})
+}
+
 func (a *app) nodeListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
@@ -87,14 +99,7 @@ status and Raft role.`,
 			if err != nil {
 				return err
 			}
-			rows := nodeRows(st)
-			return a.emit(rows, func(w io.Writer) error {
-				ns := make([]render.Node, len(rows))
-				for i, r := range rows {
-					ns[i] = r.Node
-				}
-				return render.NodeList(w, ns, a.verbose, a.opts())
-			})
+			return a.printNodeList(st)
 		},
 	}
 }
@@ -138,6 +143,35 @@ type nodeInfoDoc struct {
 	UnreachableNr int          `json:"unreachable"`
 }
 
+// printNodeInfo prints `dog node info` from the nodes' answers.
+func (a *app) printNodeInfo(st *api.ClusterState, all []nodeStatus) error {
+	doc := nodeInfoDoc{Nodes: all}
+	var rows []render.NodeUsage
+	for _, n := range all {
+		if n.Info == nil {
+			doc.UnreachableNr++
+			if !a.json() {
+				a.warnf("node %d (%s): %s", n.ID, n.Addr, n.Err)
+			}
+			continue
+		}
+		u := n.Info.Usage
+		rows = append(rows, render.NodeUsage{ID: n.ID, Size: u.Capacity, Used: u.Used, Avail: u.Free})
+		doc.Size += u.Capacity
+		doc.Used += u.Used
+		doc.Avail += u.Free
+	}
+	if len(rows) == 0 {
+		return &opError{what: "Cannot get information from any nodes", err: proto.ResNetworkError}
+	}
+	for _, v := range st.State.VDIs {
+		if !v.Deleted && !v.IsSnapshot() {
+			doc.VirtualSize += v.Size
+		}
+	}
+	return a.emit(doc, func(w io.Writer) error { return render.NodeInfo(w, rows, doc.VirtualSize, a.opts()) })
+}
+
 func (a *app) nodeInfoCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "info",
@@ -153,32 +187,7 @@ sizes of the working VDIs (thin provisioned: they may exceed the capacity).`,
 			if err != nil {
 				return err
 			}
-			all := a.askNodes(ctx, members(st))
-			doc := nodeInfoDoc{Nodes: all}
-			var rows []render.NodeUsage
-			for _, n := range all {
-				if n.Info == nil {
-					doc.UnreachableNr++
-					if !a.json() {
-						a.warnf("node %d (%s): %s", n.ID, n.Addr, n.Err)
-					}
-					continue
-				}
-				u := n.Info.Usage
-				rows = append(rows, render.NodeUsage{ID: n.ID, Size: u.Capacity, Used: u.Used, Avail: u.Free})
-				doc.Size += u.Capacity
-				doc.Used += u.Used
-				doc.Avail += u.Free
-			}
-			if len(rows) == 0 {
-				return &opError{what: "Cannot get information from any nodes", err: proto.ResNetworkError}
-			}
-			for _, v := range st.State.VDIs {
-				if !v.Deleted && !v.IsSnapshot() {
-					doc.VirtualSize += v.Size
-				}
-			}
-			return a.emit(doc, func(w io.Writer) error { return render.NodeInfo(w, rows, doc.VirtualSize, a.opts()) })
+			return a.printNodeInfo(st, a.askNodes(ctx, members(st)))
 		},
 	}
 }
@@ -238,11 +247,15 @@ type recoveryRow struct {
 
 // recoveryRows asks every node how its recovery goes.
 func (a *app) recoveryRows(ctx context.Context, st *api.ClusterState) []recoveryRow {
-	ms := members(st)
-	ring := rings{}.of(ms)
+	return recoveryRowsOf(st, a.askNodes(ctx, members(st)))
+}
+
+// recoveryRowsOf derives the recovery table from the nodes' answers.
+func recoveryRowsOf(st *api.ClusterState, all []nodeStatus) []recoveryRow {
+	ring := rings{}.of(members(st))
 	epoch := st.State.Epoch()
-	var rows []recoveryRow
-	for _, n := range a.askNodes(ctx, ms) {
+	rows := []recoveryRow{}
+	for _, n := range all {
 		r := recoveryRow{Recovery: render.Recovery{ID: n.ID, Addr: n.Addr, Vnodes: ring.Vnodes(n.m.ID), Zone: n.m.Zone}, Err: n.Err}
 		if n.Info != nil {
 			s := n.Info.Recovery
@@ -277,24 +290,28 @@ drawing a progress bar on a terminal.`,
 			if err != nil {
 				return err
 			}
-			rows := a.recoveryRows(ctx, st)
-			for _, r := range rows {
-				if r.Err != "" && !a.json() {
-					a.warnf("node %d (%s): %s", r.ID, r.Addr, r.Err)
-				}
-			}
-			return a.emit(rows, func(w io.Writer) error {
-				rs := make([]render.Recovery, len(rows))
-				for i, r := range rows {
-					rs[i] = r.Recovery
-				}
-				return render.RecoveryList(w, rs, a.opts())
-			})
+			return a.printRecovery(a.recoveryRows(ctx, st))
 		},
 	}
 	cmd.Flags().BoolVarP(&wait, "progress", "P", false, "wait for recovery to finish, showing its progress")
 	cmd.AddCommand(a.setThrottleCmd(), a.getThrottleCmd())
 	return cmd
+}
+
+// printRecovery prints `dog node recovery`.
+func (a *app) printRecovery(rows []recoveryRow) error {
+	for _, r := range rows {
+		if r.Err != "" && !a.json() {
+			a.warnf("node %d (%s): %s", r.ID, r.Addr, r.Err)
+		}
+	}
+	return a.emit(rows, func(w io.Writer) error {
+		rs := make([]render.Recovery, len(rows))
+		for i, r := range rows {
+			rs[i] = r.Recovery
+		}
+		return render.RecoveryList(w, rs, a.opts())
+	})
 }
 
 // recoveryPoll is how often -P asks the nodes.

@@ -169,15 +169,12 @@ func vdiRows(st *cluster.State, index map[uint32][]uint32, name string) []render
 			}
 		}
 		r := render.VDI{
-			Name: v.Name, Snapshot: v.IsSnapshot(), Clone: v.SnapID == 1 && v.ParentVID != 0 && !v.IsSnapshot(),
+			Name: v.Name, Snapshot: v.IsSnapshot(), Clone: v.SnapID == 1 && v.ParentVID != 0,
 			Size: v.Size, Used: own << v.BlockSizeShift, Shared: shared << v.BlockSizeShift,
 			Created: ctimeOf(v.CreateTime), VID: v.VID, Redundancy: v.Redundancy().String(), Tag: v.Tag, BSS: v.BlockSizeShift,
 		}
 		if v.IsSnapshot() {
 			r.SnapID = v.SnapID
-		}
-		if v.SnapID == 1 && v.ParentVID != 0 {
-			r.Clone = true
 		}
 		rows = append(rows, r)
 	}
@@ -227,6 +224,15 @@ func firstMsg(a *app, err error) string {
 	return msg
 }
 
+// printVDIList prints `dog vdi list` of the state and indexes.
+func (a *app) printVDIList(st *cluster.State, index map[uint32][]uint32, name string) error {
+	rows := vdiRows(st, index, name)
+	if rows == nil {
+		rows = []render.VDI{}
+	}
+	return a.emit(rows, func(w io.Writer) error { return render.VDIList(w, rows, a.opts()) })
+}
+
 func (a *app) vdiListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list [VDI]",
@@ -256,11 +262,7 @@ that of objects it shares with the snapshot it came from.`,
 			if index == nil {
 				return ierr
 			}
-			rows := vdiRows(st.State, index, name)
-			if rows == nil {
-				rows = []render.VDI{}
-			}
-			if err := a.emit(rows, func(w io.Writer) error { return render.VDIList(w, rows, a.opts()) }); err != nil {
+			if err := a.printVDIList(st.State, index, name); err != nil {
 				return err
 			}
 			return ierr
@@ -677,6 +679,19 @@ func cycles(byVID map[uint32]*cluster.VDI, vid uint32) bool {
 	return true
 }
 
+// printTree prints `dog vdi tree` of the state.
+func (a *app) printTree(st *cluster.State) error {
+	vs := treeVDIs(st)
+	if a.json() {
+		return a.emit(treeJSON(vs), nil)
+	}
+	tv := make([]render.TreeVDI, len(vs))
+	for i, v := range vs {
+		tv[i] = render.TreeVDI{Name: v.Name, VID: v.VID, Parent: v.ParentVID, Created: ctimeOf(v.CreateTime), Current: !v.IsSnapshot()}
+	}
+	return render.Tree(a.stdout, tv, a.opts())
+}
+
 func (a *app) vdiTreeCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "tree",
@@ -690,15 +705,7 @@ rollback starts a branch. "(you are here)" is the working VDI.`,
 			if err != nil {
 				return err
 			}
-			vs := treeVDIs(st.State)
-			if a.json() {
-				return a.emit(treeJSON(vs), nil)
-			}
-			tv := make([]render.TreeVDI, len(vs))
-			for i, v := range vs {
-				tv[i] = render.TreeVDI{Name: v.Name, VID: v.VID, Parent: v.ParentVID, Created: ctimeOf(v.CreateTime), Current: !v.IsSnapshot()}
-			}
-			return render.Tree(a.stdout, tv, a.opts())
+			return a.printTree(st.State)
 		},
 	}
 }

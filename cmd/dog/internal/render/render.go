@@ -42,18 +42,18 @@ func (e *errWriter) printf(format string, a ...any) {
 
 // VDI is one row of `dog vdi list`.
 type VDI struct {
-	Name       string
-	SnapID     uint32 // snapshot id; 0 for a working VDI
-	Snapshot   bool
-	Clone      bool
-	Size       uint64
-	Used       uint64 // bytes of objects the VDI owns
-	Shared     uint64 // bytes of objects it shares with ancestors
-	Created    time.Time
-	VID        uint32
-	Redundancy string // "3" or "4:2"
-	Tag        string
-	BSS        uint8
+	Name       string    `json:"name"`
+	SnapID     uint32    `json:"snap_id"` // snapshot id; 0 for a working VDI
+	Snapshot   bool      `json:"snapshot"`
+	Clone      bool      `json:"clone"`
+	Size       uint64    `json:"size"`
+	Used       uint64    `json:"used"`   // bytes of objects the VDI owns
+	Shared     uint64    `json:"shared"` // bytes of objects it shares with ancestors
+	Created    time.Time `json:"created"`
+	VID        uint32    `json:"vid"`
+	Redundancy string    `json:"redundancy"` // "3" or "4:2"
+	Tag        string    `json:"tag"`
+	BSS        uint8     `json:"block_size_shift"`
 }
 
 // VDIList prints `dog vdi list`.
@@ -100,13 +100,13 @@ func escapeName(s string) string {
 
 // Node is one row of `dog node list`.
 type Node struct {
-	ID     int
-	Addr   string // host:port
-	Vnodes int
-	Zone   uint32
-	Self   bool   // the node dog talks to
-	Status string // gossip status: alive, failed, left
-	Role   string // raft role: leader, voter, nonvoter
+	ID     int    `json:"id"`
+	Addr   string `json:"addr"` // host:port
+	Vnodes int    `json:"vnodes"`
+	Zone   uint32 `json:"zone"`
+	Self   bool   `json:"self"`   // the node dog talks to
+	Status string `json:"status"` // gossip status: alive, failed, left
+	Role   string `json:"role"`   // raft role: leader, voter, nonvoter
 }
 
 // NodeList prints `dog node list`. The node dog talks to is marked with a
@@ -185,15 +185,15 @@ func NodeInfo(w io.Writer, nodes []NodeUsage, vdiTotal uint64, o Options) error 
 
 // EpochNode is a member of an epoch.
 type EpochNode struct {
-	Addr   string
-	Vnodes int
+	Addr   string `json:"addr"`
+	Vnodes int    `json:"vnodes"`
 }
 
 // Epoch is one entry of the epoch history.
 type Epoch struct {
-	Epoch uint32
-	Time  time.Time
-	Nodes []EpochNode
+	Epoch uint32      `json:"epoch"`
+	Time  time.Time   `json:"time"`
+	Nodes []EpochNode `json:"nodes"`
 }
 
 // ClusterInfo is what `dog cluster info` shows.
@@ -294,13 +294,13 @@ func epochDiff(cur, prev []EpochNode) string {
 
 // Recovery is one node's row of `dog node recovery`.
 type Recovery struct {
-	ID     int
-	Addr   string
-	Vnodes int
-	Zone   uint32
-	Active bool
-	Done   uint64 // objects recovered
-	Total  uint64 // objects to recover
+	ID     int    `json:"id"`
+	Addr   string `json:"addr"`
+	Vnodes int    `json:"vnodes"`
+	Zone   uint32 `json:"zone"`
+	Active bool   `json:"active"`
+	Done   uint64 `json:"done"`  // objects recovered
+	Total  uint64 `json:"total"` // objects to recover
 }
 
 // RecoveryList prints `dog node recovery`: the nodes in recovery.
@@ -441,26 +441,26 @@ func (t *treePrinter) indent(level int, first, last bool) {
 
 // Holder is what one node has of an object.
 type Holder struct {
-	Addr   string
-	Strips []int    // EC strips held (nil for a replicated object)
-	Live   bool     // holds a live copy (or strip)
-	Stale  []uint32 // epochs of stale copies kept for recovery
-	Err    string   // the node could not be asked
+	Addr   string   `json:"addr"`
+	Strips []int    `json:"strips,omitempty"` // EC strips held (nil for a replicated object)
+	Live   bool     `json:"live"`             // holds a live copy (or strip)
+	Stale  []uint32 `json:"stale,omitempty"`  // epochs of stale copies kept for recovery
+	Err    string   `json:"error,omitempty"`  // the node could not be asked
 }
 
 // Location is what `dog vdi object` prints about one object.
 type Location struct {
-	OID       string
-	VID       uint32
-	Index     uint32
-	Inode     bool // the inode object rather than data object Index
-	Allocated bool // data object: the index entry is set
-	Copies    int
-	EC        bool
-	Epoch     uint32
-	Nodes     int      // data nodes in the epoch
-	Holders   []Holder // one per node of the epoch
-	Expected  []string // nodes the ring places the copies (strips in order) on
+	OID       string   `json:"oid,omitempty"`
+	VID       uint32   `json:"vid"`
+	Index     uint32   `json:"index"`
+	Inode     bool     `json:"inode"`     // the inode object rather than data object Index
+	Allocated bool     `json:"allocated"` // data object: the index entry is set
+	Copies    int      `json:"copies"`
+	EC        bool     `json:"erasure_coded"`
+	Epoch     uint32   `json:"epoch"`
+	Nodes     int      `json:"nodes"`    // data nodes in the epoch
+	Holders   []Holder `json:"holders"`  // one per node of the epoch
+	Expected  []string `json:"expected"` // nodes the ring places the copies (strips in order) on
 }
 
 // ObjectLocation prints `dog vdi object`: which nodes hold an object and

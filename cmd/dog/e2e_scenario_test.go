@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gosheep/gosheep/cmd/dog/internal/render"
+)
+
+const mib = 1 << 20
+
+// rawRow finds the raw `dog vdi list -r` row of name with snapshot id id.
+func rawRow(t *testing.T, list []byte, name string, id int) []string {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(string(list)), "\n") {
+		f := strings.Split(line, " ")
+		if len(f) == 11 && f[1] == name && f[2] == strconv.Itoa(id) {
+			return f
+		}
+	}
+	t.Fatalf("no row for %s id %d in:\n%s", name, id, list)
+	return nil
+}
+
+// TestEndToEnd drives a real one-node cluster through the life of a VDI.
+// The steps share the cluster, so they run in order in one test.
+func TestEndToEnd(t *testing.T) {
+	h := startSheep(t)
+
+	// Before format.
+	if out := h.ok(t, nil, "cluster", "info"); !bytes.Contains(out, []byte("Waiting for cluster to be formatted")) {
+		t.Fatalf("cluster info before format: %q", out)
+	}
+	h.exit(t, exitSysFail, nil, "vdi", "list")
+
+	// Format.
+	if out := h.ok(t, nil, "cluster", "format", "-c", "1"); string(out) != "using backend plain store\n" {
+		t.Fatalf("format printed %q", out)
+	}
+	info := string(h.ok(t, nil, "cluster", "info"))
+	if !strings.HasPrefix(info, "Cluster status: running, auto-recovery enabled\n\nCluster created at ") ||
+		!strings.Contains(info, "Epoch Time           Version [Host:Port:V-Nodes,,,]\n") ||
+		!strings.Contains(info, "      1 ["+h.addr+":7000:") {
+		t.Fatalf("cluster info:\n%s", info)
+	}
+	nodes := string(h.ok(t, nil, "-r", "node", "list"))
+	if f := strings.Fields(nodes); len(f) != 4 || f[0] != "0" || f[1] != h.addr+":7000" {
+		t.Fatalf("node list -r: %q", nodes)
+	}
+	if out := string(h.ok(t, nil, "node", "list")); !strings.Contains(out, "*  0   "+h.addr+":7000") {
+		t.Fatalf("node list does not mark the node dog talks to:\n%s", out)
+	}
+	ni := strings.Split(strings.TrimSpace(string(h.ok(t, nil, "-r", "node", "info"))), "\n")
+	if len(ni) != 2 || !strings.HasPrefix(ni[0], "0 4294967296 ") || !strings.HasPrefix(ni[1], "Total 4294967296 ") {
+		t.Fatalf("node info -r: %q", ni)
+	}
+	h.ok(t, nil, "node", "recovery", "-P")
+
+	// Create; 64 MiB of random data through a real dog process's stdin.
+	h.ok(t, nil, "vdi", "create", "vol", "128M")
+	h.exit(t, exitExists, nil, "vdi", "create", "vol", "1G")
+	data1 := randomBytes(1, 64*mib)
+	if r := h.exec(t, bytes.NewReader(data1), "-a", h.addr, "vdi", "write", "vol"); r.code != 0 {
+		t.Fatalf("dog vdi write: %s", r)
+	}
+	if got := h.ok(t, nil, "vdi", "read", "vol", "0", "64M"); !bytes.Equal(got, data1) {
+		t.Fatalf("read back %d bytes differing from the 64 MiB written", len(got))
+	}
+	if got := h.ok(t, nil, "vdi", "read", "vol", "1M", "4k"); !bytes.Equal(got, data1[mib:mib+4096]) {
+		t.Fatal("read at an offset differs")
+	}
+	f := rawRow(t, h.ok(t, nil, "-r", "vdi", "list"), "vol", 0)
+	if f[0] != "=" || f[3] != strconv.Itoa(128*mib) || f[4] != strconv.Itoa(64*mib) || f[5] != "0" || f[8] != "1" || f[10] != "22" {
+		t.Fatalf("vdi list -r row %q", f)
+	}
+	text := string(h.ok(t, nil, "vdi", "list", "vol"))
+	if !strings.HasPrefix(text, "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift\n  vol          0  128 MB   64 MB  0.0 MB ") {
+		t.Fatalf("vdi list:\n%s", text)
+	}
+	// LENGTH bounds a write; OFFSET places it.
+	h.ok(t, []byte("hello, world"), "vdi", "write", "vol", "100M", "5")
+	if got := h.ok(t, nil, "vdi", "read", "vol", "100M", "12"); string(got) != "hello\x00\x00\x00\x00\x00\x00\x00" {
+		t.Fatalf("bounded write left %q", got)
+	}
+	h.exit(t, exitFailure, bytes.Repeat([]byte{1}, 2*mib), "vdi", "write", "vol", "127M")
+
+	// Snapshot, write more: the snapshot keeps the old data.
+	h.ok(t, nil, "vdi", "snapshot", "-s", "snap1", "vol")
+	data2 := randomBytes(2, 8*mib)
+	h.ok(t, data2, "vdi", "write", "vol", "4M")
+	if got := h.ok(t, nil, "vdi", "read", "-s", "snap1", "vol", "0", "64M"); !bytes.Equal(got, data1) {
+		t.Fatal("snapshot snap1 changed after writing to the VDI")
+	}
+	if got := h.ok(t, nil, "vdi", "read", "vol", "4M", "8M"); !bytes.Equal(got, data2) {
+		t.Fatal("the VDI does not read the new data")
+	}
+	list := h.ok(t, nil, "-r", "vdi", "list", "vol")
+	if s := rawRow(t, list, "vol", 1); s[0] != "s" || s[9] != "snap1" {
+		t.Fatalf("snapshot row %q", s)
+	}
+	// The working VDI owns the 2 rewritten objects and shares the other 16
+	// (objects 0..15 of data1, 25 of "hello", 31 of the overlong write).
+	if w := rawRow(t, list, "vol", 0); w[4] != strconv.Itoa(8*mib) || w[5] != strconv.Itoa(64*mib) {
+		t.Fatalf("working row after snapshot %q", w)
+	}
+
+	// Clone the snapshot.
+	h.exit(t, exitUsage, nil, "vdi", "clone", "vol", "cl")
+	h.ok(t, nil, "vdi", "clone", "-s", "snap1", "vol", "cl")
+	if got := h.ok(t, nil, "vdi", "read", "cl", "0", "64M"); !bytes.Equal(got, data1) {
+		t.Fatal("clone differs from its snapshot")
+	}
+	if c := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "cl"), "cl", 0); c[0] != "c" {
+		t.Fatalf("clone row %q", c)
+	}
+
+	// Rollback: refused without a terminal to confirm on, done with -f.
+	r := h.exit(t, exitUsage, nil, "vdi", "rollback", "-s", "snap1", "vol")
+	if !bytes.Contains(r.err, []byte("pass -f")) {
+		t.Errorf("rollback refusal says %q", r.err)
+	}
+	h.exit(t, exitMissing, nil, "vdi", "rollback", "-f", "-s", "nosuch", "vol")
+	h.ok(t, nil, "vdi", "rollback", "-f", "-s", "snap1", "vol")
+	if got := h.ok(t, nil, "vdi", "read", "vol", "0", "64M"); !bytes.Equal(got, data1) {
+		t.Fatal("rollback did not restore the snapshot's data")
+	}
+	if tree := string(h.ok(t, nil, "vdi", "tree")); !strings.Contains(tree, "vol---[") || !strings.Contains(tree, "(you are here)") || !strings.Contains(tree, "cl---(you are here)") {
+		t.Fatalf("vdi tree:\n%s", tree)
+	}
+
+	// Resize.
+	h.ok(t, nil, "vdi", "resize", "vol", "256M")
+	if w := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "vol"), "vol", 0); w[3] != strconv.Itoa(256*mib) {
+		t.Fatalf("size after resize %q", w)
+	}
+	h.exit(t, exitUsage, nil, "vdi", "resize", "vol", "64M")
+
+	// Attributes.
+	h.ok(t, nil, "vdi", "setattr", "vol", "owner", "alice")
+	h.ok(t, []byte("from\x00stdin"), "vdi", "setattr", "vol", "blob")
+	if got := h.ok(t, nil, "vdi", "getattr", "vol", "owner"); string(got) != "alice" {
+		t.Fatalf("getattr owner = %q", got)
+	}
+	if got := h.ok(t, nil, "vdi", "getattr", "vol", "blob"); string(got) != "from\x00stdin" {
+		t.Fatalf("getattr blob = %q", got)
+	}
+	h.exit(t, exitExists, nil, "vdi", "setattr", "-x", "vol", "owner", "bob")
+	h.ok(t, nil, "vdi", "setattr", "-d", "vol", "owner")
+	h.exit(t, exitMissing, nil, "vdi", "getattr", "vol", "owner")
+	h.exit(t, exitMissing, nil, "vdi", "setattr", "-d", "vol", "owner")
+	h.exit(t, exitUsage, bytes.Repeat([]byte{'x'}, 65537), "vdi", "setattr", "vol", "big")
+
+	// Export and import round trip; import stays thin.
+	dir := t.TempDir()
+	img := filepath.Join(dir, "vol.img")
+	h.ok(t, nil, "vdi", "export", "vol", img)
+	exported, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(exported) != 256*mib || !bytes.Equal(exported[:64*mib], data1) {
+		t.Fatalf("export wrote %d bytes, not the VDI", len(exported))
+	}
+	h.ok(t, nil, "vdi", "import", "imp", img)
+	if got := h.ok(t, nil, "vdi", "read", "imp"); !bytes.Equal(got, exported) {
+		t.Fatal("imported VDI differs from the image")
+	}
+	// 18 objects hold data: 0..15, 25 and 31 (see above).
+	if w := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "imp"), "imp", 0); w[3] != strconv.Itoa(256*mib) || w[4] != strconv.Itoa(72*mib) {
+		t.Fatalf("import is not thin: %q", w)
+	}
+	// Importing zeros over data clears it.
+	h.ok(t, make([]byte, 8*mib), "vdi", "import", "imp", "-")
+	if got := h.ok(t, nil, "vdi", "read", "imp", "0", "8M"); !bytes.Equal(got, make([]byte, 8*mib)) {
+		t.Fatal("importing zeros left data behind")
+	}
+	if w := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "imp"), "imp", 0); w[4] != strconv.Itoa(64*mib) {
+		t.Fatalf("zeros were not discarded: %q", w)
+	}
+	h.exit(t, exitUsage, []byte("x"), "vdi", "import", "newvdi", "-")
+
+	// Backup: full of snap1, incremental snap1 -> snap2; restore both into
+	// another VDI and compare with the source.
+	h.ok(t, randomBytes(3, 4*mib), "vdi", "write", "vol", "32M")
+	h.ok(t, nil, "vdi", "snapshot", "-s", "snap2", "vol")
+	full := h.ok(t, nil, "vdi", "backup", "-s", "snap1", "vol")
+	incr := h.ok(t, nil, "vdi", "backup", "-F", "snap1", "-s", "snap2", "vol")
+	if len(incr) > 5*mib || len(full) < 64*mib {
+		t.Fatalf("full backup %d bytes, incremental %d: incremental is not a diff", len(full), len(incr))
+	}
+	h.exit(t, exitFailure, nil, "vdi", "restore", "copy") // an empty stream
+	h.ok(t, full, "vdi", "restore", "copy")
+	h.exit(t, exitUsage, full, "vdi", "restore", "copy")                 // replacing needs -f
+	h.exit(t, exitUsage, incr, "vdi", "restore", "copy")                 // incremental needs -s
+	h.exit(t, exitFailure, incr, "vdi", "restore", "-s", "snap2", "vol") // not the stream's base
+	h.ok(t, incr, "vdi", "restore", "-s", "snap1", "copy")
+	want := h.ok(t, nil, "vdi", "read", "-s", "snap2", "vol")
+	if got := h.ok(t, nil, "vdi", "read", "copy"); !bytes.Equal(got, want) {
+		t.Fatal("full + incremental restore differs from the source snapshot")
+	}
+	if got := h.ok(t, nil, "vdi", "read", "-s", "snap2", "copy"); !bytes.Equal(got, want) {
+		t.Fatal("the restore's snapshot differs from the source snapshot")
+	}
+	// A damaged stream is refused and the VDI returns to the base snapshot.
+	bad := bytes.Clone(incr)
+	bad[len(bad)/2] ^= 0x40
+	h.ok(t, []byte("scribble"), "vdi", "write", "copy")
+	r = h.exit(t, exitFailure, bad, "vdi", "restore", "-s", "snap1", "copy")
+	if !bytes.Contains(r.err, []byte("corrupt backup stream")) {
+		t.Errorf("damaged restore says %q", r.err)
+	}
+	if got := h.ok(t, nil, "vdi", "read", "copy", "0", "64M"); !bytes.Equal(got, data1) {
+		t.Fatal("after a failed restore the VDI is not back at its base snapshot")
+	}
+
+	// Object placement.
+	loc := string(h.ok(t, nil, "vdi", "object", "-i", "0", "vol"))
+	if !strings.Contains(loc, h.addr+":7000 has the object") || !strings.Contains(loc, "should be located at:\n"+h.addr+":7000\n") {
+		t.Fatalf("vdi object:\n%s", loc)
+	}
+	if out := string(h.ok(t, nil, "vdi", "object", "-i", "60", "vol")); !strings.Contains(out, "is not allocated") {
+		t.Fatalf("vdi object of a hole:\n%s", out)
+	}
+
+	// CHAP.
+	h.ok(t, nil, "vdi", "chap", "set", "vol", "--user", "alice", "--secret", "twelve-bytes-secret")
+	if out := string(h.ok(t, nil, "vdi", "chap", "show", "vol")); out != "vol: CHAP user alice\n" {
+		t.Fatalf("chap show: %q", out)
+	}
+	h.exit(t, exitUsage, nil, "vdi", "chap", "set", "vol", "--user", "alice")
+	h.ok(t, nil, "vdi", "chap", "clear", "vol")
+	if out := string(h.ok(t, nil, "vdi", "chap", "show", "vol")); out != "vol: no CHAP\n" {
+		t.Fatalf("chap show after clear: %q", out)
+	}
+
+	// Check: the server may not implement it yet.
+	if r := h.dog(t, nil, "vdi", "check", "vol"); r.code != 0 {
+		if !bytes.Contains(r.err, []byte("not supported by this server")) {
+			t.Fatalf("vdi check: %s", r)
+		}
+		t.Logf("vdi check: %s", bytes.TrimSpace(r.err))
+	}
+
+	// JSON is the same data.
+	var rows []render.VDI
+	if err := json.Unmarshal(h.ok(t, nil, "-o", "json", "vdi", "list", "vol"), &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 3 || rows[2].Name != "vol" || rows[2].Size != 256*mib || !rows[0].Snapshot || rows[0].Tag != "snap1" {
+		t.Fatalf("vdi list -o json: %+v", rows)
+	}
+
+	// Exit codes scripts rely on.
+	h.exit(t, exitMissing, nil, "vdi", "read", "nosuch")
+	h.exit(t, exitMissing, nil, "vdi", "read", "-s", "nosnap", "vol")
+	h.exit(t, exitUsage, nil, "vdi", "create", "x", "12Q")
+	h.exit(t, exitUsage, nil, "vdi", "create", "x")
+	h.exit(t, exitUsage, nil, "vdi", "frobnicate")
+	if r := h.exec(t, nil, "-a", "127.0.0.1", "-p", strconv.Itoa(closedPort(t)), "vdi", "list"); r.code != exitSysFail || !bytes.Contains(r.err, []byte("is sheep running?")) {
+		t.Fatalf("no server: %s", r)
+	}
+
+	// Delete a snapshot, then the VDI.
+	h.ok(t, nil, "vdi", "delete", "-s", "snap2", "vol")
+	h.exit(t, exitMissing, nil, "vdi", "read", "-s", "snap2", "vol")
+	h.ok(t, nil, "vdi", "delete", "cl")
+	if out := h.ok(t, nil, "-r", "vdi", "list", "cl"); len(out) != 0 {
+		t.Fatalf("deleted VDI still listed: %q", out)
+	}
+	h.exit(t, exitMissing, nil, "vdi", "delete", "cl")
+
+	// Shut down: the node stops serving (and exits).
+	h.ok(t, nil, "cluster", "shutdown")
+	h.exit(t, exitSysFail, nil, "vdi", "read", "vol", "0", "1")
+}
+
+// TestNodeKill stops a node by its id.
+func TestNodeKill(t *testing.T) {
+	h := startSheep(t)
+	h.ok(t, nil, "cluster", "format", "-c", "1")
+	h.exit(t, exitUsage, nil, "node", "kill")
+	h.exit(t, exitUsage, nil, "node", "kill", "1")
+	h.exit(t, exitUsage, nil, "node", "kill", "-l", "0")
+	h.ok(t, nil, "node", "kill", "0")
+	select {
+	case <-h.exited:
+		h.exited <- nil // for the cleanup
+	case <-time.After(20 * time.Second):
+		t.Fatalf("sheep still running after dog node kill\n%s", h.logTail())
+	}
+	h.exit(t, exitSysFail, nil, "node", "list")
+}

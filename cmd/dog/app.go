@@ -164,10 +164,14 @@ func args(min, max int, names ...string) cobra.PositionalArgs {
 
 // addr is the sheep dog talks to.
 func (a *app) addr() string {
-	if h, p, err := net.SplitHostPort(a.host); err == nil && !a.root.PersistentFlags().Changed("port") {
-		return net.JoinHostPort(h, p)
+	host, port := strings.Trim(a.host, "[]"), strconv.Itoa(a.port)
+	if h, p, err := net.SplitHostPort(a.host); err == nil {
+		host = h
+		if !a.root.PersistentFlags().Changed("port") {
+			port = p
+		}
 	}
-	return net.JoinHostPort(strings.Trim(a.host, "[]"), strconv.Itoa(a.port))
+	return net.JoinHostPort(host, port)
 }
 
 // json reports whether output is JSON.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -191,6 +192,19 @@ func (h *harness) dog(t *testing.T, stdin []byte, args ...string) result {
 	full := append([]string{"-a", h.addr}, args...)
 	code := run(context.Background(), full, env{stdin: bytes.NewReader(stdin), stdout: &out, stderr: &errb, loc: time.UTC})
 	return result{out.Bytes(), errb.Bytes(), code}
+}
+
+// sum runs dog, hashing its stdout instead of keeping it (VDI reads are
+// large), and fails the test unless it exits 0.
+func (h *harness) sum(t *testing.T, args ...string) [sha256.Size]byte {
+	t.Helper()
+	sum := sha256.New()
+	var errb bytes.Buffer
+	full := append([]string{"-a", h.addr}, args...)
+	if code := run(context.Background(), full, env{stdin: bytes.NewReader(nil), stdout: sum, stderr: &errb, loc: time.UTC}); code != 0 {
+		t.Fatalf("dog %s: exit %d: %s", strings.Join(args, " "), code, errb.String())
+	}
+	return [sha256.Size]byte(sum.Sum(nil))
 }
 
 // ok runs dog and fails the test unless it exits 0.

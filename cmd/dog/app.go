@@ -193,13 +193,6 @@ func (a *app) emit(v any, text func(w io.Writer) error) error {
 // opts are the render options.
 func (a *app) opts() render.Options { return render.Options{Raw: a.raw, Loc: a.loc} }
 
-// infof prints a human message on stdout (not with -r or -o json).
-func (a *app) infof(format string, args ...any) {
-	if !a.raw && !a.json() {
-		fmt.Fprintf(a.stdout, format, args...)
-	}
-}
-
 // warnf prints a warning on stderr.
 func (a *app) warnf(format string, args ...any) {
 	fmt.Fprintf(a.stderr, format+"\n", args...)

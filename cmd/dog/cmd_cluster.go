@@ -112,7 +112,11 @@ dog asks before formatting a cluster that has VDIs (-f does not ask).`,
 				if ca.Copies == 0 {
 					red = proto.Redundancy{Copies: proto.DefaultCopies}
 				}
-				return a.emit(map[string]any{"store": store, "redundancy": red.String(), "block_size_shift": max(ca.BlockSizeShift, proto.DefaultBSS), "flags": ca.Flags}, nil)
+				shift := ca.BlockSizeShift
+				if shift == 0 {
+					shift = proto.DefaultBSS
+				}
+				return a.emit(map[string]any{"store": store, "redundancy": red.String(), "block_size_shift": shift, "flags": ca.Flags}, nil)
 			}
 			return nil
 		},

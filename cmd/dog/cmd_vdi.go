@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
@@ -620,7 +621,7 @@ type treeDoc struct {
 	SnapID   uint32     `json:"snap_id"`
 	Tag      string     `json:"tag,omitempty"`
 	Current  bool       `json:"current"`
-	Created  string     `json:"created"`
+	Created  time.Time  `json:"created"`
 	Children []*treeDoc `json:"children,omitempty"`
 }
 
@@ -649,7 +650,7 @@ func treeJSON(vs []*cluster.VDI) []*treeDoc {
 	byVID := map[uint32]*cluster.VDI{}
 	for _, v := range vs {
 		byVID[v.VID] = v
-		docs[v.VID] = &treeDoc{Name: v.Name, VID: v.VID, SnapID: v.SnapID, Tag: v.Tag, Current: !v.IsSnapshot(), Created: ctimeOf(v.CreateTime).UTC().Format("2006-01-02T15:04:05Z")}
+		docs[v.VID] = &treeDoc{Name: v.Name, VID: v.VID, SnapID: v.SnapID, Tag: v.Tag, Current: !v.IsSnapshot(), Created: ctimeOf(v.CreateTime)}
 	}
 	roots := []*treeDoc{}
 	for _, v := range vs {

@@ -17,6 +17,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cmd/dog/internal/backup"
 	"github.com/gosheep/gosheep/cmd/dog/internal/parse"
+	"github.com/gosheep/gosheep/cmd/dog/internal/progress"
 )
 
 // originAttr is the attribute a restored snapshot keeps: the identity of
@@ -44,7 +45,7 @@ type spanOf struct {
 
 // readSpans reads the pieces next yields, ioDepth at a time, and hands
 // them to sink in order (the bytes are valid until sink returns).
-func readSpans(ctx context.Context, v *vdi.VDI, next func() (spanOf, bool), bar interface{ Add(uint64) }, sink func(s spanOf, p []byte) error) error {
+func readSpans(ctx context.Context, v *vdi.VDI, next func() (spanOf, bool), bar *progress.Bar, sink func(s spanOf, p []byte) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type piece struct {

@@ -53,59 +53,17 @@ func span(args []string) (off uint64, length uint64, hasLen bool, err error) {
 // readTo copies [off, off+n) of v to sink in order, reading ioDepth pieces
 // at once. sink gets each piece's position and bytes (valid until it returns).
 func readTo(ctx context.Context, v *vdi.VDI, off, n uint64, bar *progress.Bar, sink func(pos uint64, p []byte) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type piece struct {
-		pos  uint64
-		buf  []byte
-		done chan error
-	}
 	objSize := v.ObjectSize()
-	free := make(chan []byte, ioDepth+1)
-	for range ioDepth + 1 {
-		free <- make([]byte, min(uint64(objSize), maxChunk))
-	}
-	queue := make(chan *piece, ioDepth)
-	go func() {
-		defer close(queue)
-		for pos, end := off, off+n; pos < end; {
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
-				return
-			}
-			p := &piece{pos: pos, buf: buf[:chunkLen(pos, end, objSize)], done: make(chan error, 1)}
-			go func() { p.done <- v.ReadAt(ctx, p.buf, p.pos) }()
-			select {
-			case queue <- p:
-			case <-ctx.Done():
-				<-p.done
-				return
-			}
-			pos += uint64(len(p.buf))
+	pos, end := off, off+n
+	next := func() (spanOf, bool) {
+		if pos >= end {
+			return spanOf{}, false
 		}
-	}()
-	var first error
-	for p := range queue {
-		err := <-p.done
-		if first == nil && err != nil {
-			first = fmt.Errorf("read at %d: %w", p.pos, err)
-			cancel()
-		}
-		if first == nil {
-			if err := sink(p.pos, p.buf); err != nil {
-				first = err
-				cancel()
-			}
-			bar.Add(uint64(len(p.buf)))
-		}
-		free <- p.buf[:cap(p.buf)]
+		s := spanOf{pos: pos, n: chunkLen(pos, end, objSize)}
+		pos += uint64(s.n)
+		return s, true
 	}
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
+	return readSpans(ctx, v, next, bar, func(s spanOf, p []byte) error { return sink(s.pos, p) })
 }
 
 // writeFrom reads r in pieces from off up to end (or r's end), handing up
@@ -256,10 +214,7 @@ LENGTH take K, M, G suffixes.`,
 			if hasLen {
 				end = off + min(length, size-off)
 			}
-			var bar *progress.Bar
-			if hasLen {
-				bar = a.bar(end-off, false)
-			}
+			bar := a.bar(end-off, false)
 			defer bar.Finish()
 			n, more, err := writeFrom(ctx, a.stdin, off, end, v.ObjectSize(), bar, func(ctx context.Context, pos uint64, p []byte) error {
 				return v.WriteAt(ctx, p, pos)
@@ -367,7 +322,8 @@ func (a *app) vdiImportCmd() *cobra.Command {
 		Long: `import copies a raw disk image into the VDI, creating the VDI with the
 image's size if it does not exist (from stdin, give --size). All-zero
 regions are not written, so the VDI stays thin; where the VDI had data they
-are cleared. An image larger than the VDI is refused.`,
+are cleared. An image larger than the VDI is refused; a smaller one leaves
+the rest of the VDI as it was.`,
 		Example: "  dog vdi import vol0 vol0.img\n  zcat vol0.img.gz | dog vdi import --size 10G vol0 -",
 		Args:    args(2, 2, "VDI", "FILE"),
 		RunE: func(cmd *cobra.Command, args []string) (err error) {

@@ -121,6 +121,26 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("clone row %q", c)
 	}
 
+	// Preallocation, and copies that share nothing.
+	h.ok(t, nil, "vdi", "create", "-P", "pre", "16M")
+	if p := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "pre"), "pre", 0); p[4] != strconv.Itoa(16*mib) {
+		t.Fatalf("preallocated VDI row %q", p)
+	}
+	h.ok(t, nil, "vdi", "clone", "-n", "-s", "snap1", "vol", "solo")
+	h.ok(t, nil, "vdi", "clone", "-P", "-s", "snap1", "vol", "full")
+	for _, name := range []string{"solo", "full"} {
+		if h.sum(t, "vdi", "read", name, "0", "64M") != sha256.Sum256(data1) {
+			t.Fatalf("%s differs from the snapshot it copies", name)
+		}
+	}
+	// snap1 holds 18 objects (0..15, 25, 31); -P allocates all 32.
+	if s := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "solo"), "solo", 0); s[0] != "=" || s[4] != strconv.Itoa(72*mib) || s[5] != "0" {
+		t.Fatalf("no-share clone row %q", s)
+	}
+	if s := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "full"), "full", 0); s[0] != "c" || s[4] != strconv.Itoa(128*mib) || s[5] != "0" {
+		t.Fatalf("preallocated clone row %q", s)
+	}
+
 	// Rollback: refused without a terminal to confirm on, done with -f.
 	r := h.exit(t, exitUsage, nil, "vdi", "rollback", "-s", "snap1", "vol")
 	if !bytes.Contains(r.err, []byte("pass -f")) {

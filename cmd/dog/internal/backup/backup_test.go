@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -340,6 +342,92 @@ func FuzzRoundTrip(f *testing.F) {
 		for i := range want {
 			if got[i].Record != want[i].Record || !bytes.Equal(got[i].data, want[i].data) {
 				t.Fatalf("record %d differs", i)
+			}
+		}
+	})
+}
+
+// A hostile stream that announces huge objects and records does not make
+// the reader allocate in proportion to what it claims.
+func TestHostileClaimsBounded(t *testing.T) {
+	h := testHeader(false)
+	h.BlockSizeShift, h.Size, h.Objects = 31, 1<<40, 512
+	var buf bytes.Buffer
+	if _, err := NewWriter(&buf, h); err != nil {
+		t.Fatal(err)
+	}
+	head := Record{Kind: KindData, Index: 0, Offset: 0, Length: 1<<31 - 1}.head()
+	buf.Write(head[:])
+	buf.Write(make([]byte, 1000)) // then the stream ends
+	stream := buf.Bytes()
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r, err := NewReader(bytes.NewReader(stream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := r.Next()
+	if err != nil || rec.Length != 1<<31-1 {
+		t.Fatalf("Next = %+v, %v", rec, err)
+	}
+	if _, err := r.Next(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a truncated 2 GiB record: %v", err)
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
+		t.Fatalf("reading the hostile stream allocated %d bytes", got)
+	}
+}
+
+// FuzzRecords gets past the checksums: the fuzzer's bytes are cut into
+// records (16-byte head, then as much data as the head claims and the input
+// has) behind a valid header, and each gets its correct CRC, so that the
+// ordering and bounds rules are what is exercised.
+func FuzzRecords(f *testing.F) {
+	for _, recs := range [][]rec{sampleRecords()[1:], nil} {
+		b := encode(f, testHeader(true), recs)
+		hdrLen := 16 + int(binary.LittleEndian.Uint32(b[12:])) + 4
+		var body []byte
+		for p := hdrLen; p+recHead <= len(b); {
+			n := int(binary.LittleEndian.Uint32(b[p+12:]))
+			body = append(body, b[p:p+recHead+n]...)
+			p += recHead + n + 4
+		}
+		f.Add(body)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var stream bytes.Buffer
+		if _, err := NewWriter(&stream, testHeader(true)); err != nil {
+			t.Fatal(err)
+		}
+		for len(body) >= recHead {
+			n := min(int(binary.LittleEndian.Uint32(body[12:])), len(body)-recHead)
+			rec := body[:recHead+n]
+			body = body[recHead+n:]
+			stream.Write(rec)
+			stream.Write(binary.LittleEndian.AppendUint32(nil, crc32.Checksum(rec, castagnoli)))
+		}
+		r, err := NewReader(&stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := r.Header()
+		pos := position{index: -1}
+		p := make([]byte, 100)
+		for {
+			x, err := r.Next()
+			if err != nil {
+				return
+			}
+			if err := pos.next(&h, x); err != nil {
+				t.Fatalf("reader accepted a record breaking the rules: %+v: %v", x, err)
+			}
+			for {
+				if _, err := r.Read(p); err != nil {
+					break
+				}
 			}
 		}
 	})

@@ -309,7 +309,7 @@ func (a *app) clusterShutdownCmd() *cobra.Command {
 			ctx, cancel := a.rctx(cmd.Context())
 			defer cancel()
 			err = c.Shutdown(ctx)
-			if errors.Is(err, client.ErrConnClosed) && a.stopped(cmd.Context()) {
+			if errors.Is(err, client.ErrConnClosed) && a.stopped(cmd.Context(), a.addr()) {
 				// The sheep went down before its answer reached us.
 				err = nil
 			}
@@ -318,25 +318,28 @@ func (a *app) clusterShutdownCmd() *cobra.Command {
 	}
 }
 
-// stopped reports whether the sheep dog talks to has stopped serving: it
+// stopped reports whether the sheep at addr has stopped serving: it
 // refuses connections, or says the cluster is shut down.
-func (a *app) stopped(ctx context.Context) bool {
-	a.closeAll()
+func (a *app) stopped(ctx context.Context, addr string) bool {
 	for i := 0; i < 20; i++ {
-		st, err := a.state(ctx)
+		a.forget(addr)
+		c, err := a.connTo(ctx, addr)
 		var ce *connError
-		switch {
-		case errors.As(err, &ce):
+		if errors.As(err, &ce) {
 			return true
-		case err == nil && st.State.Status == cluster.StatusShutdown:
-			return true
+		}
+		if err == nil {
+			var st api.ClusterState
+			err := a.meta(ctx, c, proto.OpClusterState, "reading the cluster state", nil, &st)
+			if err == nil && st.State != nil && st.State.Status == cluster.StatusShutdown {
+				return true
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return false
 		case <-time.After(100 * time.Millisecond):
 		}
-		a.closeAll()
 	}
 	return false
 }

@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gosheep/gosheep/api"
+	"github.com/gosheep/gosheep/client"
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cmd/dog/internal/parse"
 	"github.com/gosheep/gosheep/cmd/dog/internal/render"
@@ -31,7 +35,8 @@ type nodeRow struct {
 }
 
 // members returns the nodes dog's commands number: the current epoch's
-// members in epoch order, or before format the nodes alive in gossip.
+// members in epoch order, or before format the nodes alive in gossip in
+// the order format will give them (by node id).
 func members(st *api.ClusterState) []cluster.Member {
 	if cur := st.State.Current(); cur != nil {
 		return cur.Members
@@ -42,7 +47,26 @@ func members(st *api.ClusterState) []cluster.Member {
 			ms = append(ms, m.Member)
 		}
 	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
 	return ms
+}
+
+// downMembers lists the current epoch's members gossip does not see alive:
+// the cluster is about to start a new epoch without them.
+func downMembers(st *api.ClusterState) []string {
+	alive := map[string]bool{}
+	for _, m := range st.Members {
+		alive[m.ID] = m.Status == "alive"
+	}
+	var down []string
+	if cur := st.State.Current(); cur != nil {
+		for _, m := range cur.Members {
+			if !alive[m.ID] {
+				down = append(down, m.Addr.String())
+			}
+		}
+	}
+	return down
 }
 
 // nodeRows derives `dog node list` from the cluster state.
@@ -210,7 +234,9 @@ the copies it held.`,
 				return usageErrorf("give either -l or a node id, not both")
 			case !local && len(args) == 0:
 				return usageErrorf("%s: missing NODE-ID (see 'dog node list'), or -l for the node dog talks to", cmd.CommandPath())
-			case !local:
+			}
+			var victim string // node id, when killing another node
+			if !local {
 				st, err := a.state(ctx)
 				if err != nil {
 					return err
@@ -220,7 +246,7 @@ the copies it held.`,
 				if err != nil {
 					return err
 				}
-				addr = ms[i].Addr.String()
+				addr, victim = ms[i].Addr.String(), ms[i].ID
 			}
 			c, err := a.connTo(ctx, addr)
 			if err != nil {
@@ -228,11 +254,49 @@ the copies it held.`,
 			}
 			rctx, cancel := a.rctx(ctx)
 			defer cancel()
-			return failf(c.KillNode(rctx), "Failed to kill node %s", addr)
+			err = c.KillNode(rctx)
+			if errors.Is(err, client.ErrConnClosed) && a.stopped(ctx, addr) {
+				err = nil // it went down before its answer reached us
+			}
+			if err != nil {
+				return failf(err, "Failed to kill node %s", addr)
+			}
+			if victim != "" && addr != a.addr() {
+				// Return once the cluster knows, so that a following
+				// 'dog node recovery -P' waits for the recovery it causes.
+				a.awaitDeparture(ctx, victim)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&local, "local", "l", false, "kill the node dog talks to (-a/-p)")
 	return cmd
+}
+
+// awaitDeparture waits (a little) until the node dog talks to no longer
+// sees node id alive in gossip.
+func (a *app) awaitDeparture(ctx context.Context, id string) {
+	deadline := a.now().Add(10 * time.Second)
+	for a.now().Before(deadline) {
+		st, err := a.state(ctx)
+		if err != nil {
+			return
+		}
+		gone := true
+		for _, m := range st.Members {
+			if m.ID == id && m.Status == "alive" {
+				gone = false
+			}
+		}
+		if gone {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // recoveryRow is a node's recovery, for -o json.
@@ -317,16 +381,29 @@ func (a *app) printRecovery(rows []recoveryRow) error {
 // recoveryPoll is how often -P asks the nodes.
 const recoveryPoll = 500 * time.Millisecond
 
-// waitRecovery polls every node until none is recovering.
+// waitRecovery polls every node until none is recovering. A member that
+// is down means a new epoch (and recovery) is coming: that is waited for
+// too, for at most --timeout.
 func (a *app) waitRecovery(ctx context.Context) error {
 	var bar = a.bar(0, true)
 	defer bar.Finish()
+	var downSince time.Time
 	for {
 		st, err := a.formatted(ctx)
 		if err != nil {
 			return err
 		}
-		active := false
+		down := downMembers(st)
+		switch {
+		case len(down) == 0:
+			downSince = time.Time{}
+		case downSince.IsZero():
+			downSince = a.now()
+		case a.timeout > 0 && a.now().Sub(downSince) > a.timeout:
+			return fmt.Errorf("node(s) %s are down, and the cluster has not started a new epoch without them within %s: recovery cannot start (see 'dog node list -v')",
+				strings.Join(down, ", "), a.timeout)
+		}
+		active := len(down) > 0
 		var done, total uint64
 		for _, r := range a.recoveryRows(ctx, st) {
 			if r.Err != "" {

@@ -32,6 +32,7 @@ func rawRow(t *testing.T, list []byte, name string, id int) []string {
 // TestEndToEnd drives a real one-node cluster through the life of a VDI.
 // The steps share the cluster, so they run in order in one test.
 func TestEndToEnd(t *testing.T) {
+	t.Parallel()
 	h := startSheep(t)
 
 	// Before format.
@@ -301,10 +302,29 @@ func TestEndToEnd(t *testing.T) {
 	h.exit(t, exitSysFail, nil, "vdi", "read", "vol", "0", "1")
 }
 
-// TestNodeKill stops a node by its id.
-func TestNodeKill(t *testing.T) {
+// TestFormatAndKill reformats a cluster that has VDIs, then stops a node
+// by its id.
+func TestFormatAndKill(t *testing.T) {
+	t.Parallel()
 	h := startSheep(t)
+	// Three copies on one node need confirmation, which a script cannot give.
+	r := h.exit(t, exitUsage, nil, "cluster", "format")
+	if !bytes.Contains(r.err, []byte("3 copies need 3 zones, the cluster has 1")) {
+		t.Errorf("format with too few zones: %q", r.err)
+	}
 	h.ok(t, nil, "cluster", "format", "-c", "1")
+	h.ok(t, nil, "vdi", "create", "v", "4M")
+	r = h.exit(t, exitUsage, nil, "cluster", "format", "-c", "1")
+	if !bytes.Contains(r.err, []byte("formatting destroys the cluster's 1 VDIs")) {
+		t.Errorf("format of a cluster with VDIs: %q", r.err)
+	}
+	h.ok(t, nil, "cluster", "format", "-f", "-c", "1", "-z", "23")
+	if out := h.ok(t, nil, "-r", "vdi", "list"); len(out) != 0 {
+		t.Fatalf("VDIs survived the format: %q", out)
+	}
+	if out := string(h.ok(t, nil, "cluster", "info", "-v")); !strings.Contains(out, "Cluster object size: 8388608 bytes") {
+		t.Fatalf("cluster info after format -z 23:\n%s", out)
+	}
 	h.exit(t, exitUsage, nil, "node", "kill")
 	h.exit(t, exitUsage, nil, "node", "kill", "1")
 	h.exit(t, exitUsage, nil, "node", "kill", "-l", "0")
@@ -316,4 +336,104 @@ func TestNodeKill(t *testing.T) {
 		t.Fatalf("sheep still running after dog node kill\n%s", h.logTail())
 	}
 	h.exit(t, exitSysFail, nil, "node", "list")
+}
+
+// TestThreeNodes exercises what needs several nodes: numbering, capacity,
+// placement of copies and erasure-coded strips, and waiting for the
+// recovery a node's departure causes.
+func TestThreeNodes(t *testing.T) {
+	t.Parallel()
+	nodes := startCluster(t, 3)
+	h := nodes[0]
+	h.ok(t, nil, "cluster", "format", "-c", "2")
+	list := strings.Split(strings.TrimSpace(string(h.ok(t, nil, "-r", "node", "list"))), "\n")
+	if len(list) != 3 {
+		t.Fatalf("node list -r: %q", list)
+	}
+	addrs := map[string]bool{}
+	for i, line := range list {
+		f := strings.Fields(line)
+		if f[0] != strconv.Itoa(i) {
+			t.Fatalf("node ids are not 0..2: %q", list)
+		}
+		addrs[f[1]] = true
+	}
+	for _, n := range nodes {
+		if !addrs[n.addr+":7000"] {
+			t.Fatalf("node %s missing from %q", n.addr, list)
+		}
+	}
+	if ni := strings.Split(strings.TrimSpace(string(h.ok(t, nil, "-r", "node", "info"))), "\n"); len(ni) != 4 || !strings.HasPrefix(ni[3], "Total 12884901888 ") {
+		t.Fatalf("node info -r: %q", ni)
+	}
+
+	// Two copies: object 0 is on the two nodes the ring names.
+	h.ok(t, nil, "vdi", "create", "v", "32M")
+	data := randomBytes(4, 32*mib)
+	h.ok(t, data, "vdi", "write", "v")
+	var loc struct {
+		Holders []struct {
+			Addr string `json:"addr"`
+			Live bool   `json:"live"`
+		} `json:"holders"`
+		Expected []string `json:"expected"`
+	}
+	if err := json.Unmarshal(h.ok(t, nil, "-o", "json", "vdi", "object", "-i", "0", "v"), &loc); err != nil {
+		t.Fatal(err)
+	}
+	holders := map[string]bool{}
+	for _, x := range loc.Holders {
+		if x.Live {
+			holders[x.Addr] = true
+		}
+	}
+	if len(loc.Expected) != 2 || len(holders) != 2 || !holders[loc.Expected[0]] || !holders[loc.Expected[1]] {
+		t.Fatalf("object 0 of a 2-copy VDI: expected on %v, held by %v", loc.Expected, holders)
+	}
+
+	// Erasure coding 2:1 spreads strips 0, 1, 2 over the three nodes.
+	h.ok(t, nil, "vdi", "create", "-c", "2:1", "ec", "8M")
+	h.ok(t, data[:8*mib], "vdi", "write", "ec")
+	if h.sum(t, "vdi", "read", "ec") != sha256.Sum256(data[:8*mib]) {
+		t.Fatal("erasure-coded VDI reads back differently")
+	}
+	if out := string(h.ok(t, nil, "vdi", "object", "-i", "1", "ec")); strings.Count(out, " has strip ") != 3 {
+		t.Fatalf("strips of an erasure-coded object:\n%s", out)
+	}
+	if row := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "ec"), "ec", 0); row[8] != "2:1" {
+		t.Fatalf("erasure-coded row %q", row)
+	}
+
+	// Kill a node holding a copy (not the one dog talks to); recovery
+	// makes a second copy again.
+	victim := -1
+	for i, line := range list {
+		a := strings.Fields(line)[1]
+		if a != h.addr+":7000" && (victim < 0 || holders[a]) {
+			victim = i
+		}
+	}
+	h.ok(t, nil, "node", "kill", strconv.Itoa(victim))
+	h.ok(t, nil, "node", "recovery", "-P")
+	if got := strings.Count(strings.TrimSpace(string(h.ok(t, nil, "-r", "node", "list"))), "\n") + 1; got != 2 {
+		t.Fatalf("%d nodes after the kill", got)
+	}
+	if h.sum(t, "vdi", "read", "v") != sha256.Sum256(data) {
+		t.Fatal("data changed after a node left")
+	}
+	if err := json.Unmarshal(h.ok(t, nil, "-o", "json", "vdi", "object", "-i", "0", "v"), &loc); err != nil {
+		t.Fatal(err)
+	}
+	live := 0
+	for _, x := range loc.Holders {
+		if x.Live {
+			live++
+		}
+	}
+	if live != 2 {
+		t.Fatalf("after recovery object 0 has %d copies, want 2: %+v", live, loc)
+	}
+	if info := string(h.ok(t, nil, "cluster", "info", "-d")); !strings.Contains(info, "      2 [-") {
+		t.Fatalf("cluster info -d does not show the departure:\n%s", info)
+	}
 }

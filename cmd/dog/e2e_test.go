@@ -73,6 +73,34 @@ func buildBinaries() error {
 // stopped when the test ends.
 func startSheep(t *testing.T) *harness {
 	t.Helper()
+	return startNode(t, "")
+}
+
+// startCluster starts n nodes joined into one cluster (unformatted).
+func startCluster(t *testing.T, n int) []*harness {
+	t.Helper()
+	nodes := []*harness{startNode(t, "")}
+	for i := 1; i < n; i++ {
+		nodes = append(nodes, startNode(t, nodes[0].addr+":7002"))
+	}
+	// Wait until the first node sees them all.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := nodes[0].dog(t, nil, "-r", "node", "list")
+		if r.code == 0 && strings.Count(string(r.out), "\n") == n {
+			return nodes
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d nodes did not form a cluster: %s", n, r)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// startNode starts one sheep (joining the gossip address join, if any),
+// stopped when the test ends.
+func startNode(t *testing.T, join string) *harness {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: builds and runs sheep (skipped with -short)")
 	}
@@ -90,8 +118,12 @@ func startSheep(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.proc = exec.Command(h.sheep, "--dir", filepath.Join(h.dir, "data"), "--listen", h.addr+":7000",
-		"--iscsi", "", "--nbd", "", "--metrics-listen", "", "--capacity", "4G", "--log-level", "warn")
+	args := []string{"--dir", filepath.Join(h.dir, "data"), "--listen", h.addr + ":7000",
+		"--iscsi", "", "--nbd", "", "--metrics-listen", "", "--capacity", "4G", "--log-level", "warn"}
+	if join != "" {
+		args = append(args, "--join", join)
+	}
+	h.proc = exec.Command(h.sheep, args...)
 	h.proc.Stdout, h.proc.Stderr = logf, logf
 	if err := h.proc.Start(); err != nil {
 		t.Fatal(err)

@@ -44,6 +44,16 @@ func (a *app) connTo(ctx context.Context, addr string) (*client.Conn, error) {
 	return c, nil
 }
 
+// forget closes and drops the connection to addr.
+func (a *app) forget(addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c := a.conns[addr]; c != nil {
+		c.Close()
+		delete(a.conns, addr)
+	}
+}
+
 func (a *app) closeAll() {
 	a.mu.Lock()
 	defer a.mu.Unlock()

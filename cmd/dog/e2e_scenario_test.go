@@ -240,6 +240,15 @@ func TestEndToEnd(t *testing.T) {
 	if h.sum(t, "vdi", "read", "copy", "0", "64M") != sha256.Sum256(data1) {
 		t.Fatal("after a failed restore the VDI is not back at its base snapshot")
 	}
+	// With -f a full backup replaces an existing VDI's content entirely.
+	h.ok(t, randomBytes(5, 4*mib), "vdi", "write", "copy", "80M")
+	h.ok(t, full, "vdi", "restore", "-f", "--tag", "again", "copy")
+	if h.sum(t, "vdi", "read", "copy") != h.sum(t, "vdi", "read", "-s", "snap1", "vol") {
+		t.Fatal("a forced full restore did not replace the VDI's content")
+	}
+	if row := rawRow(t, h.ok(t, nil, "-r", "vdi", "list", "copy"), "copy", 0); row[4] != "0" {
+		t.Fatalf("the restored VDI should share everything with its new snapshot: %q", row)
+	}
 
 	// Object placement.
 	loc := string(h.ok(t, nil, "vdi", "object", "-i", "0", "vol"))

@@ -17,7 +17,6 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cmd/dog/internal/backup"
 	"github.com/gosheep/gosheep/cmd/dog/internal/parse"
-	"github.com/gosheep/gosheep/cmd/dog/internal/progress"
 )
 
 // originAttr is the attribute a restored snapshot keeps: the identity of
@@ -32,79 +31,6 @@ func identOf(st *api.ClusterState, v *cluster.VDI) *backup.Ident {
 		id.Origin = string(o)
 	}
 	return id
-}
-
-// spanOf is a piece of a VDI for readSpans; marker pieces read nothing.
-type spanOf struct {
-	pos    uint64
-	n      int
-	idx    uint32
-	first  bool // the object's first piece
-	marker bool // an object with nothing to read
-}
-
-// readSpans reads the pieces next yields, ioDepth at a time, and hands
-// them to sink in order (the bytes are valid until sink returns).
-func readSpans(ctx context.Context, v *vdi.VDI, next func() (spanOf, bool), bar *progress.Bar, sink func(s spanOf, p []byte) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type piece struct {
-		s    spanOf
-		buf  []byte
-		done chan error
-	}
-	free := make(chan []byte, ioDepth+1)
-	for range ioDepth + 1 {
-		free <- make([]byte, min(uint64(v.ObjectSize()), maxChunk))
-	}
-	queue := make(chan *piece, ioDepth)
-	go func() {
-		defer close(queue)
-		for {
-			s, ok := next()
-			if !ok {
-				return
-			}
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
-				return
-			}
-			p := &piece{s: s, buf: buf[:s.n], done: make(chan error, 1)}
-			if s.marker {
-				p.done <- nil
-			} else {
-				go func() { p.done <- v.ReadAt(ctx, p.buf, p.s.pos) }()
-			}
-			select {
-			case queue <- p:
-			case <-ctx.Done():
-				<-p.done
-				return
-			}
-		}
-	}()
-	var first error
-	for p := range queue {
-		err := <-p.done
-		if first == nil && err != nil {
-			first = fmt.Errorf("read at %d: %w", p.s.pos, err)
-			cancel()
-		}
-		if first == nil {
-			if err := sink(p.s, p.buf); err != nil {
-				first = err
-				cancel()
-			}
-			bar.Add(uint64(len(p.buf)))
-		}
-		free <- p.buf[:cap(p.buf)]
-	}
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
 }
 
 func (a *app) vdiBackupCmd() *cobra.Command {

@@ -50,6 +50,79 @@ func span(args []string) (off uint64, length uint64, hasLen bool, err error) {
 	return
 }
 
+// spanOf is a piece of a VDI for readSpans; marker pieces read nothing.
+type spanOf struct {
+	pos    uint64
+	n      int
+	idx    uint32
+	first  bool // the object's first piece
+	marker bool // an object with nothing to read
+}
+
+// readSpans reads the pieces next yields, ioDepth at a time, and hands
+// them to sink in order (the bytes are valid until sink returns).
+func readSpans(ctx context.Context, v *vdi.VDI, next func() (spanOf, bool), bar *progress.Bar, sink func(s spanOf, p []byte) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type piece struct {
+		s    spanOf
+		buf  []byte
+		done chan error
+	}
+	free := make(chan []byte, ioDepth+1)
+	for range ioDepth + 1 {
+		free <- make([]byte, min(uint64(v.ObjectSize()), maxChunk))
+	}
+	queue := make(chan *piece, ioDepth)
+	go func() {
+		defer close(queue)
+		for {
+			s, ok := next()
+			if !ok {
+				return
+			}
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return
+			}
+			p := &piece{s: s, buf: buf[:s.n], done: make(chan error, 1)}
+			if s.marker {
+				p.done <- nil
+			} else {
+				go func() { p.done <- v.ReadAt(ctx, p.buf, p.s.pos) }()
+			}
+			select {
+			case queue <- p:
+			case <-ctx.Done():
+				<-p.done
+				return
+			}
+		}
+	}()
+	var first error
+	for p := range queue {
+		err := <-p.done
+		if first == nil && err != nil {
+			first = fmt.Errorf("read at %d: %w", p.s.pos, err)
+			cancel()
+		}
+		if first == nil {
+			if err := sink(p.s, p.buf); err != nil {
+				first = err
+				cancel()
+			}
+			bar.Add(uint64(len(p.buf)))
+		}
+		free <- p.buf[:cap(p.buf)]
+	}
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
 // readTo copies [off, off+n) of v to sink in order, reading ioDepth pieces
 // at once. sink gets each piece's position and bytes (valid until it returns).
 func readTo(ctx context.Context, v *vdi.VDI, off, n uint64, bar *progress.Bar, sink func(pos uint64, p []byte) error) error {
@@ -254,8 +327,9 @@ func (a *app) vdiExportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export VDI FILE|-",
 		Short: "save a VDI as a raw image file (sparse), or to stdout with -",
-		Long: `export writes the whole VDI (or snapshot -s) as a raw disk image. A FILE is
-written sparse: unallocated and all-zero regions are left as holes.`,
+		Long: `export writes the whole VDI (or snapshot -s) as a raw disk image. A regular
+FILE is written sparse: unallocated and all-zero regions are left as holes.
+A block device gets every byte.`,
 		Example: "  dog vdi export vol0 vol0.img\n  dog vdi export -s nightly vol0 - | gzip > vol0.img.gz",
 		Args:    args(2, 2, "VDI", "FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -279,20 +353,29 @@ written sparse: unallocated and all-zero regions are left as holes.`,
 				})
 				return failf(err, "Failed to export %s", name)
 			}
-			f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
 			if err != nil {
 				return failf(err, "Failed to export %s", name)
 			}
+			// A regular file is written sparse; a device gets every byte,
+			// zeros included, as it holds other data.
+			fi, err := f.Stat()
+			sparse := err == nil && fi.Mode().IsRegular()
+			if sparse {
+				err = f.Truncate(0)
+			}
 			var written uint64
-			err = readTo(ctx, v, 0, size, bar, func(pos uint64, p []byte) error {
-				if isZero(p) {
-					return nil
-				}
-				written += uint64(len(p))
-				_, err := f.WriteAt(p, int64(pos))
-				return err
-			})
 			if err == nil {
+				err = readTo(ctx, v, 0, size, bar, func(pos uint64, p []byte) error {
+					if sparse && isZero(p) {
+						return nil
+					}
+					written += uint64(len(p))
+					_, err := f.WriteAt(p, int64(pos))
+					return err
+				})
+			}
+			if err == nil && sparse {
 				err = f.Truncate(int64(size))
 			}
 			if err == nil {

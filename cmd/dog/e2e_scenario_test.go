@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -444,5 +445,55 @@ func TestThreeNodes(t *testing.T) {
 	}
 	if info := string(h.ok(t, nil, "cluster", "info", "-d")); !strings.Contains(info, "      2 [-") {
 		t.Fatalf("cluster info -d does not show the departure:\n%s", info)
+	}
+}
+
+// TestQEMUSeesDogsData checks dog against another client of the same VDI:
+// qemu-img over the sheep's NBD server reads what dog wrote, and dog reads
+// what qemu-img wrote.
+func TestQEMUSeesDogsData(t *testing.T) {
+	t.Parallel()
+	qemuImg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		if testing.Short() {
+			t.Skip("qemu-img not installed (apt install qemu-utils)")
+		}
+		t.Fatal("qemu-img not installed (apt install qemu-utils)")
+	}
+	h := startNode(t, "", func(addr string) []string { return []string{"--nbd", addr + ":10809"} })
+	h.ok(t, nil, "cluster", "format", "-c", "1")
+	h.ok(t, nil, "vdi", "create", "vol", "64M")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "dog.img")
+	data := append(randomBytes(6, 24*mib), make([]byte, 40*mib)...)
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.ok(t, data[:24*mib], "vdi", "write", "vol")
+	nbd := "nbd://" + h.addr + ":10809/vol"
+	// NBD exports appear asynchronously after the VDI is created.
+	var out []byte
+	for i := 0; i < 50; i++ {
+		if out, err = exec.Command(qemuImg, "compare", "-f", "raw", "-F", "raw", img, nbd).CombinedOutput(); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("qemu-img compare of dog's data over NBD: %v\n%s", err, out)
+	}
+	other := filepath.Join(dir, "qemu.img")
+	if err := os.WriteFile(other, randomBytes(7, 64*mib), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(qemuImg, "convert", "-n", "-f", "raw", "-O", "raw", other, nbd).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert into the NBD export: %v\n%s", err, out)
+	}
+	want, err := os.ReadFile(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.sum(t, "vdi", "read", "vol") != sha256.Sum256(want) {
+		t.Fatal("dog does not read what qemu-img wrote through NBD")
 	}
 }

@@ -97,9 +97,10 @@ func startCluster(t *testing.T, n int) []*harness {
 	}
 }
 
-// startNode starts one sheep (joining the gossip address join, if any),
-// stopped when the test ends.
-func startNode(t *testing.T, join string) *harness {
+// startNode starts one sheep, joining the gossip address join if any, and
+// stopped when the test ends. Each of flags returns extra sheep flags for
+// the node's address; without flags the node serves no NBD.
+func startNode(t *testing.T, join string, flags ...func(addr string) []string) *harness {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: builds and runs sheep (skipped with -short)")
@@ -119,9 +120,15 @@ func startNode(t *testing.T, join string) *harness {
 		t.Fatal(err)
 	}
 	args := []string{"--dir", filepath.Join(h.dir, "data"), "--listen", h.addr + ":7000",
-		"--iscsi", "", "--nbd", "", "--metrics-listen", "", "--capacity", "4G", "--log-level", "warn"}
+		"--iscsi", "", "--metrics-listen", "", "--capacity", "4G", "--log-level", "warn"}
+	if len(flags) == 0 {
+		args = append(args, "--nbd", "")
+	}
 	if join != "" {
 		args = append(args, "--join", join)
+	}
+	for _, f := range flags {
+		args = append(args, f(h.addr)...)
 	}
 	h.proc = exec.Command(h.sheep, args...)
 	h.proc.Stdout, h.proc.Stderr = logf, logf

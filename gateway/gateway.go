@@ -82,6 +82,9 @@ type Config struct {
 	// Exists reports whether this node holds a key (the primary's check
 	// for exclusive erasure-coded creates).
 	Exists func(ctx context.Context, k store.Key) bool
+	// Strict refuses writes (HALT) when fewer zones than copies are alive,
+	// instead of writing fewer copies (sheepdog's `cluster format -t`).
+	Strict func() bool
 }
 
 // Gateway routes object I/O. It is safe for concurrent use.
@@ -192,6 +195,19 @@ func targets(v *View, o Object) ([]placement.Node, error) {
 	return t, nil
 }
 
+// writeTargets is targets, refusing in strict mode when the object cannot
+// get all its copies on distinct zones.
+func (g *Gateway) writeTargets(v *View, o Object) ([]placement.Node, error) {
+	ts, err := targets(v, o)
+	if err != nil {
+		return nil, err
+	}
+	if g.cfg.Strict != nil && g.cfg.Strict() && len(v.Ring.Zones()) < int(max(o.Red.NrCopies(), 1)) {
+		return nil, fmt.Errorf("gateway: %d zones alive, %s needs %d (strict mode): %w", len(v.Ring.Zones()), o.OID, o.Red.NrCopies(), proto.ResHalt)
+	}
+	return ts, nil
+}
+
 func (g *Gateway) markDirty(nodes ...placement.Node) {
 	g.mu.Lock()
 	for _, n := range nodes {
@@ -258,7 +274,7 @@ func (g *Gateway) create(ctx context.Context, o Object, off uint32, data []byte,
 		return g.ecRoute(ctx, o, op, off, uint32(len(data)), data, sync)
 	}
 	return g.do(ctx, "create "+o.OID.String(), func(ctx context.Context, v *View) error {
-		ts, err := targets(v, o)
+		ts, err := g.writeTargets(v, o)
 		if err != nil {
 			return err
 		}
@@ -292,7 +308,7 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 		return g.ecRoute(ctx, o, ECWrite, off, uint32(len(data)), data, sync)
 	}
 	return g.do(ctx, "write "+o.OID.String(), func(ctx context.Context, v *View) error {
-		ts, err := targets(v, o)
+		ts, err := g.writeTargets(v, o)
 		if err != nil {
 			return err
 		}
@@ -317,7 +333,7 @@ func (g *Gateway) Zero(ctx context.Context, o Object, off, n uint32, sync bool) 
 		return g.ecRoute(ctx, o, ECZero, off, n, nil, sync)
 	}
 	return g.do(ctx, "zero "+o.OID.String(), func(ctx context.Context, v *View) error {
-		ts, err := targets(v, o)
+		ts, err := g.writeTargets(v, o)
 		if err != nil {
 			return err
 		}

@@ -35,9 +35,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	// Race-checked binaries for tests; plain ones when benchmarking.
-	args := []string{"build", "-race", "-o", dir + "/", "../cmd/sheep"}
+	args := []string{"build", "-race", "-o", dir + "/", "../cmd/sheep", "../cmd/dog"}
 	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
-		args = []string{"build", "-o", dir + "/", "../cmd/sheep"}
+		args = []string{"build", "-o", dir + "/", "../cmd/sheep", "../cmd/dog"}
 	}
 	cmd := exec.Command("go", args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -370,4 +370,20 @@ func (n *node) objects(t testing.TB) int {
 		}
 	}
 	return k
+}
+
+// waitReady waits until the node serves client I/O again.
+func (n *node) waitReady(t testing.TB) {
+	t.Helper()
+	waitFor(t, n.ip+" ready", 60*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var ni api.NodeInfo
+		c, err := client.Dial(ctx, n.addr())
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.Meta(ctx, proto.OpNodeInfo, struct{}{}, &ni) == nil && ni.Healthy
+	})
 }

@@ -124,6 +124,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.gw = gateway.New(gateway.Config{
 		Self: d.node.ID(), Views: d.views, Codecs: codecs{d.codecs}, Logger: d.log,
 		Peers: &peers{self: d.node.ID(), local: local, pool: d.pool},
+		Strict: func() bool {
+			var on bool
+			d.node.FSM().Read(func(s *cluster.State) { on = s.Format != nil && s.Format.Flags&proto.ClusterFlagStrict != 0 })
+			return on
+		},
 		Exists: func(ctx context.Context, k store.Key) bool {
 			_, err := d.store.Stat(ctx, k)
 			return err == nil
@@ -136,6 +141,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.h.guard = d.rec.Guard
 	d.h.recoveryStatus = d.rec.Status
 	d.h.ready = d.isReplayed
+	d.h.vnodes = func(id string) int {
+		if v := d.views.View(); v != nil {
+			return v.Ring.Vnodes(id)
+		}
+		return 0
+	}
 	d.h.check = d.volumeCheck
 	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	d.node.FSM().Watch(d.watch)

@@ -32,6 +32,8 @@ type handler struct {
 	kill  func() // dog node kill
 	// check serves api.VolCheck (it needs the daemon's placement and peers).
 	check func(ctx context.Context, op *api.VolumeOp) (*cluster.Result, error)
+	// vnodes is a member's virtual-node count on the current ring.
+	vnodes func(id string) int
 	// ready reports whether the node caught up with the cluster's metadata
 	// since it started (before that its VDI table may be a partial replay).
 	ready func() bool
@@ -117,7 +119,8 @@ func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte)
 		return h.statSheep(req)
 	case proto.OpKillNode:
 		if h.kill != nil {
-			go h.kill()
+			// Answer first, then go.
+			time.AfterFunc(500*time.Millisecond, h.kill)
 		}
 		return rsp(req, proto.ResSuccess), nil
 	case proto.OpGetHash:

@@ -30,7 +30,11 @@ func (h *handler) nodeList(req *proto.Request) (proto.Response, []byte) {
 	}
 	nodes := make([]proto.Node, len(ms))
 	for i, m := range ms {
-		nodes[i] = toProtoNode(m, proto.DefaultVnodes)
+		vn := uint16(proto.DefaultVnodes)
+		if h.vnodes != nil {
+			vn = uint16(min(h.vnodes(m.ID), 0xffff))
+		}
+		nodes[i] = toProtoNode(m, vn)
 	}
 	b := proto.MarshalNodes(nodes)
 	if uint32(len(b)) > req.DataLength {
@@ -147,7 +151,17 @@ func (h *handler) jsonRsp(ctx context.Context, req *proto.Request, v any) (proto
 
 func (h *handler) clusterState(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
 	leader, _, _ := h.node.Leader()
-	return h.jsonRsp(ctx, req, api.ClusterState{State: h.node.FSM().State(), Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
+	st := h.node.FSM().State()
+	// CHAP secrets stay inside the cluster: dog learns only that one is set.
+	for _, v := range st.VDIs {
+		if v.CHAP != nil {
+			v.CHAP.Secret = redacted
+			if v.CHAP.MutualSecret != "" {
+				v.CHAP.MutualSecret = redacted
+			}
+		}
+	}
+	return h.jsonRsp(ctx, req, api.ClusterState{State: st, Members: h.node.Members(), Leader: leader, Self: h.node.ID()})
 }
 
 func (h *handler) nodeInfo(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
@@ -172,3 +186,6 @@ func (h *handler) objInfo(ctx context.Context, req *proto.Request, data []byte) 
 	}
 	return h.jsonRsp(ctx, req, out)
 }
+
+// redacted replaces secrets in documents sent to clients.
+const redacted = "(set)"

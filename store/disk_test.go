@@ -528,3 +528,20 @@ func BenchmarkRawFile(b *testing.B) {
 		})
 	}
 }
+
+func TestCreateOfMostlyZeroDataStaysSparse(t *testing.T) {
+	d := open(t, t.TempDir(), Options{})
+	data := make([]byte, 4<<20)
+	copy(data[5000:], rnd(1, 3000))
+	copy(data[3<<20+17:], rnd(2, 10))
+	if err := d.Create(ctx, key, 4<<20, 0, data, WriteOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4<<20)
+	if err := d.Read(ctx, key, 0, got); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("content differs: %v", err)
+	}
+	if u, _ := d.Usage(); u.Used > 64<<10 {
+		t.Fatalf("4 MiB object with 3 KiB of data allocates %d bytes", u.Used)
+	}
+}

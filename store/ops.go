@@ -120,10 +120,8 @@ func (d *Disk) writeNew(p string, hdr *header, off uint32, data []byte, sync boo
 			return err
 		}
 	}
-	if len(data) > 0 {
-		if _, err := f.WriteAt(data, hdr.dataOff()+int64(off)); err != nil {
-			return err
-		}
+	if err := writeSparse(f, data, hdr.dataOff()+int64(off)); err != nil {
+		return err
 	}
 	// Size the file so the sparse tail reads as zeros.
 	if st, err := f.Stat(); err == nil && st.Size() < hdr.dataOff()+int64(hdr.size) {
@@ -686,3 +684,51 @@ func (d *Disk) PurgeStale(ctx context.Context, k Key, epoch uint32) error {
 
 // StaleCount is the number of stale copies held.
 func (d *Disk) StaleCount() int64 { return d.stale.Load() }
+
+// writeSparse writes data at off into a fresh (all-hole) file, skipping
+// runs of aligned all-zero 4 KiB blocks so copies of thin objects (the
+// inode's index, recovered objects) stay thin.
+func writeSparse(f vfs.File, data []byte, off int64) error {
+	const blk = 4096
+	for len(data) > 0 {
+		// Head up to the next block boundary of the file offset.
+		n := len(data)
+		if rem := off % blk; rem != 0 {
+			n = min(n, int(blk-rem))
+		} else {
+			n = min(n, blk)
+		}
+		if n == blk && isZero(data[:n]) {
+			data, off = data[n:], off+int64(n)
+			continue
+		}
+		// Extend the run over following non-zero blocks.
+		end := n
+		for end+blk <= len(data) && !isZero(data[end:end+blk]) {
+			end += blk
+		}
+		if end < len(data) && len(data)-end < blk {
+			end = len(data)
+		}
+		if _, err := f.WriteAt(data[:end], off); err != nil {
+			return err
+		}
+		data, off = data[end:], off+int64(end)
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

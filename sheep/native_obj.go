@@ -100,9 +100,10 @@ func writable(oid proto.OID, v *cluster.VDI) error {
 	return nil
 }
 
-func (h *handler) writeObj(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
-	a := req.Obj()
-	oid := proto.OID(a.OID)
+// mutable resolves the object a client write or create addresses and
+// checks the range and that the VDI accepts writes.
+func (h *handler) mutable(req *proto.Request, data []byte) (gateway.Object, *cluster.VDI, error) {
+	oid := proto.OID(req.Obj().OID)
 	o, v, err := h.objectOf(oid)
 	if err == nil {
 		err = objRange(req, o, uint32(len(data)))
@@ -110,6 +111,13 @@ func (h *handler) writeObj(ctx context.Context, req *proto.Request, data []byte)
 	if err == nil {
 		err = writable(oid, v)
 	}
+	return o, v, err
+}
+
+func (h *handler) writeObj(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
+	a := req.Obj()
+	oid := proto.OID(a.OID)
+	o, v, err := h.mutable(req, data)
 	if err != nil {
 		return h.errRsp(req, err)
 	}
@@ -179,14 +187,7 @@ func (h *handler) writeInode(ctx context.Context, o gateway.Object, v *cluster.V
 
 func (h *handler) createObj(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
 	a := req.Obj()
-	oid := proto.OID(a.OID)
-	o, v, err := h.objectOf(oid)
-	if err == nil {
-		err = objRange(req, o, uint32(len(data)))
-	}
-	if err == nil {
-		err = writable(oid, v)
-	}
+	o, v, err := h.mutable(req, data)
 	if err != nil {
 		return h.errRsp(req, err)
 	}

@@ -332,7 +332,7 @@ func (r *Recoverer) ensureOne(ctx context.Context, e *Epoch, k store.Key) error 
 	if !ok {
 		return nil // unknown object: nothing to compare with; serve as is
 	}
-	hs, err := r.gather(ctx, e, k.OID)
+	hs, err := r.gather(ctx, e, k.OID, s)
 	if err != nil {
 		return err
 	}
@@ -344,8 +344,8 @@ func (r *Recoverer) ensureOne(ctx context.Context, e *Epoch, k store.Key) error 
 }
 
 // gather collects the copies of oid on every member (and locally).
-func (r *Recoverer) gather(ctx context.Context, e *Epoch, oid proto.OID) ([]holding, error) {
-	hs, err := r.localHoldings(ctx, oid)
+func (r *Recoverer) gather(ctx context.Context, e *Epoch, oid proto.OID, s Shape) ([]holding, error) {
+	hs, err := r.localHoldings(ctx, oid, s)
 	if err != nil {
 		return nil, err
 	}
@@ -380,9 +380,9 @@ func (r *Recoverer) gather(ctx context.Context, e *Epoch, oid proto.OID) ([]hold
 	return hs, nil
 }
 
-func (r *Recoverer) localHoldings(ctx context.Context, oid proto.OID) ([]holding, error) {
+func (r *Recoverer) localHoldings(ctx context.Context, oid proto.OID, s Shape) ([]holding, error) {
 	var hs []holding
-	for _, k := range candidateKeys(oid) {
+	for _, k := range candidateKeys(oid, s) {
 		info, err := r.cfg.Local.Stat(ctx, k)
 		if err == nil {
 			hs = append(hs, holding{e: Entry{Key: k, Size: info.Size, Epoch: info.Epoch}})
@@ -401,9 +401,12 @@ func (r *Recoverer) localHoldings(ctx context.Context, oid proto.OID) ([]holding
 }
 
 // candidateKeys lists the local keys oid may be stored under.
-func candidateKeys(oid proto.OID) []store.Key {
-	ks := []store.Key{store.ReplicaKey(oid)}
-	for i := 0; i < 2*proto.MaxParity+2; i++ {
+func candidateKeys(oid proto.OID, s Shape) []store.Key {
+	if !s.Red.IsEC() {
+		return []store.Key{store.ReplicaKey(oid)}
+	}
+	ks := make([]store.Key, 0, s.Red.NrCopies())
+	for i := 0; i < int(s.Red.NrCopies()); i++ {
 		ks = append(ks, store.StripKey(oid, uint8(i)))
 	}
 	return ks
@@ -550,7 +553,7 @@ func (r *Recoverer) RepairLocal(ctx context.Context, k store.Key) error {
 	}
 	unlock := r.lockKey(k)
 	defer unlock()
-	hs, err := r.gather(ctx, e, k.OID)
+	hs, err := r.gather(ctx, e, k.OID, s)
 	if err != nil {
 		return err
 	}

@@ -1,543 +1,559 @@
 package store
 
 import (
-	"container/list"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store/vfs"
 )
 
-// Options configure a Disk store.
+// Options configure a Disk.
 type Options struct {
-	// Capacity is the most the store may use (0: what the file system has).
+	// Capacity is how many bytes the store may allocate; 0 means whatever
+	// the file system has free.
 	Capacity uint64
-	// Reserve is kept free: writes that would eat into it fail with
-	// ErrNoSpace instead of hitting ENOSPC half way (default: 1% of
-	// capacity, at most 256 MiB).
+	// Reserve is a free-space margin: a mutation that would leave less
+	// than Reserve bytes free (of Capacity, or on the file system) fails
+	// with ErrNoSpace up front instead of running into ENOSPC half way.
 	Reserve uint64
-	// NoSync skips fsync entirely (tests only).
+	// NoSync turns every fsync into a no-op. For tests only: nothing is
+	// durable against power loss.
 	NoSync bool
-	// MaxOpenFiles bounds cached file descriptors (default 256).
-	MaxOpenFiles int
-	// FS is the file system (default vfs.OS; tests inject faults).
-	FS     vfs.FS
+	// FS is the file-system seam; nil means the operating system's.
+	FS vfs.FS
+	// Logger receives warnings (junk files, failed closes); nil discards.
 	Logger *slog.Logger
+	// MaxOpenFiles bounds the cache of open object files; 0 means 256.
+	MaxOpenFiles int
+	// RescanInterval: Used is kept incrementally, but file systems
+	// allocate metadata (extent blocks) at writeback, after we looked.
+	// Usage starts a background Rescan when the last one is older than
+	// this; 0 means one hour, negative never.
+	RescanInterval time.Duration
 }
 
-// StaleInfo describes a stashed (stale) copy.
-type StaleInfo struct {
-	Key      Key
-	Epoch    uint32 // epoch it was stashed at
-	Size     uint32
-	ObjEpoch uint32 // epoch of its last mutation
-}
+// DefaultMaxOpenFiles is the default size of the open-file cache.
+const DefaultMaxOpenFiles = 256
 
-// ErrExists is returned by an exclusive Create, or by Unstash, when a live
-// copy is present.
-var ErrExists = proto.NewError(proto.ResOIDExist, "store: object exists")
+// Lock file name inside the data directory.
+const lockName = "store.lock"
 
-// Stasher is the stale-copy side of the store that recovery uses.
-type Stasher interface {
-	Stash(ctx context.Context, k Key, epoch uint32) error
-	Unstash(ctx context.Context, k Key, epoch uint32) error
-	ListStale(ctx context.Context) ([]StaleInfo, error)
-	ReadStale(ctx context.Context, k Key, epoch uint32, off uint32, p []byte) error
-	PurgeStale(ctx context.Context, k Key, epoch uint32) error
-}
-
-// meta is the in-memory index entry of a live object.
-type meta struct {
-	size      uint32
-	epoch     uint32
-	allocated uint64
-}
-
-// Disk is the file-per-object store.
+// Disk is the on-disk Store: dir/obj holds live objects, dir/stale stale
+// copies. See format.go for the file layout and the crash-safety argument.
 type Disk struct {
-	dir, objDir, staleDir, tmpDir string
-	fs                            vfs.FS
-	opts                          Options
-	log                           *slog.Logger
-	lock                          *os.File
+	dir, objDir, staleDir string
+	fs                    vfs.FS
+	log                   *slog.Logger
+	noSync                bool
+	capacity, reserve     uint64
+	maxOpen               int
+	tab                   *crc32.Table
+	zeroCRC               uint32 // CRC32C of a zero block of blockSize bytes
+	zeros                 []byte // blockSize zero bytes; never written
+	lock                  io.Closer
 
-	keyLocks [1024]sync.RWMutex
+	// life excludes Close from in-flight operations.
+	life   sync.RWMutex
+	closed bool
 
-	idxMu sync.RWMutex
-	index map[Key]meta
+	// mu guards the object table, the LRU of open files, the set of
+	// objects with unsynced mutations and the dirty-directory flags.
+	mu     sync.Mutex
+	objs   map[Key]*object
+	lru    object // sentinel of a circular list; lru.next is the most recent
+	lruLen int
+	// unsynced maps objects with mutations not yet fsynced to the
+	// allocation we accounted when the file was closed (-1 while open), so
+	// a reopen can account what writeback allocated meanwhile.
+	unsynced map[Key]int64
+	objDirty bool // obj/ entries changed since the last Sync
+	stDirty  bool // stale/ entries changed since the last Sync
 
-	fdMu     sync.Mutex
-	fds      map[Key]*handle
-	lru      *list.List
-	retiring sync.WaitGroup
+	evictPending atomic.Bool
 
-	dirtyMu  sync.Mutex
-	dirty    map[*handle]struct{}
-	dirDirty bool
+	used    atomic.Int64 // bytes allocated by object and stale files
+	objects atomic.Int64 // live objects
 
-	used       atomic.Int64 // bytes allocated by live and stale objects
-	spaceCache atomic.Pointer[spaceSample]
-	stale      atomic.Int64
-	tmpSeq     atomic.Uint64
-	closed     atomic.Bool
+	space         sync.Mutex // guards the fields below
+	fsAvail       uint64     // file system's free bytes at the last refresh
+	usedAtRefresh int64      // used at the last refresh
+
+	nsMu           sync.RWMutex // creates/renames/removes (read) vs a rescan's listing
+	rescanning     atomic.Bool  // a rescan is in progress (see account)
+	rescanMu       sync.Mutex   // guards rs
+	rs             rescanState
+	rescanRun      sync.Mutex // one rescan at a time
+	rescanInterval time.Duration
+	lastRescan     atomic.Int64 // unix nanoseconds
+	bgCtx          context.Context
+	bgCancel       context.CancelFunc
+	bg             sync.WaitGroup
+
+	blocks  sync.Pool // *[]byte of blockSize
+	scratch sync.Pool // *writeScratch
 }
 
-// handle is an open object file with its checksums cached.
-type handle struct {
-	key   Key
-	path  string
-	f     vfs.File
-	hdr   header
-	sums  []uint32 // 2 per block: current, previous
-	known []uint64 // bitmap: block known to match its current slot
-	clean bool     // header says clean (all blocks known)
-	refs  int
-	elem  *list.Element
-	gone  bool // evicted or replaced while in use: close on release
+// object is the in-memory state of one key: its lock, and while it is in
+// the open-file cache its file, header and checksum area.
+type object struct {
+	key  Key
+	refs atomic.Int32 // holders, plus one while in the LRU
+
+	// Guarded by Disk.mu.
+	prev, next *object
+	inLRU      bool
+
+	// mu serialises mutations and lets reads share. The fields below are
+	// written under mu.Lock and read under mu.RLock.
+	mu       sync.RWMutex
+	f        vfs.File // nil when not open
+	h        header
+	sums     []byte   // mirror of the on-disk checksum area
+	alloc    int64    // bytes allocated by the file at the last fstat
+	known    []uint64 // bitmap: blocks known to be allocated
+	hdrDirty bool     // the on-disk record has recDirty set
+	// trusted: every block's data matches its cur slot (or neither slot,
+	// if rotten). Full-block writes rely on it to record the old checksum
+	// without reading the block. False after a crash left recDirty set;
+	// a scrub restores it.
+	trusted bool
+
+	sawPrev  atomic.Bool // a reader found data matching only prev: scrub
+	unsynced atomic.Bool // mutated since the last fsync
 }
 
 var _ Store = (*Disk)(nil)
 var _ Stasher = (*Disk)(nil)
 
-// Open opens (creating) a store in dir.
+// Open opens (creating if needed) the store in dir. It takes a lock on the
+// directory, removes temp files left by an interrupted Create and measures
+// how much space the objects use. Object headers are validated lazily, on
+// first access.
 func Open(dir string, opts Options) (*Disk, error) {
-	if opts.FS == nil {
-		opts.FS = vfs.OS{}
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.MaxOpenFiles <= 0 {
-		opts.MaxOpenFiles = 256
-	}
 	d := &Disk{
-		dir: dir, objDir: filepath.Join(dir, "obj"), staleDir: filepath.Join(dir, "stale"), tmpDir: filepath.Join(dir, "tmp"),
-		fs: opts.FS, opts: opts, log: opts.Logger, index: map[Key]meta{}, fds: map[Key]*handle{}, lru: list.New(),
-		dirty: map[*handle]struct{}{},
+		dir:      dir,
+		objDir:   filepath.Join(dir, "obj"),
+		staleDir: filepath.Join(dir, "stale"),
+		fs:       opts.FS,
+		log:      opts.Logger,
+		noSync:   opts.NoSync,
+		capacity: opts.Capacity,
+		reserve:  opts.Reserve,
+		maxOpen:  opts.MaxOpenFiles,
+		tab:      crcTable(),
+		zeros:    make([]byte, blockSize),
+		objs:     make(map[Key]*object),
+		unsynced: make(map[Key]int64),
 	}
-	for _, p := range []string{d.objDir, d.staleDir, d.tmpDir} {
+	if d.fs == nil {
+		d.fs = vfs.Default()
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.maxOpen <= 0 {
+		d.maxOpen = DefaultMaxOpenFiles
+	}
+	d.rescanInterval = opts.RescanInterval
+	if d.rescanInterval == 0 {
+		d.rescanInterval = time.Hour
+	}
+	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
+	d.zeroCRC = crc32.Checksum(d.zeros, d.tab)
+	d.lru.next, d.lru.prev = &d.lru, &d.lru
+	d.blocks.New = func() any { b := make([]byte, blockSize); return &b }
+	d.scratch.New = func() any { return new(writeScratch) }
+
+	for _, p := range []string{dir, d.objDir, d.staleDir} {
 		if err := d.fs.MkdirAll(p, 0o755); err != nil {
-			return nil, fmt.Errorf("store: %w", err)
+			return nil, fmt.Errorf("store: open %s: %w", dir, err)
 		}
 	}
-	if err := d.lockDir(); err != nil {
+	lock, err := d.fs.Lock(filepath.Join(dir, lockName))
+	if err != nil {
+		var le *vfs.LockedError
+		if errors.As(err, &le) {
+			return nil, fmt.Errorf("%w: %s: %w", ErrLocked, dir, err)
+		}
+		return nil, fmt.Errorf("store: lock %s: %w", dir, err)
+	}
+	d.lock = lock
+	if err := d.removeTemps(); err != nil {
+		lock.Close()
 		return nil, err
 	}
-	if err := d.load(); err != nil {
-		d.unlockDir()
+	if err := d.rescan(context.Background()); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if err := d.refreshSpace(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *Disk) lockDir() error {
-	if _, ok := d.fs.(vfs.OS); !ok {
-		return nil // fault-injection file systems: single process by construction
-	}
-	f, err := os.OpenFile(filepath.Join(d.dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return fmt.Errorf("store: data directory %s is in use by another sheep: %w", d.dir, err)
-	}
-	d.lock = f
-	return nil
+func (d *Disk) objPath(k Key) string { return filepath.Join(d.objDir, k.String()) }
+func (d *Disk) stalePath(k Key, epoch uint32) string {
+	return filepath.Join(d.staleDir, staleName(k, epoch))
 }
 
-func (d *Disk) unlockDir() {
-	if d.lock != nil {
-		d.lock.Close()
-	}
-}
-
-// load builds the in-memory index and removes leftover temp files.
-func (d *Disk) load() error {
-	tmps, err := d.fs.ReadDir(d.tmpDir)
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	for _, t := range tmps {
-		d.fs.Remove(filepath.Join(d.tmpDir, t.Name()))
-	}
-	ents, err := d.fs.ReadDir(d.objDir)
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	for _, e := range ents {
-		k, ok := parseName(e.Name())
-		if !ok {
-			d.log.Warn("store: ignoring unknown file", "name", e.Name())
-			continue
-		}
-		p := filepath.Join(d.objDir, e.Name())
-		h, alloc, err := d.readHeaderFile(p)
-		if err != nil {
-			// Kept, so a read reports the corruption and recovery replaces it.
-			d.log.Warn("store: unreadable object header", "name", e.Name(), "err", err)
-			d.index[k] = meta{allocated: alloc}
-			d.used.Add(int64(alloc))
-			continue
-		}
-		d.index[k] = meta{size: h.size, epoch: h.epoch, allocated: alloc}
-		d.used.Add(int64(alloc))
-	}
-	stale, err := d.fs.ReadDir(d.staleDir)
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	for _, e := range stale {
-		if _, _, ok := parseStaleName(e.Name()); ok {
-			if fi, err := e.Info(); err == nil {
-				d.used.Add(int64(vfs.Allocated(fi)))
-			}
-			d.stale.Add(1)
-		}
-	}
-	return nil
-}
-
-func (d *Disk) readHeaderFile(p string) (header, uint64, error) {
-	f, err := d.fs.OpenFile(p, os.O_RDONLY, 0)
-	if err != nil {
-		return header{}, 0, err
-	}
-	defer f.Close()
-	var alloc uint64
-	if fi, err := f.Stat(); err == nil {
-		alloc = vfs.Allocated(fi)
-	}
-	b := make([]byte, hdrFieldsLen)
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return header{}, alloc, fmt.Errorf("read header: %w: %w", err, ErrCorrupt)
-	}
-	h, err := parseHeader(b)
-	return h, alloc, err
-}
-
-func (d *Disk) keyLock(k Key) *sync.RWMutex {
-	h := uint64(k.OID)*0x9e3779b97f4a7c15 + uint64(k.ECIndex)
-	if k.EC {
-		h ^= 0x5bd1e995
-	}
-	return &d.keyLocks[(h>>32)%uint64(len(d.keyLocks))]
-}
-
-func (d *Disk) path(k Key) string { return filepath.Join(d.objDir, fileName(k)) }
-
-func (d *Disk) check(ctx context.Context) error {
-	if d.closed.Load() {
+// enter admits an operation unless the store is closed; exit ends it.
+func (d *Disk) enter() error {
+	d.life.RLock()
+	if d.closed {
+		d.life.RUnlock()
 		return ErrClosed
 	}
-	return ctx.Err()
+	return nil
 }
 
-// mapErr turns OS errors into the store's sentinels.
-func mapErr(k Key, op string, err error) error {
-	if err == nil {
+func (d *Disk) exit() { d.life.RUnlock() }
+
+// begin is enter plus a context check, the prologue of every operation.
+func (d *Disk) begin(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return d.enter()
+}
+
+// Close syncs (unless NoSync), closes every open file and releases the
+// directory lock. Later calls fail with ErrClosed.
+func (d *Disk) Close() error {
+	d.bgCancel() // a background rescan stops early
+	err := d.close()
+	d.bg.Wait()
+	return err
+}
+
+func (d *Disk) close() error {
+	d.life.Lock()
+	defer d.life.Unlock()
+	if d.closed {
 		return nil
 	}
-	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrCorrupt), errors.Is(err, ErrNoSpace),
-		errors.Is(err, ErrOutOfRange), errors.Is(err, ErrClosed):
-		return err
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("store: %s %s: %w", op, fileName(k), ErrNotFound)
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return fmt.Errorf("store: %s %s: %v: %w", op, fileName(k), err, ErrNoSpace)
+	d.closed = true
+	err := d.syncAll(context.Background())
+	d.mu.Lock()
+	var open []*object
+	for o := d.lru.next; o != &d.lru; o = o.next {
+		open = append(open, o)
 	}
-	return fmt.Errorf("store: %s %s: %w", op, fileName(k), err)
-}
-
-// acquire returns the open handle for k (opening it), counted as in use.
-// Callers hold k's lock.
-func (d *Disk) acquire(k Key) (*handle, error) {
-	d.fdMu.Lock()
-	if h, ok := d.fds[k]; ok {
-		h.refs++
-		d.lru.MoveToFront(h.elem)
-		d.fdMu.Unlock()
-		return h, nil
-	}
-	d.fdMu.Unlock()
-	h, err := d.openHandle(k)
-	if err != nil {
-		return nil, err
-	}
-	d.fdMu.Lock()
-	defer d.fdMu.Unlock()
-	if other, ok := d.fds[k]; ok { // raced with another reader
-		h.f.Close()
-		other.refs++
-		d.lru.MoveToFront(other.elem)
-		return other, nil
-	}
-	h.refs = 1
-	h.elem = d.lru.PushFront(h)
-	d.fds[k] = h
-	var evicted []*handle
-	for d.lru.Len() > d.opts.MaxOpenFiles {
-		old := d.lru.Back().Value.(*handle)
-		d.lru.Remove(old.elem)
-		delete(d.fds, old.key)
-		old.gone = true
-		if old.refs == 0 {
-			evicted = append(evicted, old)
+	d.mu.Unlock()
+	for _, o := range open {
+		o.mu.Lock()
+		if cerr := d.closeFileLocked(o, true); cerr != nil {
+			err = errors.Join(err, cerr)
 		}
+		o.mu.Unlock()
 	}
-	if len(evicted) > 0 {
-		// Closing does I/O: not under fdMu.
-		d.retiring.Add(1)
-		go func() {
-			defer d.retiring.Done()
-			for _, old := range evicted {
-				d.retire(old, false)
-			}
-		}()
+	if cerr := d.lock.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
 	}
-	return h, nil
+	return err
 }
 
-func (d *Disk) release(h *handle) {
-	d.fdMu.Lock()
-	h.refs--
-	closeIt := h.refs == 0 && h.gone
-	d.fdMu.Unlock()
-	if closeIt {
-		d.retire(h, false)
+// closedAlloc is the allocation accounted for k's file while it is not
+// open: what we saw at its last close if writeback may have changed it
+// since, else fresh (a stat taken now).
+func (d *Disk) closedAlloc(k Key, fresh int64) int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if acct, ok := d.unsynced[k]; ok && acct >= 0 {
+		return acct
+	}
+	return fresh
+}
+
+// acquire returns k's object with a reference held; release drops it.
+func (d *Disk) acquire(k Key) *object {
+	d.mu.Lock()
+	o := d.objs[k]
+	if o == nil {
+		o = &object{key: k}
+		d.objs[k] = o
+	} else if o.inLRU && d.lru.next != o {
+		d.unlinkLocked(o)
+		d.pushFrontLocked(o)
+	}
+	o.refs.Add(1)
+	d.mu.Unlock()
+	return o
+}
+
+func (d *Disk) release(o *object) {
+	d.put(o)
+	if d.evictPending.Load() {
+		d.evict()
 	}
 }
 
-// forget drops the cached handle of k (after replace or remove).
-func (d *Disk) forget(k Key) {
-	d.fdMu.Lock()
-	h, ok := d.fds[k]
-	if ok {
-		d.lru.Remove(h.elem)
-		delete(d.fds, k)
-		h.gone = true
-	}
-	closeIt := ok && h.refs == 0
-	d.fdMu.Unlock()
-	if closeIt {
-		// The caller holds k's write lock.
-		d.retire(h, true)
-	}
-}
-
-// retire syncs and closes a handle nobody uses any more. When the key's
-// write lock is held (locked) or can be taken, a file whose blocks all
-// match their current checksums is marked clean first, so the next open
-// trusts its slots without re-reading blocks.
-func (d *Disk) retire(h *handle, locked bool) {
-	d.dirtyMu.Lock()
-	_, dirty := d.dirty[h]
-	delete(d.dirty, h)
-	d.dirtyMu.Unlock()
-	if dirty && !d.opts.NoSync {
-		if err := h.f.Sync(); err != nil {
-			d.log.Error("store: fsync on close failed", "object", fileName(h.key), "err", err)
-		}
-	}
-	if !locked {
-		l := d.keyLock(h.key)
-		if l.TryLock() {
-			defer l.Unlock()
-			locked = true
-		}
-	}
-	if locked && !h.clean && h.allKnown() {
-		h.hdr.flags |= flagClean
-		h.f.WriteAt(h.hdr.marshal(), 0)
-	}
-	h.f.Close()
-}
-
-func (d *Disk) openHandle(k Key) (*handle, error) {
-	p := d.path(k)
-	f, err := d.fs.OpenFile(p, os.O_RDWR, 0)
-	if err != nil {
-		return nil, mapErr(k, "open", err)
-	}
-	b := make([]byte, hdrFieldsLen)
-	if _, err := f.ReadAt(b, 0); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("store: %s: header: %w: %w", fileName(k), err, ErrCorrupt)
-	}
-	hdr, err := parseHeader(b)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("store: %s: %w", fileName(k), err)
-	}
-	sb := make([]byte, hdr.sumsLen())
-	if _, err := f.ReadAt(sb, headerSize); err != nil && !errors.Is(err, io.EOF) {
-		f.Close()
-		return nil, fmt.Errorf("store: %s: checksums: %w: %w", fileName(k), err, ErrCorrupt)
-	}
-	h := &handle{key: k, path: p, f: f, hdr: hdr, sums: make([]uint32, 2*hdr.nblocks())}
-	for i := range h.sums {
-		h.sums[i] = binary.LittleEndian.Uint32(sb[4*i:])
-	}
-	h.known = make([]uint64, (hdr.nblocks()+63)/64)
-	if hdr.flags&flagClean != 0 {
-		h.clean = true
-		for b := uint32(0); b < hdr.nblocks(); b++ {
-			h.setKnown(b)
-		}
-	}
-	return h, nil
-}
-
-func (h *handle) setKnown(b uint32)     { h.known[b/64] |= 1 << (b % 64) }
-func (h *handle) isKnown(b uint32) bool { return h.known[b/64]&(1<<(b%64)) != 0 }
-func (h *handle) cur(b uint32) uint32   { return h.sums[2*b] }
-func (h *handle) prev(b uint32) uint32  { return h.sums[2*b+1] }
-func (h *handle) allKnown() bool {
-	for b := uint32(0); b < h.hdr.nblocks(); b++ {
-		if !h.isKnown(b) {
-			return false
-		}
-	}
-	return true
-}
-
-// markDirty records a mutation for Sync, clearing the clean flag first so
-// a crash makes the next open re-check blocks before trusting slots.
-func (d *Disk) markDirty(h *handle) error {
-	if h.clean {
-		h.hdr.flags &^= flagClean
-		if _, err := h.f.WriteAt(h.hdr.marshal(), 0); err != nil {
-			return err
-		}
-		h.clean = false
-	}
-	d.dirtyMu.Lock()
-	d.dirty[h] = struct{}{}
-	d.dirtyMu.Unlock()
-	return nil
-}
-
-func (d *Disk) syncFile(h *handle) error {
-	if d.opts.NoSync {
-		return nil
-	}
-	if err := h.f.Sync(); err != nil {
-		return err
-	}
-	d.dirtyMu.Lock()
-	delete(d.dirty, h)
-	d.dirtyMu.Unlock()
-	return nil
-}
-
-func checkRange(size uint32, off uint32, n int) error {
-	if uint64(off)+uint64(n) > uint64(size) {
-		return fmt.Errorf("%d+%d beyond object size %d: %w", off, n, size, ErrOutOfRange)
-	}
-	return nil
-}
-
-// zeroCRC returns the checksum of a block of n zero bytes.
-func zeroCRC(n uint32) uint32 {
-	return crc(make([]byte, n))
-}
-
-// space returns the file system's free and total bytes, refreshed at
-// most every spaceTTL so the write path does not statfs on every call.
-func (d *Disk) space() (avail, total uint64, err error) {
-	now := time.Now().UnixNano()
-	if c := d.spaceCache.Load(); c != nil && now-c.at < int64(spaceTTL) {
-		return c.avail, c.total, nil
-	}
-	avail, total, err = d.fs.Space(d.dir)
-	if err != nil {
-		return 0, 0, err
-	}
-	d.spaceCache.Store(&spaceSample{at: now, avail: avail, total: total})
-	return avail, total, nil
-}
-
-const spaceTTL = 100 * time.Millisecond
-
-type spaceSample struct {
-	at           int64
-	avail, total uint64
-}
-
-// Usage reports capacity and use.
-func (d *Disk) Usage() (Usage, error) {
-	avail, total, err := d.space()
-	if err != nil {
-		return Usage{}, fmt.Errorf("store: %w", err)
-	}
-	used := uint64(max(d.used.Load(), 0))
-	capacity := d.opts.Capacity
-	if capacity == 0 {
-		capacity = min(used+avail, total)
-	}
-	reserve := d.opts.Reserve
-	if reserve == 0 {
-		reserve = min(capacity/100, 256<<20)
-	}
-	free := uint64(0)
-	if capacity > used+reserve {
-		free = capacity - used - reserve
-	}
-	if avail > reserve {
-		free = min(free, avail-reserve)
-	} else {
-		free = 0
-	}
-	d.idxMu.RLock()
-	n := uint64(len(d.index))
-	d.idxMu.RUnlock()
-	return Usage{Capacity: capacity, Used: used, Free: free, Objects: n}, nil
-}
-
-// reserveSpace fails with ErrNoSpace when n more bytes would not fit.
-func (d *Disk) reserveSpace(k Key, n uint64) error {
-	u, err := d.Usage()
-	if err != nil {
-		return err
-	}
-	if n > u.Free {
-		return fmt.Errorf("store: %s: need %d bytes, %d free: %w", fileName(k), n, u.Free, ErrNoSpace)
-	}
-	return nil
-}
-
-func (d *Disk) account(k Key, h *handle) {
-	fi, err := h.f.Stat()
-	if err != nil {
+// put drops a reference; the last one removes the object from the table,
+// which keeps the table bounded by open files plus operations in flight.
+func (d *Disk) put(o *object) {
+	if o.refs.Add(-1) != 0 {
 		return
 	}
-	alloc := vfs.Allocated(fi)
-	d.idxMu.Lock()
-	m := d.index[k]
-	d.used.Add(int64(alloc) - int64(m.allocated))
-	m.allocated = alloc
-	m.size = h.hdr.size
-	m.epoch = h.hdr.epoch
-	d.index[k] = m
-	d.idxMu.Unlock()
+	d.mu.Lock()
+	if o.refs.Load() == 0 && d.objs[o.key] == o {
+		delete(d.objs, o.key)
+	}
+	d.mu.Unlock()
 }
 
-func (d *Disk) tmpPath(k Key) string {
-	return filepath.Join(d.tmpDir, fileName(k)+"."+strconv.FormatUint(d.tmpSeq.Add(1), 10))
+func (d *Disk) pushFrontLocked(o *object) {
+	o.prev, o.next = &d.lru, d.lru.next
+	o.next.prev, d.lru.next = o, o
+	o.inLRU = true
+	d.lruLen++
+}
+
+func (d *Disk) unlinkLocked(o *object) {
+	o.prev.next, o.next.prev = o.next, o.prev
+	o.prev, o.next = nil, nil
+	o.inLRU = false
+	d.lruLen--
+}
+
+// addLRU registers a newly opened file; the LRU holds a reference.
+func (d *Disk) addLRU(o *object) {
+	d.mu.Lock()
+	if !o.inLRU {
+		d.pushFrontLocked(o)
+		o.refs.Add(1)
+	}
+	if d.lruLen > d.maxOpen {
+		d.evictPending.Store(true)
+	}
+	d.mu.Unlock()
+}
+
+// evict closes least recently used files until the cache is within bounds.
+// It runs with no object lock held, so waiting for a victim's lock cannot
+// deadlock.
+func (d *Disk) evict() {
+	for {
+		d.mu.Lock()
+		if d.lruLen <= d.maxOpen {
+			d.evictPending.Store(false)
+			d.mu.Unlock()
+			return
+		}
+		v := d.lru.prev
+		// Prefer an idle victim (only the LRU's reference) near the tail.
+		for c, i := v, 0; c != &d.lru && i < 8; c, i = c.prev, i+1 {
+			if c.refs.Load() == 1 {
+				v = c
+				break
+			}
+		}
+		d.unlinkLocked(v) // the LRU's reference is now ours
+		d.mu.Unlock()
+
+		v.mu.Lock()
+		d.mu.Lock()
+		back := v.inLRU // reopened (e.g. re-created) meanwhile
+		d.mu.Unlock()
+		if !back {
+			if err := d.closeFileLocked(v, true); err != nil {
+				d.log.Warn("store: closing evicted object", "key", v.key.String(), "err", err)
+			}
+		}
+		v.mu.Unlock()
+		d.put(v)
+	}
+}
+
+// closeFileLocked closes o's file (o.mu held for writing). With clean set
+// and the object consistent it first clears the on-disk dirty flag so the
+// next open trusts the checksums; unsynced mutations stay in d.unsynced
+// and a later Sync reopens the file to fsync it.
+func (d *Disk) closeFileLocked(o *object, clean bool) error {
+	if o.f == nil {
+		return nil
+	}
+	var err error
+	if clean && o.hdrDirty && o.trusted && !o.sawPrev.Load() {
+		r := o.h.rec
+		r.seq++
+		r.flags &^= recDirty
+		if werr := d.writeRecord(o.f, r); werr == nil {
+			o.h.rec, o.hdrDirty = r, false
+		} else {
+			err = werr
+		}
+	}
+	// Catch allocation done since our last look (writeback of this file
+	// allocating extent blocks, say).
+	if info, serr := o.f.Stat(); serr == nil {
+		d.account(o.key, false, 0, info.Alloc-o.alloc, 0)
+		o.alloc = info.Alloc
+	}
+	if cerr := o.f.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	o.f, o.sums, o.known = nil, nil, nil
+	d.mu.Lock()
+	if _, ok := d.unsynced[o.key]; ok {
+		d.unsynced[o.key] = o.alloc
+	}
+	if o.inLRU {
+		d.unlinkLocked(o)
+		o.refs.Add(-1) // the caller holds another reference
+	}
+	d.mu.Unlock()
+	if err != nil {
+		return ioError("close", o.key, err)
+	}
+	return nil
+}
+
+func (d *Disk) writeRecord(f vfs.File, r record) error {
+	var b [recordLen]byte
+	encodeRecord(b[:], r)
+	_, err := f.WriteAt(b[:], recordSlot(r.seq))
+	return err
+}
+
+// openLocked opens o's file if it is not open (o.mu held for writing).
+func (d *Disk) openLocked(o *object) error {
+	if o.f != nil {
+		return nil
+	}
+	f, err := d.fs.OpenFile(d.objPath(o.key), os.O_RDWR, 0)
+	if err != nil {
+		if isNotExist(err) {
+			return fmt.Errorf("store: %v: %w", o.key, ErrNotFound)
+		}
+		return ioError("open", o.key, err)
+	}
+	h, sums, info, err := d.load(f, o.key, false, 0)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	o.f, o.h, o.sums, o.alloc = f, h, sums, info.Alloc
+	d.mu.Lock()
+	if acct, ok := d.unsynced[o.key]; ok && acct >= 0 {
+		// Closed with writeback pending: account what it allocated since.
+		d.unsynced[o.key] = -1
+		d.mu.Unlock()
+		d.account(o.key, false, 0, info.Alloc-acct, 0)
+	} else {
+		d.mu.Unlock()
+	}
+	o.known = make([]uint64, (h.nblocks()+63)/64)
+	o.hdrDirty = h.rec.flags&recDirty != 0
+	o.trusted = !o.hdrDirty
+	o.sawPrev.Store(false)
+	d.addLRU(o)
+	return nil
+}
+
+// load reads and validates a file's header and checksum area.
+func (d *Disk) load(f vfs.File, k Key, stale bool, epoch uint32) (header, []byte, vfs.Info, error) {
+	corrupt := func(reason string) error {
+		return &CorruptError{Key: k, Stale: stale, StaleEpoch: epoch, Reason: reason}
+	}
+	info, err := f.Stat()
+	if err != nil {
+		return header{}, nil, info, ioError("stat", k, err)
+	}
+	bp := d.blocks.Get().(*[]byte)
+	defer d.blocks.Put(bp)
+	first := (*bp)[:min(int64(pageSize), max(info.Size, 0))]
+	if _, err := f.ReadAt(first, 0); err != nil {
+		return header{}, nil, info, ioError("read header", k, err)
+	}
+	h, err := parseHeader(first)
+	if err != nil {
+		return header{}, nil, info, corrupt("bad header: " + err.Error())
+	}
+	if h.key != k {
+		return header{}, nil, info, corrupt(fmt.Sprintf("header names object %v", h.key))
+	}
+	if info.Size != h.fileSize() {
+		return header{}, nil, info, corrupt(fmt.Sprintf("file is %d bytes, header says %d", info.Size, h.fileSize()))
+	}
+	// Bounded: at most 2^20 blocks of 4 KiB, 8 MiB of checksums, and the
+	// file was checked to be that long.
+	sums := make([]byte, int(h.nblocks())*pairLen)
+	n := copy(sums, first[sumOff:])
+	if n < len(sums) {
+		if _, err := f.ReadAt(sums[n:], int64(sumOff+n)); err != nil {
+			return header{}, nil, info, ioError("read checksums", k, err)
+		}
+	}
+	return h, sums, info, nil
+}
+
+// lockRead locks o for reading with its file open. It returns true if it
+// had to take the write lock instead (the file needed opening); unlock
+// with unlockRead.
+func (d *Disk) lockRead(o *object) (exclusive bool, err error) {
+	o.mu.RLock()
+	if o.f != nil {
+		return false, nil
+	}
+	o.mu.RUnlock()
+	o.mu.Lock()
+	if err := d.openLocked(o); err != nil {
+		o.mu.Unlock()
+		return false, err
+	}
+	return true, nil
+}
+
+func unlockRead(o *object, exclusive bool) {
+	if exclusive {
+		o.mu.Unlock()
+	} else {
+		o.mu.RUnlock()
+	}
+}
+
+// markUnsynced records that o has mutations a Sync must fsync.
+func (d *Disk) markUnsynced(o *object) {
+	if d.noSync || o.unsynced.Load() {
+		return
+	}
+	o.unsynced.Store(true)
+	d.mu.Lock()
+	if _, ok := d.unsynced[o.key]; !ok {
+		d.unsynced[o.key] = -1
+	}
+	d.mu.Unlock()
+}
+
+// markSynced records that o's file was just fsynced (o.mu held).
+func (d *Disk) markSynced(o *object) {
+	o.unsynced.Store(false)
+	d.mu.Lock()
+	delete(d.unsynced, o.key)
+	d.mu.Unlock()
+}
+
+func (d *Disk) markDirDirty(obj, stale bool) {
+	d.mu.Lock()
+	d.objDirty = d.objDirty || obj
+	d.stDirty = d.stDirty || stale
+	d.mu.Unlock()
+}
+
+// fsync syncs f unless NoSync.
+func (d *Disk) fsync(f vfs.File) error {
+	if d.noSync {
+		return nil
+	}
+	return f.Sync()
 }

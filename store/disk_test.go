@@ -1,547 +1,693 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha1"
 	"errors"
-	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/proto"
-	"github.com/gosheep/gosheep/store/errorfs"
-	"github.com/gosheep/gosheep/store/vfs"
 )
 
-var ctx = context.Background()
+var bg = context.Background()
 
-func open(t testing.TB, dir string, o Options) *Disk {
-	t.Helper()
-	d, err := Open(dir, o)
-	if err != nil {
-		t.Fatal(err)
+// Sizes that exercise tiny objects, exact blocks and short last blocks.
+var testSizes = []uint32{0, 1, 100, 4095, 4096, 4097, 3*4096 + 17, 64 << 10, 4 << 20}
+
+func TestCreateRead(t *testing.T) {
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	for i, size := range testSizes {
+		for j, tc := range []struct{ off, n uint32 }{
+			{0, 0}, {0, size}, {0, size / 2}, {size / 3, size - size/3}, {size / 2, min(size-size/2, 5000)},
+		} {
+			k := ReplicaKey(proto.DataOID(1, uint32(i*10+j)))
+			want := make([]byte, size)
+			data := pattern(uint64(i*10+j), int(tc.n))
+			copy(want[tc.off:], data)
+			mustCreate(t, d, k, size, tc.off, data)
+			checkContent(t, d, k, want)
+		}
 	}
-	t.Cleanup(func() { d.Close() })
-	return d
 }
 
-func rnd(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, 7))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
+func TestCreateReplaces(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	k := ReplicaKey(99)
+	mustCreate(t, d, k, 3*4096, 0, pattern(1, 3*4096))
+	// Replace with a smaller object holding less data: nothing of the old
+	// one may show through, and the object count is unchanged.
+	mustCreate(t, d, k, 5000, 10, []byte("new"))
+	want := make([]byte, 5000)
+	copy(want[10:], "new")
+	checkContent(t, d, k, want)
+	u, err := d.Usage()
+	if err != nil || u.Objects != 1 {
+		t.Fatalf("Usage after replace: %+v, %v", u, err)
 	}
-	return b
+	// Also replace an object that is not in the open-file cache, and one
+	// whose file is corrupt.
+	d.Close()
+	d = openT(t, dir, Options{NoSync: true})
+	mustCreate(t, d, k, 100, 0, []byte("third"))
+	want = make([]byte, 100)
+	copy(want, "third")
+	checkContent(t, d, k, want)
+	d.Close()
+	flipByte(t, objFile(dir, k), 3) // the header
+	d = openT(t, dir, Options{NoSync: true})
+	wantErr(t, d.Read(bg, k, 0, make([]byte, 5)), ErrCorrupt, "read of corrupt header")
+	mustCreate(t, d, k, 100, 0, []byte("fourth"))
+	copy(want, "fourth")
+	checkContent(t, d, k, want)
+	if u, _ := d.Usage(); u.Objects != 1 {
+		t.Fatalf("objects = %d, want 1", u.Objects)
+	}
+	if names := dirNames(t, filepath.Join(dir, "obj")); len(names) != 1 {
+		t.Fatalf("obj/ holds %v", names)
+	}
 }
 
-var key = ReplicaKey(proto.DataOID(0x7c2b25, 1))
-
-func TestCreateWriteReadTable(t *testing.T) {
-	const size = 4 << 20
-	d := open(t, t.TempDir(), Options{})
-	model := make([]byte, size)
-	if err := d.Create(ctx, key, size, 1000, rnd(1, 5000), WriteOpts{Epoch: 3}); err != nil {
-		t.Fatal(err)
-	}
-	copy(model[1000:], rnd(1, 5000))
-	for i, c := range []struct {
+func TestWrite(t *testing.T) {
+	const size = 5*4096 + 1000 // short last block
+	for _, tc := range []struct {
+		name string
 		off  uint32
 		n    int
-		want error
 	}{
-		{0, 4096, nil}, {100, 1, nil}, {4095, 2, nil}, {size - 1, 1, nil}, {8191, 9000, nil},
-		{0, size, nil}, {size, 0, nil}, {size - 10, 11, ErrOutOfRange}, {0xffffffff, 2, ErrOutOfRange},
+		{"aligned block", 4096, 4096},
+		{"aligned multi", 0, 3 * 4096},
+		{"sub-block head", 10, 100},
+		{"sub-block end of block", 4000, 96},
+		{"cross block", 4000, 200},
+		{"unaligned multi", 1000, 3*4096 + 5},
+		{"short last block whole", 5 * 4096, 1000},
+		{"short last block part", 5*4096 + 10, 10},
+		{"into short last block", 4*4096 + 7, 4096 + 993},
+		{"whole object", 0, size},
+		{"last byte", size - 1, 1},
 	} {
-		data := rnd(uint64(i+10), c.n)
-		err := d.Write(ctx, key, c.off, data, WriteOpts{Epoch: 4})
-		if !errors.Is(err, c.want) {
-			t.Fatalf("write %d+%d: %v, want %v", c.off, c.n, err, c.want)
-		}
-		if err == nil {
-			copy(model[c.off:], data)
-		}
-		got := make([]byte, size)
-		if err := d.Read(ctx, key, 0, got); err != nil {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			d := openT(t, dir, Options{NoSync: true})
+			k := StripKey(proto.DataOID(2, 1), 3)
+			want := pattern(1, size)
+			mustCreate(t, d, k, size, 0, want)
+			data := pattern(2, tc.n)
+			if err := d.Write(bg, k, tc.off, data, WriteOpts{Epoch: 4}); err != nil {
+				t.Fatal(err)
+			}
+			copy(want[tc.off:], data)
+			checkContent(t, d, k, want)
+			// And after a restart (header flags, checksum area on disk).
+			d.Close()
+			d = openT(t, dir, Options{NoSync: true})
+			checkContent(t, d, k, want)
+			if st, _ := d.Stat(bg, k); st.Epoch != 4 {
+				t.Fatalf("epoch %d, want 4", st.Epoch)
+			}
+		})
+	}
+}
+
+func TestWriteToHoles(t *testing.T) {
+	// Sub-block writes into never-written blocks read-modify-write a hole.
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	k := ReplicaKey(5)
+	mustCreate(t, d, k, 4<<20, 0, nil)
+	want := make([]byte, 4<<20)
+	for i, w := range []struct{ off, n int }{{512, 512}, {8192 + 4000, 300}, {1 << 20, 4096}, {4<<20 - 10, 10}} {
+		data := pattern(uint64(i), w.n)
+		if err := d.Write(bg, k, uint32(w.off), data, WriteOpts{}); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got, model) {
-			t.Fatalf("after write %d+%d contents differ", c.off, c.n)
+		copy(want[w.off:], data)
+	}
+	checkContent(t, d, k, want)
+}
+
+func TestRangeChecks(t *testing.T) {
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	k := ReplicaKey(7)
+	mustCreate(t, d, k, 8192, 0, pattern(1, 8192))
+	missing := ReplicaKey(8)
+	buf := make([]byte, 2)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"read past end", d.Read(bg, k, 8191, buf), ErrOutOfRange},
+		{"read off beyond size, empty", d.Read(bg, k, 8193, nil), ErrOutOfRange},
+		{"read overflow", d.Read(bg, k, ^uint32(0), buf), ErrOutOfRange},
+		{"write past end", d.Write(bg, k, 8191, buf, WriteOpts{}), ErrOutOfRange},
+		{"write overflow", d.Write(bg, k, ^uint32(0), buf, WriteOpts{}), ErrOutOfRange},
+		{"zero overflow", d.Zero(bg, k, 4096, ^uint32(0), WriteOpts{}), ErrOutOfRange},
+		{"zero past end", d.Zero(bg, k, 8000, 193, WriteOpts{}), ErrOutOfRange},
+		{"create data beyond size", d.Create(bg, missing, 10, 9, buf, WriteOpts{}), ErrOutOfRange},
+		{"create overflow", d.Create(bg, missing, 10, ^uint32(0), buf, WriteOpts{}), ErrOutOfRange},
+		{"read missing", d.Read(bg, missing, 0, buf), ErrNotFound},
+		{"read missing, empty", d.Read(bg, missing, 0, nil), ErrNotFound},
+		{"write missing", d.Write(bg, missing, 0, buf, WriteOpts{}), ErrNotFound},
+		{"zero missing", d.Zero(bg, missing, 0, 1, WriteOpts{}), ErrNotFound},
+		{"stat missing", func() error { _, err := d.Stat(bg, missing); return err }(), ErrNotFound},
+		{"hash missing", func() error { _, err := d.Hash(bg, missing); return err }(), ErrNotFound},
+		{"verify missing", d.Verify(bg, missing), ErrNotFound},
+		{"read ok at end, empty", d.Read(bg, k, 8192, nil), nil},
+		{"write ok empty", d.Write(bg, k, 8192, nil, WriteOpts{Epoch: 9}), nil},
+		{"zero ok empty", d.Zero(bg, k, 8192, 0, WriteOpts{}), nil},
+	} {
+		if !errors.Is(tc.err, tc.want) || (tc.want == nil && tc.err != nil) {
+			t.Errorf("%s: got %v, want %v", tc.name, tc.err, tc.want)
 		}
 	}
-	// Unaligned reads.
-	for _, r := range [][2]uint32{{1, 10}, {4090, 20}, {size - 3, 3}} {
-		got := make([]byte, r[1])
-		if err := d.Read(ctx, key, r[0], got); err != nil || !bytes.Equal(got, model[r[0]:r[0]+r[1]]) {
-			t.Fatalf("read %v: %v", r, err)
-		}
+	if _, err := d.Stat(bg, missing); err == nil {
+		t.Fatal("failed creates left an object")
 	}
-	info, err := d.Stat(ctx, key)
-	if err != nil || info.Size != size || info.Epoch != 4 {
-		t.Fatalf("stat %+v %v", info, err)
+	// Empty writes change nothing, not even the epoch.
+	if st, _ := d.Stat(bg, k); st.Epoch != 0 {
+		t.Fatalf("empty write set epoch %d", st.Epoch)
 	}
-	if h, err := d.Hash(ctx, key); err != nil || h != sha1.Sum(model) {
-		t.Fatalf("hash %x %v", h, err)
+	if proto.ResultOf(d.Read(bg, missing, 0, buf)) != proto.ResNoObj {
+		t.Fatal("ErrNotFound does not map to ResNoObj")
 	}
-	// Missing objects.
-	other := ReplicaKey(proto.DataOID(1, 2))
-	if err := d.Read(ctx, other, 0, make([]byte, 1)); !errors.Is(err, ErrNotFound) || !errors.Is(err, proto.ResNoObj) {
-		t.Fatalf("read missing: %v", err)
-	}
-	if err := d.Write(ctx, other, 0, []byte{1}, WriteOpts{}); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("write missing: %v", err)
-	}
-	if err := d.Remove(ctx, other); err != nil {
-		t.Fatalf("remove missing: %v", err)
-	}
-	if err := d.Create(ctx, other, 0, 0, nil, WriteOpts{}); !errors.Is(err, ErrOutOfRange) {
-		t.Fatalf("zero size create: %v", err)
+	// Large lengths beyond 4 GiB on 64-bit must not wrap either.
+	if err := checkRange(k, 100, 1, 1<<32-1); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("checkRange wrap: %v", err)
 	}
 }
 
-func TestTinyObjectsAndStrips(t *testing.T) {
-	d := open(t, t.TempDir(), Options{})
-	for _, size := range []uint32{1, 100, 4095, 4097, 12345} {
-		k := StripKey(proto.DataOID(9, size), uint8(size%7))
-		data := rnd(uint64(size), int(size))
-		if err := d.Create(ctx, k, size, 0, data, WriteOpts{}); err != nil {
-			t.Fatal(size, err)
-		}
-		if err := d.Write(ctx, k, size-1, []byte{0xaa}, WriteOpts{}); err != nil {
-			t.Fatal(size, err)
-		}
-		data[size-1] = 0xaa
-		got := make([]byte, size)
-		if err := d.Read(ctx, k, 0, got); err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("size %d: %v", size, err)
-		}
-	}
-	objs, _ := d.List(ctx)
-	if len(objs) != 5 || !objs[0].Key.EC {
-		t.Fatalf("list %+v", objs)
+func TestZero(t *testing.T) {
+	const size = 8*4096 + 300
+	for _, tc := range []struct {
+		name string
+		off  uint32
+		n    uint32
+	}{
+		{"one block", 4096, 4096},
+		{"many blocks", 4096, 5 * 4096},
+		{"partial", 100, 200},
+		{"cross partial", 4000, 4096},
+		{"partial+whole+partial", 2000, 3*4096 + 100},
+		{"to end with short block", 3 * 4096, size - 3*4096},
+		{"everything", 0, size},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			d := openT(t, dir, Options{NoSync: true})
+			k := ReplicaKey(11)
+			want := pattern(3, size)
+			mustCreate(t, d, k, size, 0, want)
+			before := allocOf(t, objFile(dir, k))
+			u0, _ := d.Usage()
+			if err := d.Zero(bg, k, tc.off, tc.n, WriteOpts{Epoch: 2}); err != nil {
+				t.Fatal(err)
+			}
+			clear(want[tc.off : tc.off+tc.n])
+			checkContent(t, d, k, want)
+			after := allocOf(t, objFile(dir, k))
+			end := int(tc.off + tc.n)
+			whole := end/4096 - (int(tc.off)+4095)/4096
+			if end == size && size%4096 != 0 {
+				whole++
+			}
+			if whole > 0 && after > before-int64(whole-1)*4096 || whole <= 0 && after != before {
+				t.Fatalf("%d whole blocks zeroed but allocation went %d -> %d", whole, before, after)
+			}
+			u1, _ := d.Usage()
+			if int64(u1.Used)-int64(u0.Used) != after-before {
+				t.Fatalf("Used changed by %d, file allocation by %d", int64(u1.Used)-int64(u0.Used), after-before)
+			}
+			d.Close()
+			d = openT(t, dir, Options{NoSync: true})
+			checkContent(t, d, k, want)
+		})
 	}
 }
 
-func TestZeroAndHoles(t *testing.T) {
-	d := open(t, t.TempDir(), Options{})
-	const size = 1 << 20
-	data := rnd(3, size)
-	d.Create(ctx, key, size, 0, data, WriteOpts{})
-	if err := d.Zero(ctx, key, 100, 3*4096, WriteOpts{}); err != nil {
+func TestCorruptionDetected(t *testing.T) {
+	const size = 6*4096 + 123
+	for _, tc := range []struct {
+		name   string
+		fileAt func(h header) int64 // byte of the file to flip
+		badOff uint64               // logical block offset reported; ^0 = header
+	}{
+		{"data block 0", func(h header) int64 { return int64(h.dataOff) + 5 }, 0},
+		{"data block 3", func(h header) int64 { return int64(h.dataOff) + 3*4096 + 4095 }, 3 * 4096},
+		{"short last block", func(h header) int64 { return int64(h.dataOff) + 6*4096 + 100 }, 6 * 4096},
+		{"checksum prev+cur of block 2", func(h header) int64 { return sumOff + 2*pairLen + 5 }, 2 * 4096},
+		{"fixed header", func(h header) int64 { return 20 }, ^uint64(0)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			d := openT(t, dir, Options{NoSync: true})
+			k := StripKey(proto.DataOID(3, 3), 1)
+			want := pattern(4, size)
+			mustCreate(t, d, k, size, 0, want)
+			d.Close()
+			h := newHeader(k, size, 0)
+			at := tc.fileAt(h)
+			if strings.HasPrefix(tc.name, "checksum") {
+				// Flip both slots so neither matches.
+				flipByte(t, objFile(dir, k), at-4)
+			}
+			flipByte(t, objFile(dir, k), at)
+			d = openT(t, dir, Options{NoSync: true})
+
+			err := d.Read(bg, k, 0, make([]byte, size))
+			var ce *CorruptError
+			if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("read: %v, want a *CorruptError", err)
+			}
+			if proto.ResultOf(err) != proto.ResEIO {
+				t.Fatalf("corruption maps to %v", proto.ResultOf(err))
+			}
+			if !strings.Contains(err.Error(), k.String()) {
+				t.Fatalf("error %q does not name the object", err)
+			}
+			if tc.badOff == ^uint64(0) {
+				if ce.Reason == "" {
+					t.Fatalf("header corruption reported as %v", err)
+				}
+				// Everything fails cleanly; Remove and re-Create still work.
+				_, serr := d.Stat(bg, k)
+				wantErr(t, serr, ErrCorrupt, "stat")
+				wantErr(t, d.Write(bg, k, 0, []byte{1}, WriteOpts{}), ErrCorrupt, "write")
+				if l, _ := d.List(bg); len(l) != 0 {
+					t.Fatalf("List shows a corrupt object: %v", l)
+				}
+				if err := d.Remove(bg, k); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if len(ce.Offsets) != 1 || ce.Offsets[0] != tc.badOff {
+				t.Fatalf("reported offsets %v, want [%d]", ce.Offsets, tc.badOff)
+			}
+			if !strings.Contains(err.Error(), "offset "+itoa(tc.badOff)) {
+				t.Fatalf("error %q lacks the block offset", err)
+			}
+			// Other blocks still read; the bad one fails even for one byte.
+			for b := uint64(0); b*4096 < size; b++ {
+				n := min(4096, size-int(b*4096))
+				err := d.Read(bg, k, uint32(b*4096), make([]byte, n))
+				if (b*4096 == tc.badOff) != (err != nil) {
+					t.Fatalf("block %d: read err %v", b, err)
+				}
+			}
+			wantErr(t, d.Read(bg, k, uint32(tc.badOff)+1, make([]byte, 1)), ErrCorrupt, "one-byte read")
+			// A partial write to the rotten block cannot merge with it.
+			wantErr(t, d.Write(bg, k, uint32(tc.badOff)+1, []byte{1}, WriteOpts{}), ErrCorrupt, "partial write")
+			_, herr := d.Hash(bg, k)
+			wantErr(t, herr, ErrCorrupt, "hash")
+			verr := d.Verify(bg, k)
+			if !errors.As(verr, &ce) || ce.Count != 1 || !slices.Equal(ce.Offsets, []uint64{tc.badOff}) {
+				t.Fatalf("Verify: %v", verr)
+			}
+			// Overwriting the whole block heals it.
+			blk := want[tc.badOff:min(tc.badOff+4096, size)]
+			if err := d.Write(bg, k, uint32(tc.badOff), blk, WriteOpts{}); err != nil {
+				t.Fatal(err)
+			}
+			checkContent(t, d, k, want)
+		})
+	}
+}
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }
+
+func TestVerifyListsManyBadBlocks(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	k := ReplicaKey(12)
+	mustCreate(t, d, k, 1<<20, 0, pattern(5, 1<<20))
+	d.Close()
+	h := newHeader(k, 1<<20, 0)
+	for b := 0; b < 100; b++ {
+		flipByte(t, objFile(dir, k), int64(h.dataOff)+int64(b*2)*4096)
+	}
+	d = openT(t, dir, Options{NoSync: true})
+	var ce *CorruptError
+	if err := d.Verify(bg, k); !errors.As(err, &ce) || ce.Count != 100 || len(ce.Offsets) != maxReported {
+		t.Fatalf("Verify: %v", err)
+	}
+	if ce.Offsets[1] != 2*4096 || !strings.Contains(ce.Error(), "100 blocks") {
+		t.Fatalf("Verify reported %v", ce)
+	}
+}
+
+func TestEpochs(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	k := ReplicaKey(13)
+	ctx := bg
+	mustCreate(t, d, k, 8192, 0, nil)
+	check := func(want uint32) {
+		t.Helper()
+		st, err := d.Stat(ctx, k)
+		if err != nil || st.Epoch != want {
+			t.Fatalf("epoch %d (%v), want %d", st.Epoch, err, want)
+		}
+	}
+	check(0)
+	if err := d.Create(ctx, k, 8192, 0, nil, WriteOpts{Epoch: 3}); err != nil {
 		t.Fatal(err)
 	}
-	clear(data[100 : 100+3*4096])
-	got := make([]byte, size)
-	if err := d.Read(ctx, key, 0, got); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("after zero: %v", err)
-	}
-	// Sparse create: a fresh object allocates little.
-	k := ReplicaKey(proto.DataOID(5, 5))
-	before, _ := d.Usage()
-	d.Create(ctx, k, 4<<20, 0, []byte("x"), WriteOpts{})
-	after, _ := d.Usage()
-	if after.Used-before.Used > 64<<10 {
-		t.Fatalf("sparse create allocated %d bytes", after.Used-before.Used)
+	check(3)
+	d.Write(ctx, k, 0, []byte{1}, WriteOpts{Epoch: 2})
+	check(3)
+	d.Write(ctx, k, 0, []byte{1}, WriteOpts{Epoch: 5})
+	check(5)
+	d.Zero(ctx, k, 0, 10, WriteOpts{Epoch: 7})
+	check(7)
+	d.Close()
+	d = openT(t, dir, Options{NoSync: true})
+	check(7)
+	l, err := d.List(ctx)
+	if err != nil || len(l) != 1 || l[0] != (ObjInfo{Key: k, Size: 8192, Epoch: 7}) {
+		t.Fatalf("List: %v %v", l, err)
 	}
 }
 
-func TestBitRotDetected(t *testing.T) {
+func TestListAndKeys(t *testing.T) {
 	dir := t.TempDir()
-	d := open(t, dir, Options{})
-	data := rnd(4, 64<<10)
-	d.Create(ctx, key, 64<<10, 0, data, WriteOpts{})
+	logs := new(logCapture)
+	d := openT(t, dir, Options{NoSync: true})
+	oid := proto.DataOID(0x7c2b25, 9)
+	keys := []Key{ReplicaKey(oid), StripKey(oid, 0), StripKey(oid, 5), ReplicaKey(proto.InodeOID(0x7c2b25))}
+	for i, k := range keys {
+		mustCreate(t, d, k, uint32(1000+i), 0, pattern(uint64(i), 10))
+	}
+	for i, k := range keys {
+		got := mustRead(t, d, k, 0, 10)
+		if firstDiff(got, pattern(uint64(i), 10)) >= 0 {
+			t.Fatalf("%v holds another key's data", k)
+		}
+	}
+	names := dirNames(t, filepath.Join(dir, "obj"))
+	for _, want := range []string{"007c2b2500000009", "007c2b2500000009_0", "007c2b2500000009_5", "807c2b2500000000"} {
+		if !slices.Contains(names, want) {
+			t.Fatalf("obj/ = %v, missing %s", names, want)
+		}
+	}
 	d.Close()
-	// Flip one byte of block 3 on disk.
-	p := filepath.Join(dir, "obj", fileName(key))
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	// Junk and a temp file appear while closed: the temp file is removed,
+	// the junk ignored (and logged), and both stay out of List.
+	for _, junk := range []string{"README", "007C2B2500000009", "007c2b2500000009_x", "007c2b2500000009_1.tmp"} {
+		if err := os.WriteFile(filepath.Join(dir, "obj", junk), []byte("junk"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d = openT(t, dir, Options{NoSync: true, Logger: slogTo(logs)})
+	l, err := d.List(bg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr := header{size: 64 << 10, blockSize: 4096}
-	b := make([]byte, 1)
-	off := hdr.dataOff() + 3*4096 + 17
-	f.ReadAt(b, off)
-	b[0] ^= 0x40
-	f.WriteAt(b, off)
-	f.Close()
-	d2 := open(t, dir, Options{})
-	err = d2.Read(ctx, key, 0, make([]byte, 64<<10))
-	if !errors.Is(err, ErrCorrupt) || !errors.Is(err, proto.ResEIO) {
-		t.Fatalf("bit rot not detected: %v", err)
+	var got []Key
+	for _, o := range l {
+		got = append(got, o.Key)
 	}
-	if err := d2.Read(ctx, key, 0, make([]byte, 4096)); err != nil {
-		t.Fatalf("good block unreadable: %v", err)
+	want := []Key{keys[0], keys[1], keys[2], keys[3]}
+	if !slices.Equal(got, want) {
+		t.Fatalf("List = %v, want %v", got, want)
 	}
-	if err := d2.Verify(ctx, key); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("verify: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, "obj", "007c2b2500000009_1.tmp")); !os.IsNotExist(err) {
+		t.Fatal("leftover temp file not removed at open")
 	}
-	// Rewriting the bad block heals it.
-	if err := d2.Write(ctx, key, 3*4096, make([]byte, 4096), WriteOpts{}); err != nil {
+	if !strings.Contains(logs.String(), "README") {
+		t.Fatalf("junk not logged: %s", logs)
+	}
+	if u, _ := d.Usage(); u.Objects != 4 {
+		t.Fatalf("objects %d, want 4", u.Objects)
+	}
+}
+
+func TestRemove(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	k := StripKey(77, 2)
+	mustCreate(t, d, k, 1<<20, 0, pattern(1, 1<<20))
+	u0, _ := d.Usage()
+	for i := 0; i < 2; i++ { // idempotent
+		if err := d.Remove(bg, k); err != nil {
+			t.Fatalf("Remove #%d: %v", i, err)
+		}
+	}
+	_, err := d.Stat(bg, k)
+	wantErr(t, err, ErrNotFound, "stat after remove")
+	u1, _ := d.Usage()
+	if u1.Objects != u0.Objects-1 || u0.Used-u1.Used < 1<<20 {
+		t.Fatalf("usage %+v -> %+v", u0, u1)
+	}
+	if _, err := os.Stat(objFile(dir, k)); !os.IsNotExist(err) {
+		t.Fatal("file still there")
+	}
+	// A never-opened object removes too.
+	mustCreate(t, d, k, 10, 0, nil)
+	d.Close()
+	d = openT(t, dir, Options{NoSync: true})
+	if err := d.Remove(bg, k); err != nil {
 		t.Fatal(err)
 	}
-	if err := d2.Verify(ctx, key); err != nil {
-		t.Fatalf("after rewrite: %v", err)
+	if u, _ := d.Usage(); u.Objects != 0 || u.Used != 0 {
+		t.Fatalf("usage after removing everything: %+v", u)
 	}
 }
 
-// TestCrashAtEveryWrite "crashes" the store after every k-th file-system
-// mutation of a sequence of overlapping writes, reopens the directory and
-// checks every block reads as some version it was given — never an error.
-func TestCrashAtEveryWrite(t *testing.T) {
-	const size = 32 << 10
-	writes := []struct {
-		off uint32
-		n   int
-	}{{0, size}, {100, 5000}, {4096, 4096}, {4000, 200}, {0, 8192}, {10000, 12000}, {3, 1}}
-	for k := int64(0); ; k++ {
-		dir := t.TempDir()
-		crash := &errorfs.Crash{}
-		d, err := Open(dir, Options{FS: errorfs.Wrap(vfs.OS{}, crash)})
-		if err != nil {
-			t.Fatal(err)
+func TestHashHolesAsZeros(t *testing.T) {
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	k := ReplicaKey(14)
+	mustCreate(t, d, k, 1<<20+5, 4096*10+3, []byte("x"))
+	want := make([]byte, 1<<20+5)
+	want[4096*10+3] = 'x'
+	h, err := d.Hash(bg, k)
+	if err != nil || h != sha1.Sum(want) {
+		t.Fatalf("hash %x, %v", h, err)
+	}
+	empty := ReplicaKey(15)
+	mustCreate(t, d, empty, 0, 0, nil)
+	if h, err := d.Hash(bg, empty); err != nil || h != sha1.Sum(nil) {
+		t.Fatalf("empty object hash %x, %v", h, err)
+	}
+}
+
+func TestLockAndClose(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	_, err := Open(dir, Options{})
+	wantErr(t, err, ErrLocked, "second Open")
+	if !strings.Contains(err.Error(), dir) {
+		t.Fatalf("lock error %q does not name the directory", err)
+	}
+	k := ReplicaKey(1)
+	mustCreate(t, d, k, 10, 0, nil)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	wantErr(t, d.Read(bg, k, 0, make([]byte, 1)), ErrClosed, "read after close")
+	wantErr(t, d.Create(bg, k, 1, 0, nil, WriteOpts{}), ErrClosed, "create after close")
+	_, err = d.Usage()
+	wantErr(t, err, ErrClosed, "usage after close")
+	wantErr(t, d.Sync(bg), ErrClosed, "sync after close")
+	// The lock is released.
+	d2 := openT(t, dir, Options{NoSync: true})
+	checkContent(t, d2, k, make([]byte, 10))
+}
+
+func TestContextCancelled(t *testing.T) {
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	ctx, cancel := context.WithCancel(bg)
+	cancel()
+	k := ReplicaKey(1)
+	wantErr(t, d.Create(ctx, k, 10, 0, nil, WriteOpts{}), context.Canceled, "create")
+	wantErr(t, d.Read(ctx, k, 0, nil), context.Canceled, "read")
+	_, err := d.List(ctx)
+	wantErr(t, err, context.Canceled, "list")
+	wantErr(t, d.Sync(ctx), context.Canceled, "sync")
+}
+
+func TestUsageAndCapacity(t *testing.T) {
+	dir := t.TempDir()
+	const capacity = 1 << 20
+	d := openT(t, dir, Options{NoSync: true, Capacity: capacity, Reserve: 64 << 10})
+	u, err := d.Usage()
+	if err != nil || u.Capacity != capacity || u.Used != 0 || u.Free != capacity-64<<10 {
+		t.Fatalf("fresh usage %+v %v", u, err)
+	}
+	// Sparse creates cost only their metadata page.
+	k := ReplicaKey(1)
+	mustCreate(t, d, k, 4<<20, 0, nil)
+	u, _ = d.Usage()
+	if u.Used != uint64(allocOf(t, objFile(dir, k))) || u.Used > 16<<10 {
+		t.Fatalf("after sparse create: %+v, file %d", u, allocOf(t, objFile(dir, k)))
+	}
+	// Fill until the capacity minus reserve refuses.
+	var err2 error
+	written := 0
+	for off := 0; off < 4<<20; off += 64 << 10 {
+		if err2 = d.Write(bg, k, uint32(off), pattern(1, 64<<10), WriteOpts{}); err2 != nil {
+			break
 		}
-		// versions[i] = every content block i may legitimately hold.
-		versions := make([]map[string]bool, size/4096)
-		cur := make([]byte, size)
-		note := func() {
-			for i := range versions {
-				if versions[i] == nil {
-					versions[i] = map[string]bool{}
+		written += 64 << 10
+	}
+	wantErr(t, err2, ErrNoSpace, "write beyond capacity")
+	if proto.ResultOf(err2) != proto.ResNoSpace {
+		t.Fatalf("maps to %v", proto.ResultOf(err2))
+	}
+	u, _ = d.Usage()
+	if u.Used+64<<10 > capacity || written < capacity-3*(64<<10) {
+		t.Fatalf("refused with %d written, usage %+v", written, u)
+	}
+	if u.Used != uint64(allocOf(t, objFile(dir, k))) {
+		t.Fatalf("Used %d, file allocation %d", u.Used, allocOf(t, objFile(dir, k)))
+	}
+	// Overwrites of allocated blocks need no space and still work.
+	if err := d.Write(bg, k, 0, pattern(2, 64<<10), WriteOpts{}); err != nil {
+		t.Fatalf("overwrite at capacity: %v", err)
+	}
+	err = d.Create(bg, ReplicaKey(2), 1<<20, 0, pattern(3, 1<<20), WriteOpts{})
+	wantErr(t, err, ErrNoSpace, "create beyond capacity")
+	if _, err := d.Stat(bg, ReplicaKey(2)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("refused create left an object: %v", err)
+	}
+	// Zero frees space, and writes fit again.
+	if err := d.Zero(bg, k, 0, 4<<20, WriteOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ = d.Usage()
+	if u.Used > 16<<10 {
+		t.Fatalf("after zeroing everything: %+v", u)
+	}
+	if err := d.Write(bg, k, 0, pattern(1, 512<<10), WriteOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	// Used is recomputed from the files at open and matches.
+	before, _ := d.Usage()
+	d.Close()
+	d = openT(t, dir, Options{NoSync: true, Capacity: capacity})
+	after, _ := d.Usage()
+	if before.Used != after.Used || after.Objects != 1 {
+		t.Fatalf("usage before restart %+v, after %+v", before, after)
+	}
+}
+
+func TestUsageFileSystem(t *testing.T) {
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	u, err := d.Usage()
+	if err != nil || u.Capacity == 0 || u.Free == 0 || u.Capacity < u.Free {
+		t.Fatalf("usage %+v, %v", u, err)
+	}
+	// A reserve larger than the file system refuses every allocation.
+	d2 := openT(t, t.TempDir(), Options{NoSync: true, Reserve: 1 << 62})
+	err = d2.Create(bg, ReplicaKey(1), 4096, 0, []byte{1}, WriteOpts{})
+	wantErr(t, err, ErrNoSpace, "create with huge reserve")
+	if u, _ := d2.Usage(); u.Free != 0 {
+		t.Fatalf("free %d with huge reserve", u.Free)
+	}
+}
+
+func TestOpenFileCacheBounded(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true, MaxOpenFiles: 4})
+	const n = 40
+	for i := range n {
+		k := ReplicaKey(proto.OID(i))
+		mustCreate(t, d, k, 8192, 0, pattern(uint64(i), 8192))
+		d.Write(bg, ReplicaKey(proto.OID(i/2)), 100, []byte{byte(i)}, WriteOpts{Epoch: uint32(i)})
+	}
+	for round := 0; round < 3; round++ {
+		for i := range n {
+			k := ReplicaKey(proto.OID(i))
+			want := pattern(uint64(i), 8192)
+			if j := 2*i + 1; j < n {
+				want[100] = byte(j)
+			} else if 2*i < n {
+				want[100] = byte(2 * i)
+			}
+			if got := mustRead(t, d, k, 0, 8192); firstDiff(got, want) >= 0 {
+				t.Fatalf("object %d wrong after eviction", i)
+			}
+		}
+	}
+	d.mu.Lock()
+	lru, objs := d.lruLen, len(d.objs)
+	d.mu.Unlock()
+	if lru > 4 || objs > 4 {
+		t.Fatalf("open files %d, tracked objects %d; bound 4", lru, objs)
+	}
+	// Evicted objects were closed cleanly: reopening trusts them (no
+	// dirty flag left behind).
+	d.Close()
+	for i := range n {
+		h, err := readHeaderFile(objFile(dir, ReplicaKey(proto.OID(i))))
+		if err != nil || h.rec.flags&recDirty != 0 {
+			t.Fatalf("object %d header after close: %+v, %v", i, h.rec, err)
+		}
+	}
+}
+
+func readHeaderFile(path string) (header, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return header{}, err
+	}
+	return parseHeader(b)
+}
+
+func TestRescan(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true, RescanInterval: -1})
+	// Fragmenting writes make the file system allocate extent blocks at
+	// writeback, after our last look.
+	for i := range 3 {
+		k := ReplicaKey(oidN(i))
+		mustCreate(t, d, k, 4<<20, 0, nil)
+		for b := 0; b < 1024; b += 3 {
+			d.Write(bg, k, uint32(b*4096), pattern(uint64(b), 4096), WriteOpts{})
+		}
+	}
+	d.Stash(bg, ReplicaKey(oidN(2)), 1)
+	os.WriteFile(filepath.Join(dir, "obj", "junk"), make([]byte, 8192), 0o644)
+	for _, n := range dirNames(t, filepath.Join(dir, "obj")) {
+		f, _ := os.Open(filepath.Join(dir, "obj", n))
+		f.Sync() // force writeback behind the store's back
+		f.Close()
+	}
+	actual := func() (used int64) {
+		for _, sub := range []string{"obj", "stale"} {
+			for _, n := range dirNames(t, filepath.Join(dir, sub)) {
+				if n != "junk" {
+					used += allocOf(t, filepath.Join(dir, sub, n))
 				}
-				versions[i][string(cur[i*4096:(i+1)*4096])] = true
 			}
 		}
-		note()
-		if err := d.Create(ctx, key, size, 0, nil, WriteOpts{}); err != nil {
-			t.Fatal(err)
-		}
-		crash.Arm(k)
-		for i, w := range writes {
-			data := rnd(uint64(i+1), w.n)
-			err := d.Write(ctx, key, w.off, data, WriteOpts{})
-			copy(cur[w.off:], data)
-			note()
-			if err != nil {
-				break
-			}
-		}
-		done := !crash.Crashed()
-		d.Close()
-		d2, err := Open(dir, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, size)
-		if err := d2.Read(ctx, key, 0, got); err != nil {
-			t.Fatalf("crash after %d mutations: read error %v", k, err)
-		}
-		for i := range versions {
-			if !versions[i][string(got[i*4096:(i+1)*4096])] {
-				t.Fatalf("crash after %d mutations: block %d holds data never written", k, i)
-			}
-		}
-		// And the object is writable again after the crash.
-		if err := d2.Write(ctx, key, 0, make([]byte, size), WriteOpts{}); err != nil {
-			t.Fatalf("crash after %d: write after reopen: %v", k, err)
-		}
-		d2.Close()
-		if done {
-			if k < 5 {
-				t.Fatalf("sequence finished after only %d mutations", k)
-			}
-			return
-		}
+		return used
 	}
-}
-
-func TestFaults(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		in   errorfs.Injector
-		op   func(d *Disk) error
-		want error
-	}{
-		{"enospc on create", errorfs.OnPath("tmp", errorfs.On(errorfs.OpWrite, errorfs.ENOSPC)),
-			func(d *Disk) error { return d.Create(ctx, key, 4096, 0, []byte("a"), WriteOpts{}) }, ErrNoSpace},
-		{"enospc on write", errorfs.OnPath("obj", errorfs.After(0, errorfs.On(errorfs.OpWrite, errorfs.ENOSPC))),
-			func(d *Disk) error { return d.Write(ctx, key, 0, []byte("b"), WriteOpts{}) }, ErrNoSpace},
-		{"eio on read", errorfs.On(errorfs.OpRead, errorfs.EIO),
-			func(d *Disk) error { return d.Read(ctx, key, 0, make([]byte, 10)) }, errorfs.EIO},
-		{"failed fsync reported", errorfs.On(errorfs.OpSync, errorfs.EIO),
-			func(d *Disk) error { return d.Write(ctx, key, 0, []byte("c"), WriteOpts{Sync: true}) }, errorfs.EIO},
-		{"failed rename", errorfs.On(errorfs.OpRename, errorfs.EIO),
-			func(d *Disk) error { return d.Create(ctx, key, 4096, 0, []byte("d"), WriteOpts{}) }, errorfs.EIO},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			var armed bool
-			var mu sync.Mutex
-			in := errorfs.InjectorFunc(func(op errorfs.Op, p string) error {
-				mu.Lock()
-				defer mu.Unlock()
-				if !armed {
-					return nil
-				}
-				return c.in.Inject(op, p)
-			})
-			d := open(t, dir, Options{FS: errorfs.Wrap(vfs.OS{}, in)})
-			if err := d.Create(ctx, key, 4096, 0, []byte("orig"), WriteOpts{}); err != nil {
-				t.Fatal(err)
-			}
-			mu.Lock()
-			armed = true
-			mu.Unlock()
-			err := c.op(d)
-			if !errors.Is(err, c.want) {
-				t.Fatalf("got %v, want %v", err, c.want)
-			}
-			mu.Lock()
-			armed = false
-			mu.Unlock()
-			// The object is still readable: old or new, never torn into an error.
-			got := make([]byte, 4)
-			if err := d.Read(ctx, key, 0, got); err != nil {
-				t.Fatalf("object unreadable after fault: %v", err)
-			}
-			tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
-			if len(tmps) != 0 {
-				t.Fatalf("temp files left: %v", tmps)
-			}
-		})
-	}
-}
-
-func TestCapacityAndNoSpace(t *testing.T) {
-	d := open(t, t.TempDir(), Options{Capacity: 8 << 20, Reserve: 1})
-	var err error
-	i := 0
-	for ; i < 100 && err == nil; i++ {
-		err = d.Create(ctx, ReplicaKey(proto.DataOID(1, uint32(i))), 1<<20, 0, rnd(uint64(i), 1<<20), WriteOpts{})
-	}
-	if !errors.Is(err, ErrNoSpace) || !errors.Is(err, proto.ResNoSpace) {
-		t.Fatalf("filled %d objects, last error %v", i, err)
-	}
-	if i < 5 || i > 9 {
-		t.Fatalf("%d 1 MiB objects fit in 8 MiB", i-1)
+	u0, _ := d.Usage()
+	t.Logf("drift before rescan: %d bytes", actual()-int64(u0.Used))
+	if err := d.Rescan(bg); err != nil {
+		t.Fatal(err)
 	}
 	u, _ := d.Usage()
-	if u.Objects != uint64(i-1) || u.Used > 8<<20 {
-		t.Fatalf("usage %+v", u)
+	if int64(u.Used) != actual() || u.Objects != 2 {
+		t.Fatalf("after rescan: %+v, files allocate %d", u, actual())
 	}
-	// Removing frees space again.
-	d.Remove(ctx, ReplicaKey(proto.DataOID(1, 0)))
-	if err := d.Create(ctx, ReplicaKey(proto.DataOID(2, 0)), 1<<20, 0, rnd(9, 1<<20), WriteOpts{}); err != nil {
-		t.Fatalf("after remove: %v", err)
-	}
-}
-
-func TestStashAndStale(t *testing.T) {
-	d := open(t, t.TempDir(), Options{})
-	data := rnd(5, 10000)
-	d.Create(ctx, key, 10000, 0, data, WriteOpts{Epoch: 7})
-	if err := d.Stash(ctx, key, 9); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Stat(ctx, key); !errors.Is(err, ErrNotFound) {
-		t.Fatal("stashed object still live")
-	}
-	st, err := d.ListStale(ctx)
-	if err != nil || len(st) != 1 || st[0].Epoch != 9 || st[0].ObjEpoch != 7 || st[0].Size != 10000 {
-		t.Fatalf("stale list %+v %v", st, err)
-	}
-	got := make([]byte, 100)
-	if err := d.ReadStale(ctx, key, 9, 5000, got); err != nil || !bytes.Equal(got, data[5000:5100]) {
-		t.Fatalf("read stale: %v", err)
-	}
-	d.Create(ctx, key, 10, 0, []byte("live"), WriteOpts{})
-	if err := d.Unstash(ctx, key, 9); !errors.Is(err, ErrExists) {
-		t.Fatalf("unstash over live copy: %v", err)
-	}
-	d.Remove(ctx, key)
-	if err := d.Unstash(ctx, key, 9); err != nil {
-		t.Fatal(err)
-	}
-	if info, _ := d.Stat(ctx, key); info.Epoch != 7 {
-		t.Fatalf("unstashed epoch %d", info.Epoch)
-	}
-	d.Stash(ctx, key, 10)
-	if err := d.PurgeStale(ctx, key, 10); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := d.ListStale(ctx); len(st) != 0 {
-		t.Fatalf("purged copy still listed: %v", st)
-	}
-}
-
-func TestReopenKeepsIndexAndLock(t *testing.T) {
-	dir := t.TempDir()
-	d := open(t, dir, Options{})
-	for i := 0; i < 10; i++ {
-		d.Create(ctx, ReplicaKey(proto.DataOID(3, uint32(i))), 4096, 0, []byte{byte(i)}, WriteOpts{Epoch: uint32(i)})
-	}
-	if _, err := Open(dir, Options{}); err == nil {
-		t.Fatal("second Open of a locked directory succeeded")
-	}
-	os.WriteFile(filepath.Join(dir, "obj", "junk"), []byte("x"), 0o644)
-	os.WriteFile(filepath.Join(dir, "tmp", "leftover.1"), []byte("x"), 0o644)
+	// Usage starts background rescans when they are due.
 	d.Close()
-	d2 := open(t, dir, Options{})
-	objs, _ := d2.List(ctx)
-	if len(objs) != 10 || objs[9].Epoch != 9 {
-		t.Fatalf("index after reopen: %+v", objs)
-	}
-	if tmps, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmps) != 0 {
-		t.Fatal("temp files survive reopen")
-	}
-}
-
-func TestConcurrentStress(t *testing.T) {
-	d := open(t, t.TempDir(), Options{MaxOpenFiles: 4})
-	const objs, size = 16, 64 << 10
-	for i := 0; i < objs; i++ {
-		d.Create(ctx, ReplicaKey(proto.DataOID(4, uint32(i))), size, 0, nil, WriteOpts{})
-	}
-	var wg sync.WaitGroup
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(w), 1))
-			for i := 0; i < 300; i++ {
-				k := ReplicaKey(proto.DataOID(4, uint32(r.IntN(objs))))
-				off := uint32(r.IntN(size - 9000))
-				switch r.IntN(4) {
-				case 0:
-					if err := d.Write(ctx, k, off, rnd(uint64(i), 1+r.IntN(9000)), WriteOpts{}); err != nil {
-						t.Error(err)
-					}
-				case 1:
-					if err := d.Zero(ctx, k, off, uint32(1+r.IntN(9000)), WriteOpts{}); err != nil {
-						t.Error(err)
-					}
-				case 2:
-					if err := d.Sync(ctx); err != nil {
-						t.Error(err)
-					}
-				default:
-					if err := d.Read(ctx, k, off, make([]byte, 1+r.IntN(9000))); err != nil {
-						t.Error(err)
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	for i := 0; i < objs; i++ {
-		if err := d.Verify(ctx, ReplicaKey(proto.DataOID(4, uint32(i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func FuzzParseHeader(f *testing.F) {
-	f.Add((&header{size: 4 << 20, blockSize: 4096, epoch: 3, key: key}).marshal())
-	f.Add([]byte("GSHPOBJ1"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := parseHeader(b)
-		if err == nil && (h.blockSize == 0 || h.blockSize > maxBlockSize) {
-			t.Fatalf("accepted block size %d", h.blockSize)
-		}
-	})
-}
-
-func FuzzParseName(f *testing.F) {
-	for _, s := range []string{"807c2b2500000000", "007c2b2500000001_3", "x", "007c2b2500000001_03", "007c2b2500000001.5"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if k, ok := parseName(s); ok && fileName(k) != s {
-			t.Fatalf("%q parsed to %v which names %q", s, k, fileName(k))
-		}
-		if k, e, ok := parseStaleName(s); ok && staleName(k, e) != s {
-			t.Fatalf("stale %q round trip", s)
-		}
-	})
-}
-
-func BenchmarkWrite4K(b *testing.B) {
-	d := open(b, b.TempDir(), Options{})
-	d.Create(ctx, key, 4<<20, 0, nil, WriteOpts{})
-	data := rnd(1, 4096)
-	b.SetBytes(4096)
-	i := 0
-	for b.Loop() {
-		d.Write(ctx, key, uint32(i%1024)*4096, data, WriteOpts{})
-		i += 7
-	}
-}
-
-func BenchmarkRead4K(b *testing.B) {
-	d := open(b, b.TempDir(), Options{})
-	d.Create(ctx, key, 4<<20, 0, rnd(1, 4<<20), WriteOpts{})
-	p := make([]byte, 4096)
-	b.SetBytes(4096)
-	i := 0
-	for b.Loop() {
-		d.Read(ctx, key, uint32(i%1024)*4096, p)
-		i += 7
-	}
-}
-
-func BenchmarkWrite1M(b *testing.B) {
-	d := open(b, b.TempDir(), Options{})
-	d.Create(ctx, key, 4<<20, 0, nil, WriteOpts{})
-	data := rnd(1, 1<<20)
-	b.SetBytes(1 << 20)
-	i := 0
-	for b.Loop() {
-		d.Write(ctx, key, uint32(i%4)<<20, data, WriteOpts{})
-		i++
-	}
-}
-
-// BenchmarkRawFile is the baseline: the same pwrite/pread on a plain file.
-func BenchmarkRawFile(b *testing.B) {
-	f, _ := os.Create(filepath.Join(b.TempDir(), "raw"))
-	defer f.Close()
-	f.Truncate(4 << 20)
-	for _, n := range []int{4096, 1 << 20} {
-		data := rnd(1, n)
-		b.Run(fmt.Sprintf("write%d", n), func(b *testing.B) {
-			b.SetBytes(int64(n))
-			i := 0
-			for b.Loop() {
-				f.WriteAt(data, int64(i%((4<<20)/n))*int64(n))
-				i += 7
-			}
-		})
-		b.Run(fmt.Sprintf("read%d", n), func(b *testing.B) {
-			b.SetBytes(int64(n))
-			i := 0
-			for b.Loop() {
-				f.ReadAt(data, int64(i%((4<<20)/n))*int64(n))
-				i += 7
-			}
-		})
-	}
-}
-
-func TestCreateOfMostlyZeroDataStaysSparse(t *testing.T) {
-	d := open(t, t.TempDir(), Options{})
-	data := make([]byte, 4<<20)
-	copy(data[5000:], rnd(1, 3000))
-	copy(data[3<<20+17:], rnd(2, 10))
-	if err := d.Create(ctx, key, 4<<20, 0, data, WriteOpts{}); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, 4<<20)
-	if err := d.Read(ctx, key, 0, got); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("content differs: %v", err)
-	}
-	if u, _ := d.Usage(); u.Used > 64<<10 {
-		t.Fatalf("4 MiB object with 3 KiB of data allocates %d bytes", u.Used)
+	d = openT(t, dir, Options{NoSync: true, RescanInterval: time.Nanosecond})
+	before := d.lastRescan.Load()
+	d.Usage()
+	d.bg.Wait()
+	if d.lastRescan.Load() == before {
+		t.Fatal("no background rescan")
 	}
 }

@@ -19,6 +19,10 @@ var (
 	ErrNoSpace    = proto.NewError(proto.ResNoSpace, "store: no space left on device")
 	ErrOutOfRange = proto.NewError(proto.ResInvalidParms, "store: offset or length beyond object size")
 	ErrClosed     = proto.NewError(proto.ResShutdown, "store: closed")
+	// ErrExists: the operation would overwrite a live object (Unstash).
+	ErrExists = proto.NewError(proto.ResOIDExist, "store: object exists")
+	// ErrLocked: another process (or store) has the data directory open.
+	ErrLocked = proto.NewError(proto.ResSystemError, "store: data directory in use")
 )
 
 // Key names one stored object: a whole replica, or one strip of an
@@ -42,7 +46,8 @@ type WriteOpts struct {
 	// Epoch is the cluster epoch the mutation happened in; the store keeps
 	// the highest one per object so recovery can tell which copies changed.
 	Epoch uint32
-	// Exclusive makes Create fail with ErrExists when the object exists.
+	// Exclusive makes Create fail with ErrExists when the object exists
+	// (allocation by two gateways at once must not wipe either's data).
 	Exclusive bool
 }
 
@@ -90,4 +95,30 @@ type Store interface {
 	Usage() (Usage, error)
 	// Close releases resources; later calls fail with ErrClosed.
 	Close() error
+}
+
+// StaleInfo describes a stale copy: an object this node held in an earlier
+// epoch, kept for recovery until the cluster has recovered everywhere.
+type StaleInfo struct {
+	Key      Key
+	Epoch    uint32 // the epoch it was stashed for (part of its name)
+	Size     uint32 // logical object size
+	ObjEpoch uint32 // highest mutation epoch recorded in the object
+}
+
+// Stasher keeps stale copies for recovery (sheepdog's .stale directory).
+type Stasher interface {
+	// Stash atomically moves the live object k aside as the stale copy of
+	// epoch; ErrNotFound if there is no live object.
+	Stash(ctx context.Context, k Key, epoch uint32) error
+	// ListStale returns every stale copy.
+	ListStale(ctx context.Context) ([]StaleInfo, error)
+	// ReadStale reads from a stale copy, verifying checksums.
+	ReadStale(ctx context.Context, k Key, epoch uint32, off uint32, p []byte) error
+	// HashStale is Hash of a stale copy.
+	HashStale(ctx context.Context, k Key, epoch uint32) ([20]byte, error)
+	// Unstash moves a stale copy back to live; ErrExists if a live copy exists.
+	Unstash(ctx context.Context, k Key, epoch uint32) error
+	// PurgeStale deletes a stale copy; a missing copy is not an error.
+	PurgeStale(ctx context.Context, k Key, epoch uint32) error
 }

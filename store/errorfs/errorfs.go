@@ -1,124 +1,152 @@
-// Package errorfs wraps a vfs.FS and injects faults, in the manner of
-// pebble's errorfs: an Injector decides, per operation, whether it fails.
-// Injectors compose (Any, After, OnPath, Probability) and a Crash switch
-// models a process dying: after it trips, every write-like call fails and
-// nothing more reaches the disk.
+// Package errorfs wraps a vfs.FS and injects errors, in the style of
+// pebble's errorfs: every file-system call becomes an Op that an Injector
+// inspects before the call runs; a non-nil error is returned instead of
+// running it. Injectors compose from predicates (which op, which path,
+// after N calls, at random with a seed) and a Crasher simulates kill -9 or
+// power loss by failing every mutation after a point, optionally tearing
+// the write that crosses it.
 package errorfs
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
-	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/gosheep/gosheep/store/vfs"
 )
 
-// Op is a kind of file-system operation.
-type Op int
+// Kind says which file-system call an Op is.
+type Kind uint8
 
+// The operations the wrapper reports.
 const (
-	OpOpen Op = iota
-	OpRead
-	OpWrite
-	OpSync
-	OpRename
-	OpRemove
-	OpPunch
-	OpReadDir
-	OpMkdir
-	OpStat
-	OpSpace
+	OpOpen      Kind = iota // OpenFile without O_CREATE/O_TRUNC
+	OpCreate                // OpenFile with O_CREATE or O_TRUNC
+	OpRead                  // File.ReadAt
+	OpWrite                 // File.WriteAt
+	OpSync                  // File.Sync
+	OpTruncate              // File.Truncate
+	OpPunch                 // File.PunchHole
+	OpFileStat              // File.Stat
+	OpClose                 // File.Close
+	OpRename                // FS.Rename
+	OpRemove                // FS.Remove
+	OpReadDir               // FS.ReadDir
+	OpMkdirAll              // FS.MkdirAll
+	OpStat                  // FS.Stat
+	OpDiskUsage             // FS.DiskUsage
+	OpSyncDir               // FS.SyncDir
+	OpLock                  // FS.Lock
+	numKinds
 )
 
-func (o Op) String() string {
-	return [...]string{"open", "read", "write", "sync", "rename", "remove", "punch", "readdir", "mkdir", "stat", "space"}[o]
+var kindNames = [numKinds]string{"open", "create", "read", "write", "sync", "truncate", "punch",
+	"fstat", "close", "rename", "remove", "readdir", "mkdirall", "stat", "diskusage", "syncdir", "lock"}
+
+func (k Kind) String() string {
+	if k < numKinds {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("op(%d)", uint8(k))
 }
 
-// Mutating reports whether the op changes the disk.
-func (o Op) Mutating() bool {
-	switch o {
-	case OpWrite, OpSync, OpRename, OpRemove, OpPunch, OpMkdir:
+// Mutates reports whether the op changes file contents or the namespace:
+// those are what a crash drops.
+func (k Kind) Mutates() bool {
+	switch k {
+	case OpCreate, OpWrite, OpTruncate, OpPunch, OpRename, OpRemove, OpMkdirAll:
 		return true
 	}
 	return false
 }
 
-// Injector returns a non-nil error to make an operation fail.
-type Injector interface {
-	Inject(op Op, path string) error
+// Durability reports whether the op only makes earlier mutations durable.
+func (k Kind) Durability() bool { return k == OpSync || k == OpSyncDir }
+
+// Op is one call about to be made.
+type Op struct {
+	Kind Kind
+	Path string // the file's or directory's name (Rename: the old name)
+	Off  int64  // ReadAt/WriteAt/PunchHole offset
+	Len  int64  // ReadAt/WriteAt/PunchHole length
 }
 
-// InjectorFunc adapts a function.
-type InjectorFunc func(op Op, path string) error
+func (o Op) String() string {
+	switch o.Kind {
+	case OpRead, OpWrite, OpPunch:
+		return fmt.Sprintf("%s %s [%d,+%d)", o.Kind, o.Path, o.Off, o.Len)
+	}
+	return o.Kind.String() + " " + o.Path
+}
 
-func (f InjectorFunc) Inject(op Op, path string) error { return f(op, path) }
-
-// ErrInjected is the default injected error.
+// ErrInjected is what Inject returns when given a nil error.
 var ErrInjected = errors.New("errorfs: injected error")
 
-// ErrCrashed is returned by every mutation after a Crash tripped.
+// ErrCrashed is returned for every mutation after a Crasher fired.
 var ErrCrashed = errors.New("errorfs: crashed")
 
-// On fails op (on any path) with err.
-func On(op Op, err error) Injector {
-	return InjectorFunc(func(o Op, _ string) error {
-		if o == op {
-			return err
+// InjectedError is an injected failure. It unwraps to the injected error
+// (so errors.Is(err, syscall.ENOSPC) works) and to ErrInjected.
+type InjectedError struct {
+	Op  Op
+	Err error
+}
+
+func (e *InjectedError) Error() string { return fmt.Sprintf("errorfs: %s: %v", e.Op, e.Err) }
+
+// Unwrap returns the injected error and ErrInjected.
+func (e *InjectedError) Unwrap() []error {
+	if e.Err == ErrInjected {
+		return []error{e.Err}
+	}
+	return []error{e.Err, ErrInjected}
+}
+
+// TornError asks the wrapper to carry out only the first Keep bytes of a
+// write and then fail with Err.
+type TornError struct {
+	Keep int64
+	Err  error
+}
+
+func (e *TornError) Error() string {
+	return fmt.Sprintf("errorfs: torn write after %d bytes: %v", e.Keep, e.Err)
+}
+func (e *TornError) Unwrap() error { return e.Err }
+
+// Injector decides whether an op fails. It must be safe for concurrent use.
+type Injector interface {
+	MaybeError(Op) error
+}
+
+// InjectorFunc adapts a function to Injector.
+type InjectorFunc func(Op) error
+
+// MaybeError implements Injector.
+func (f InjectorFunc) MaybeError(o Op) error { return f(o) }
+
+// Inject returns an injector failing the ops `when` selects with err
+// (ErrInjected if nil), wrapped in an *InjectedError.
+func Inject(err error, when Predicate) Injector {
+	if err == nil {
+		err = ErrInjected
+	}
+	return InjectorFunc(func(o Op) error {
+		if when.Evaluate(o) {
+			return &InjectedError{Op: o, Err: err}
 		}
 		return nil
 	})
 }
 
-// OnPath restricts in to paths containing substr.
-func OnPath(substr string, in Injector) Injector {
-	return InjectorFunc(func(o Op, p string) error {
-		if strings.Contains(p, substr) {
-			return in.Inject(o, p)
-		}
-		return nil
-	})
-}
-
-// After lets the first n operations that in would fail pass.
-func After(n int64, in Injector) Injector {
-	var count atomic.Int64
-	return InjectorFunc(func(o Op, p string) error {
-		err := in.Inject(o, p)
-		if err != nil && count.Add(1) <= n {
-			return nil
-		}
-		return err
-	})
-}
-
-// Probability fails operations in would fail with probability p (seeded).
-func Probability(p float64, seed uint64, in Injector) Injector {
-	var mu sync.Mutex
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	return InjectorFunc(func(o Op, path string) error {
-		err := in.Inject(o, path)
-		if err == nil {
-			return nil
-		}
-		mu.Lock()
-		hit := r.Float64() < p
-		mu.Unlock()
-		if hit {
-			return err
-		}
-		return nil
-	})
-}
-
-// Any fails when any of ins fails (first error wins).
-func Any(ins ...Injector) Injector {
-	return InjectorFunc(func(o Op, p string) error {
-		for _, in := range ins {
-			if err := in.Inject(o, p); err != nil {
+// Any consults injectors in order and returns the first error.
+func Any(injs ...Injector) Injector {
+	return InjectorFunc(func(o Op) error {
+		for _, in := range injs {
+			if err := in.MaybeError(o); err != nil {
 				return err
 			}
 		}
@@ -126,162 +154,189 @@ func Any(ins ...Injector) Injector {
 	})
 }
 
-// ENOSPC and EIO are handy injected errors.
-var (
-	ENOSPC error = syscall.ENOSPC
-	EIO    error = syscall.EIO
-)
-
-// Crash counts mutating operations and, once Arm(n) has been called,
-// lets n more through and then fails every later one: the disk keeps
-// exactly what was written before the "crash".
-type Crash struct {
-	armed   atomic.Bool
-	left    atomic.Int64
-	crashed atomic.Bool
-}
-
-// Arm makes the crash happen after n more mutating operations.
-func (c *Crash) Arm(n int64) { c.left.Store(n); c.armed.Store(true) }
-
-// Crashed reports whether the crash happened.
-func (c *Crash) Crashed() bool { return c.crashed.Load() }
-
-// Inject implements Injector.
-func (c *Crash) Inject(op Op, _ string) error {
-	if !op.Mutating() || !c.armed.Load() {
-		return nil
-	}
-	if c.crashed.Load() || c.left.Add(-1) < 0 {
-		c.crashed.Store(true)
-		return ErrCrashed
-	}
-	return nil
-}
-
-// FS is a vfs.FS with injected faults.
+// FS is a vfs.FS with injected errors. Ops on an open file carry the name
+// the file has now: a rename of an open file (as the store does to
+// publish a temp file) renames its later ops too, so path predicates keep
+// matching what the file is.
 type FS struct {
-	inner vfs.FS
-	in    Injector
+	fs  vfs.FS
+	inj Injector
+
+	mu   sync.Mutex
+	open map[*file]struct{}
 }
 
-// Wrap returns fs with faults from in.
-func Wrap(inner vfs.FS, in Injector) *FS { return &FS{inner: inner, in: in} }
+// Wrap returns fs with inj consulted before every call.
+func Wrap(fs vfs.FS, inj Injector) *FS { return &FS{fs: fs, inj: inj, open: make(map[*file]struct{})} }
 
-func (f *FS) check(op Op, path string) error {
-	if f.in == nil {
-		return nil
-	}
-	if err := f.in.Inject(op, path); err != nil {
-		return &fs.PathError{Op: op.String(), Path: path, Err: err}
-	}
-	return nil
-}
+func (e *FS) check(o Op) error { return e.inj.MaybeError(o) }
 
-func (f *FS) OpenFile(name string, flag int, perm fs.FileMode) (vfs.File, error) {
-	op := OpOpen
-	if flag&(1|2|0x40) != 0 { // O_WRONLY|O_RDWR|O_CREATE may create
-		if err := f.check(OpWrite, name); err != nil && flag&0x40 != 0 {
-			return nil, err
-		}
+// OpenFile implements vfs.FS.
+func (e *FS) OpenFile(name string, flag int, perm fs.FileMode) (vfs.File, error) {
+	k := OpOpen
+	if flag&(osCreate|osTrunc) != 0 {
+		k = OpCreate
 	}
-	if err := f.check(op, name); err != nil {
+	if err := e.check(Op{Kind: k, Path: name}); err != nil {
 		return nil, err
 	}
-	file, err := f.inner.OpenFile(name, flag, perm)
+	f, err := e.fs.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
 	}
-	return &errFile{File: file, fs: f}, nil
+	ef := &file{f: f, fs: e}
+	ef.name.Store(&name)
+	e.mu.Lock()
+	e.open[ef] = struct{}{}
+	e.mu.Unlock()
+	return ef, nil
 }
 
-func (f *FS) Rename(from, to string) error {
-	if err := f.check(OpRename, to); err != nil {
+// Rename implements vfs.FS.
+func (e *FS) Rename(oldname, newname string) error {
+	if err := e.check(Op{Kind: OpRename, Path: oldname}); err != nil {
 		return err
 	}
-	return f.inner.Rename(from, to)
-}
-
-func (f *FS) Remove(name string) error {
-	if err := f.check(OpRemove, name); err != nil {
+	if err := e.fs.Rename(oldname, newname); err != nil {
 		return err
 	}
-	return f.inner.Remove(name)
+	e.mu.Lock()
+	for f := range e.open {
+		if *f.name.Load() == oldname {
+			f.name.Store(&newname)
+		}
+	}
+	e.mu.Unlock()
+	return nil
 }
 
-func (f *FS) ReadDir(name string) ([]fs.DirEntry, error) {
-	if err := f.check(OpReadDir, name); err != nil {
+// Remove implements vfs.FS.
+func (e *FS) Remove(name string) error {
+	if err := e.check(Op{Kind: OpRemove, Path: name}); err != nil {
+		return err
+	}
+	return e.fs.Remove(name)
+}
+
+// ReadDir implements vfs.FS.
+func (e *FS) ReadDir(dir string) ([]string, error) {
+	if err := e.check(Op{Kind: OpReadDir, Path: dir}); err != nil {
 		return nil, err
 	}
-	return f.inner.ReadDir(name)
+	return e.fs.ReadDir(dir)
 }
 
-func (f *FS) MkdirAll(name string, perm fs.FileMode) error {
-	if err := f.check(OpMkdir, name); err != nil {
+// MkdirAll implements vfs.FS.
+func (e *FS) MkdirAll(dir string, perm fs.FileMode) error {
+	if err := e.check(Op{Kind: OpMkdirAll, Path: dir}); err != nil {
 		return err
 	}
-	return f.inner.MkdirAll(name, perm)
+	return e.fs.MkdirAll(dir, perm)
 }
 
-func (f *FS) Stat(name string) (fs.FileInfo, error) {
-	if err := f.check(OpStat, name); err != nil {
+// Stat implements vfs.FS.
+func (e *FS) Stat(name string) (vfs.Info, error) {
+	if err := e.check(Op{Kind: OpStat, Path: name}); err != nil {
+		return vfs.Info{}, err
+	}
+	return e.fs.Stat(name)
+}
+
+// DiskUsage implements vfs.FS.
+func (e *FS) DiskUsage(dir string) (vfs.DiskUsage, error) {
+	if err := e.check(Op{Kind: OpDiskUsage, Path: dir}); err != nil {
+		return vfs.DiskUsage{}, err
+	}
+	return e.fs.DiskUsage(dir)
+}
+
+// SyncDir implements vfs.FS.
+func (e *FS) SyncDir(dir string) error {
+	if err := e.check(Op{Kind: OpSyncDir, Path: dir}); err != nil {
+		return err
+	}
+	return e.fs.SyncDir(dir)
+}
+
+// Lock implements vfs.FS.
+func (e *FS) Lock(name string) (io.Closer, error) {
+	if err := e.check(Op{Kind: OpLock, Path: name}); err != nil {
 		return nil, err
 	}
-	return f.inner.Stat(name)
+	return e.fs.Lock(name)
 }
 
-func (f *FS) SyncDir(dir string) error {
-	if err := f.check(OpSync, dir); err != nil {
-		return err
-	}
-	return f.inner.SyncDir(dir)
+type file struct {
+	f    vfs.File
+	name atomic.Pointer[string]
+	fs   *FS
 }
 
-func (f *FS) Space(dir string) (uint64, uint64, error) {
-	if err := f.check(OpSpace, dir); err != nil {
-		return 0, 0, err
-	}
-	return f.inner.Space(dir)
+func (f *file) op(k Kind, off, n int64) Op {
+	return Op{Kind: k, Path: *f.name.Load(), Off: off, Len: n}
 }
 
-type errFile struct {
-	vfs.File
-	fs *FS
-}
-
-func (e *errFile) ReadAt(p []byte, off int64) (int, error) {
-	if err := e.fs.check(OpRead, e.Name()); err != nil {
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	if err := f.fs.check(f.op(OpRead, off, int64(len(p)))); err != nil {
 		return 0, err
 	}
-	return e.File.ReadAt(p, off)
+	return f.f.ReadAt(p, off)
 }
 
-func (e *errFile) WriteAt(p []byte, off int64) (int, error) {
-	if err := e.fs.check(OpWrite, e.Name()); err != nil {
-		return 0, err
+func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	err := f.fs.check(f.op(OpWrite, off, int64(len(p))))
+	if err == nil {
+		return f.f.WriteAt(p, off)
 	}
-	return e.File.WriteAt(p, off)
+	var torn *TornError
+	if errors.As(err, &torn) && torn.Keep > 0 {
+		keep := min(torn.Keep, int64(len(p)))
+		n, werr := f.f.WriteAt(p[:keep], off)
+		if werr != nil {
+			return n, werr
+		}
+		return n, err
+	}
+	return 0, err
 }
 
-func (e *errFile) Sync() error {
-	if err := e.fs.check(OpSync, e.Name()); err != nil {
+func (f *file) Sync() error {
+	if err := f.fs.check(f.op(OpSync, 0, 0)); err != nil {
 		return err
 	}
-	return e.File.Sync()
+	return f.f.Sync()
 }
 
-func (e *errFile) Truncate(size int64) error {
-	if err := e.fs.check(OpWrite, e.Name()); err != nil {
+func (f *file) Truncate(size int64) error {
+	if err := f.fs.check(f.op(OpTruncate, size, 0)); err != nil {
 		return err
 	}
-	return e.File.Truncate(size)
+	return f.f.Truncate(size)
 }
 
-func (e *errFile) Punch(off, n int64) error {
-	if err := e.fs.check(OpPunch, e.Name()); err != nil {
+func (f *file) PunchHole(off, n int64) error {
+	if err := f.fs.check(f.op(OpPunch, off, n)); err != nil {
 		return err
 	}
-	return e.File.Punch(off, n)
+	return f.f.PunchHole(off, n)
 }
 
-var _ vfs.FS = (*FS)(nil)
+func (f *file) Stat() (vfs.Info, error) {
+	if err := f.fs.check(f.op(OpFileStat, 0, 0)); err != nil {
+		return vfs.Info{}, err
+	}
+	return f.f.Stat()
+}
+
+// Close always closes the underlying file, so injected close errors do not
+// leak descriptors.
+func (f *file) Close() error {
+	err := f.fs.check(f.op(OpClose, 0, 0))
+	f.fs.mu.Lock()
+	delete(f.fs.open, f)
+	f.fs.mu.Unlock()
+	if cerr := f.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

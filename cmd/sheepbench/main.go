@@ -40,6 +40,7 @@ type options struct {
 	patterns []pattern
 	cpuprof  string
 	keep     bool
+	stockTgt bool
 	log      io.Writer
 }
 
@@ -108,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&paths, "paths", "iscsi,nbd,native", "front ends to measure (each with its peer)")
 	fs.StringVar(&pats, "patterns", "seq-read,seq-write,rand-read,rand-write", "access patterns to measure")
 	fs.StringVar(&o.cpuprof, "cpuprofile", "", "directory for a CPU profile of every sheep (node<i>-c<copies>.pprof)")
+	fs.BoolVar(&o.stockTgt, "stock-tgt", false, "run tgt with its defaults (8 KiB segments, mmap per command buffer) instead of our target's negotiation limits")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, images) after the run")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sheepbench [-n nodes] [-c 1,3] [-t seconds] [-r reps] [--quick] [options]")
@@ -266,7 +268,7 @@ func benchmark(ctx context.Context, o *options) (*report, error) {
 	}
 	var peers peerSet
 	if o.paths[pathISCSI] {
-		if peers.tgt, err = startTgt(ctx, pr, o.dir, sn.peer, peerImg); err != nil {
+		if peers.tgt, err = startTgt(ctx, pr, o.dir, sn.peer, peerImg, o.stockTgt); err != nil {
 			return rep, err
 		}
 		defer peers.tgt.stop()

@@ -40,6 +40,11 @@ func newProcs(dir string, log io.Writer) *procs { return &procs{dir: dir, log: l
 
 // start runs name with args, its output going to <dir>/<logName>.
 func (p *procs) start(logName, name string, args ...string) (*proc, error) {
+	return p.startEnv(logName, nil, name, args...)
+}
+
+// startEnv is start with extra environment variables.
+func (p *procs) startEnv(logName string, env []string, name string, args ...string) (*proc, error) {
 	lf := filepath.Join(p.dir, logName)
 	out, err := os.Create(lf)
 	if err != nil {
@@ -47,6 +52,9 @@ func (p *procs) start(logName, name string, args ...string) (*proc, error) {
 	}
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = out, out
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		out.Close()

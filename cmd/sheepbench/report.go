@@ -43,6 +43,9 @@ type settings struct {
 	Size    uint64  `json:"size_bytes"`
 	QDs     []int   `json:"queue_depths"`
 	Quick   bool    `json:"quick"`
+	// StockTgt: tgt ran with its defaults rather than our target's
+	// negotiation limits and a buffer-reusing malloc.
+	StockTgt bool `json:"stock_tgt"`
 }
 
 // loadWindow is the machine's load average around one cluster's tests:
@@ -96,7 +99,7 @@ func newReport(o *options) *report {
 		Date: time.Now().UTC().Format(time.RFC3339),
 		Host: hostInfo{CPUs: runtime.NumCPU(), Go: runtime.Version(), Kernel: readTrim("/proc/sys/kernel/osrelease"), CPU: cpuModel()},
 		Settings: settings{Nodes: o.nodes, Copies: o.copies, Seconds: o.seconds, Reps: o.reps,
-			Size: o.size, QDs: o.qds, Quick: o.quick},
+			Size: o.size, QDs: o.qds, Quick: o.quick, StockTgt: o.stockTgt},
 		index: map[string]*result{},
 	}
 	r.Host.Hostname, _ = os.Hostname()

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +42,7 @@ type options struct {
 	cpuprof  string
 	keep     bool
 	stockTgt bool
+	selfProf string
 	log      io.Writer
 }
 
@@ -69,6 +71,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 			cancel(fmt.Errorf("%v received", s))
 		}
 	}()
+	if o.selfProf != "" {
+		f, err := os.Create(o.selfProf)
+		if err != nil {
+			fmt.Fprintln(stderr, "sheepbench:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "sheepbench:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := benchmark(ctx, o)
 	if rep != nil && len(rep.Results) > 0 {
 		rep.printTable(stdout)
@@ -110,6 +125,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&pats, "patterns", "seq-read,seq-write,rand-read,rand-write", "access patterns to measure")
 	fs.StringVar(&o.cpuprof, "cpuprofile", "", "directory for a CPU profile of every sheep (node<i>-c<copies>.pprof)")
 	fs.BoolVar(&o.stockTgt, "stock-tgt", false, "run tgt with its defaults (8 KiB segments, mmap per command buffer) instead of our target's negotiation limits")
+	fs.StringVar(&o.selfProf, "selfprofile", "", "write a CPU profile of sheepbench itself (the native load generator) to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, images) after the run")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sheepbench [-n nodes] [-c 1,3] [-t seconds] [-r reps] [--quick] [options]")

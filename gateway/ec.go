@@ -46,7 +46,7 @@ const stripe = proto.ECStripeSize
 // epoch) under a per-object lock, so two writers can never interleave the
 // read-modify-write of one stripe. Other nodes forward to the primary.
 func (g *Gateway) ecRoute(ctx context.Context, o Object, op ECOp, off, n uint32, data []byte, sync bool) error {
-	return g.do(ctx, "ec write "+o.OID.String(), func(ctx context.Context, v *View) error {
+	return g.retry(ctx, opName{op: "ec write", oid: o.OID}, func(ctx context.Context, v *View) error {
 		ts, err := g.writeTargets(v, o)
 		if err != nil {
 			return err
@@ -175,7 +175,7 @@ func (g *Gateway) ecRead(ctx context.Context, o Object, off uint32, p []byte) er
 		return err
 	}
 	a, b := align(o, off, len(p))
-	return g.do(ctx, "ec read "+o.OID.String(), func(ctx context.Context, v *View) error {
+	return g.retry(ctx, opName{op: "ec read", oid: o.OID}, func(ctx context.Context, v *View) error {
 		ts, err := targets(v, o)
 		if err != nil {
 			return err

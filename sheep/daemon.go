@@ -57,6 +57,9 @@ type Daemon struct {
 	leave    bool
 
 	replayed chan struct{} // closed once the Raft log present at boot is applied
+	// reconciled is closed once afterReplay has reconciled the store with
+	// the format (wiping it for a new one).
+	reconciled chan struct{}
 }
 
 // codecs adapts package erasure to the gateway.
@@ -82,7 +85,8 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	d := &Daemon{cfg: cfg, r: r, log: cfg.Logger, done: make(chan struct{}), replayed: make(chan struct{})}
+	d := &Daemon{cfg: cfg, r: r, log: cfg.Logger, done: make(chan struct{}), replayed: make(chan struct{}),
+		reconciled: make(chan struct{})}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -262,6 +266,7 @@ func (d *Daemon) afterReplay() {
 	close(d.replayed)
 	st := d.node.FSM().State()
 	d.checkFormat(st)
+	close(d.reconciled)
 	d.startRecovery(st)
 	d.maybePurge(st)
 }
@@ -341,6 +346,14 @@ func (d *Daemon) embeddedDefaults(ctx context.Context) error {
 			return fmt.Errorf("format: %w", err)
 		}
 		d.log.Info("formatted cluster", "copies", red)
+	}
+	// On a new node the format is the first command, and only once it is
+	// applied does afterReplay reconcile the store with it, wiping what is
+	// there: the volume's inode must be written after that, not before.
+	select {
+	case <-d.reconciled:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the store to be reconciled with the format: %w", ctx.Err())
 	}
 	if d.cfg.CreateVDI != "" {
 		name, sz, ok := strings.Cut(d.cfg.CreateVDI, ":")

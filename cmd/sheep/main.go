@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ func run(args []string) int {
 		scrubRate string
 		logLevel  string
 		join      string
+		cpuprof   string
 	)
 	cmd := &cobra.Command{
 		Use:   "sheep [flags]",
@@ -84,6 +86,22 @@ iSCSI and NBD.`,
 					*f.dst = host + ":" + f.port
 				}
 			}
+			if cpuprof != "" {
+				// A profile of the whole run, written on a clean stop
+				// (SIGTERM/SIGINT); scripts/bench --cpuprofile uses it.
+				pf, err := os.Create(cpuprof)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				if err := pprof.StartCPUProfile(pf); err != nil {
+					pf.Close()
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer func() {
+					pprof.StopCPUProfile()
+					pf.Close()
+				}()
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			d, err := sheep.Start(ctx, cfg)
@@ -118,6 +136,8 @@ iSCSI and NBD.`,
 	f.StringVar(&scrubRate, "scrub-rate", "32M", `bytes per second the background scrub verifies ("0" disables)`)
 	f.DurationVar(&cfg.ScrubInterval, "scrub-interval", 24*time.Hour, "pause between background scrub passes")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file (for developers)")
+	f.MarkHidden("cpuprofile")
 	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {
 		return 1

@@ -68,6 +68,7 @@ type Node struct {
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
 	stores    io.Closer
+	logs      raft.LogStore
 	serf      *serf.Serf
 	events    chan serf.Event
 	bootIndex uint64
@@ -188,7 +189,7 @@ func (n *Node) startRaft() error {
 		tr.Close()
 		return fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n.raft, n.transport, n.stores = r, tr, bolt
+	n.raft, n.transport, n.stores, n.logs = r, tr, bolt, bolt
 	n.bootIndex = r.LastIndex()
 	if !existing && len(n.cfg.Join) == 0 {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
@@ -298,7 +299,30 @@ func (n *Node) CaughtUp() bool {
 		return false
 	}
 	ci := n.raft.CommitIndex()
-	return ci > 0 && n.fsm.AppliedIndex() >= ci
+	if ci == 0 {
+		return false
+	}
+	applied := n.fsm.AppliedIndex()
+	if applied >= ci {
+		return true
+	}
+	// Entries the FSM never sees (a new leader's no-op, configuration
+	// changes, barriers) can end the log: caught up when Raft has handed
+	// everything to the FSM and none of the rest is a command. A restarted
+	// single node would otherwise wait for a command nobody proposes.
+	if n.raft.AppliedIndex() < ci || ci-applied > 64 {
+		return false
+	}
+	for i := applied + 1; i <= ci; i++ {
+		var l raft.Log
+		if err := n.logs.GetLog(i, &l); err != nil {
+			return false
+		}
+		if l.Type == raft.LogCommand {
+			return false
+		}
+	}
+	return true
 }
 
 // IsLeader reports whether this node is the Raft leader.

@@ -187,7 +187,7 @@ func TestFioOverNBD(t *testing.T) {
 	createVDI(t, c.nodes[0], "vol", 64<<20)
 	out := runCmd(t, 3*time.Minute, "fio", "--name=verify", "--ioengine=nbd", "--uri="+nbdURL(c.nodes[1], "vol"),
 		"--rw=randwrite", "--bs=4k", "--bssplit=4k/50:64k/30:1m/20", "--size=48M", "--iodepth=16",
-		"--verify=crc32c", "--do_verify=1", "--time_based=0", "--directory="+t.TempDir())
+		"--verify=crc32c", "--do_verify=1", "--time_based=0", "--verify_state_save=0", "--directory="+t.TempDir())
 	if !strings.Contains(out, "err= 0") {
 		t.Fatalf("fio reported errors:\n%s", out)
 	}

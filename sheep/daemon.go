@@ -213,21 +213,23 @@ func (m metaOf) Propose(ctx context.Context, c *cluster.Command) (*cluster.Resul
 
 // watch reacts to committed metadata changes.
 func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) {
+	live := d.isReplayed()
+	newEpoch := old == nil || cur.Epoch() != old.Epoch()
+	if live && newEpoch && (c == nil || c.Op != cluster.CmdFormat) {
+		// Recovery learns the epoch before the gateway serves it: a request
+		// of the new epoch must never reach a copy recovery has not settled.
+		d.views.record(cur)
+		d.startRecovery(cur)
+	}
 	d.views.update(cur)
 	d.vols.Changed(old, cur)
-	live := true
-	select {
-	case <-d.replayed:
-	default:
-		live = false
-	}
 	if !live {
 		return
 	}
 	if c == nil || c.Op == cluster.CmdFormat {
 		d.checkFormat(cur)
 	}
-	if old == nil || cur.Epoch() != old.Epoch() {
+	if newEpoch {
 		if d.metrics != nil {
 			d.metrics.EpochChange()
 		}
@@ -263,10 +265,14 @@ func (d *Daemon) afterReplay() {
 	for d.ctx.Err() == nil && !d.node.CaughtUp() {
 		time.Sleep(10 * time.Millisecond)
 	}
-	close(d.replayed)
 	st := d.node.FSM().State()
 	d.checkFormat(st)
 	close(d.reconciled)
+	// The guard must know the epoch before the first request is served.
+	d.startRecovery(st)
+	close(d.replayed)
+	// An epoch committed meanwhile was not acted on (not live yet).
+	st = d.node.FSM().State()
 	d.startRecovery(st)
 	d.maybePurge(st)
 }

@@ -31,7 +31,23 @@ func ringOf(ms []cluster.Member) *placement.Ring {
 	return placement.New(ns, placement.Options{})
 }
 
-// update is the FSM watcher.
+// record learns the epochs of s (for Ring) without publishing the newest
+// as the gateway's view.
+func (v *views) record(s *cluster.State) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.recordLocked(s)
+}
+
+func (v *views) recordLocked(s *cluster.State) {
+	for _, e := range s.Epochs {
+		if _, ok := v.members[e.Epoch]; !ok {
+			v.members[e.Epoch] = e.Members
+		}
+	}
+}
+
+// update is the FSM watcher: it publishes the current epoch's view.
 func (v *views) update(s *cluster.State) {
 	c := s.Current()
 	if c == nil {
@@ -42,13 +58,12 @@ func (v *views) update(s *cluster.State) {
 	if v.cur != nil && v.cur.Epoch == c.Epoch {
 		return
 	}
-	for _, e := range s.Epochs {
-		if _, ok := v.members[e.Epoch]; !ok {
-			v.members[e.Epoch] = e.Members
-		}
+	v.recordLocked(s)
+	r, ok := v.rings[c.Epoch]
+	if !ok {
+		r = ringOf(c.Members)
+		v.rings[c.Epoch] = r
 	}
-	r := ringOf(c.Members)
-	v.rings[c.Epoch] = r
 	v.cur = &gateway.View{Epoch: c.Epoch, Ring: r}
 	close(v.changed)
 	v.changed = make(chan struct{})

@@ -27,6 +27,9 @@ const (
 	CmdReclaimed     = "reclaimed"
 	CmdRecoveryDone  = "recovery_done"
 	CmdSetRedundancy = "set_redundancy"
+	// CmdSync changes nothing: a proposer that sees it applied locally has
+	// applied everything committed before it (a linearisable read point).
+	CmdSync = "sync"
 )
 
 // Command is one replicated metadata change. Only the fields its Op uses are
@@ -128,6 +131,8 @@ func (s *State) Apply(c *Command) *Result {
 		}
 		v.CHAP = c.CHAP
 		return &Result{VID: v.VID}
+	case CmdSync:
+		return &Result{}
 	case CmdShutdown:
 		s.Status = StatusShutdown
 		return &Result{}

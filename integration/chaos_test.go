@@ -148,6 +148,7 @@ func TestKillDuringSnapshot(t *testing.T) {
 		for i := 0; i < 50; i++ {
 			tag := "s" + string(rune('a'+i%26)) + string(rune('a'+i/26))
 			if _, err := b.meta(t, api.MetaRequest{Volume: &api.VolumeOp{Op: api.VolSnapshot, Name: "vol", Tag: tag}}); err != nil {
+				t.Logf("snapshot %s ended the storm: %v", tag, err)
 				return // b died
 			}
 			taken = append(taken, tag)

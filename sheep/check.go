@@ -62,7 +62,7 @@ func (d *Daemon) writeCopy(ctx context.Context, epoch uint32, n placement.Node, 
 // to, and with repair rewrites copies that are missing, corrupt or differ
 // from the majority, and strips that fail parity.
 func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, repair bool) (*api.CheckReport, error) {
-	v, err := d.vols.Lookup(name, tag, snapID)
+	v, err := d.vols.LookupSync(ctx, name, tag, snapID)
 	if err != nil {
 		return nil, err
 	}

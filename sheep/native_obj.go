@@ -151,6 +151,9 @@ func (h *handler) writeInode(ctx context.Context, o gateway.Object, v *cluster.V
 			}
 		}
 	}
+	if end > proto.InodeIndexOffset && v.IsSnapshot() {
+		return fmt.Errorf("vdi %#x is a snapshot: its index is frozen: %w", v.VID, proto.ResReadonly)
+	}
 	// Entries of data_vdi_id being replaced.
 	var old []uint32
 	first := uint32(0)
@@ -167,6 +170,14 @@ func (h *handler) writeInode(ctx context.Context, o gateway.Object, v *cluster.V
 	}
 	if err := h.gw.Write(ctx, o, off, data, sync); err != nil {
 		return err
+	}
+	if end > proto.InodeIndexOffset {
+		// A snapshot taken meanwhile may have copied the index before this
+		// update landed: READONLY makes the client redo it on the new
+		// working VDI (and nothing is reclaimed from under the snapshot).
+		if err := h.vols.ConfirmWorking(ctx, v.VID); err != nil {
+			return err
+		}
 	}
 	for i, was := range old {
 		if was != v.VID {

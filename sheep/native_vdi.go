@@ -97,7 +97,7 @@ func (h *handler) lookupVDI(ctx context.Context, req *proto.Request, data []byte
 		return rsp(req, proto.ResInvalidParms), nil
 	}
 	a := req.VDI()
-	v, err := h.vols.Lookup(name, tag, a.SnapID)
+	v, err := h.vols.LookupSync(ctx, name, tag, a.SnapID)
 	if err != nil {
 		return h.errRsp(req, err)
 	}

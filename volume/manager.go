@@ -135,6 +135,22 @@ func (m *Manager) Lookup(name, tag string, snapID uint32) (*cluster.VDI, error) 
 	return v, err
 }
 
+// LookupSync is Lookup that, on a miss, first catches up with everything
+// committed cluster-wide: a VDI created through another node a moment ago
+// may not be applied here yet, and a client that was told it exists must
+// find it on any node.
+func (m *Manager) LookupSync(ctx context.Context, name, tag string, snapID uint32) (*cluster.VDI, error) {
+	v, err := m.Lookup(name, tag, snapID)
+	if err == nil || !(errors.Is(err, proto.ResNoVDI) || errors.Is(err, proto.ResNoTag)) {
+		return v, err
+	}
+	r, serr := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
+	if serr != nil || r.Err() != nil {
+		return nil, err
+	}
+	return m.Lookup(name, tag, snapID)
+}
+
 // VDI returns a copy of the table row of vid.
 func (m *Manager) VDI(vid uint32) (*cluster.VDI, bool) {
 	var v *cluster.VDI
@@ -144,6 +160,27 @@ func (m *Manager) VDI(vid uint32) (*cluster.VDI, bool) {
 		}
 	})
 	return v, v != nil
+}
+
+// ConfirmWorking checks, at a linearisable point after an index update of
+// vid, that vid is still a working VDI. A snapshot committed meanwhile may
+// have copied the index before the update landed, so the new working VDI
+// would not see it: the caller must then redo the write there (READONLY
+// makes clients reload and copy on write). Index updates happen once per
+// object allocation, so the extra commit is rare.
+func (m *Manager) ConfirmWorking(ctx context.Context, vid uint32) error {
+	r, err := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
+	if err == nil {
+		err = r.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("volume: confirm vdi %#x is still working: %w", vid, err)
+	}
+	cur, ok := m.VDI(vid)
+	if !ok || cur.Deleted || cur.IsSnapshot() {
+		return fmt.Errorf("volume: vdi %#x stopped being the working vdi during an index update: %w", vid, proto.ResReadonly)
+	}
+	return nil
 }
 
 // Subscribe returns a channel of events (buffered; a slow reader misses
@@ -250,7 +287,7 @@ func (m *Manager) OpenSnapshot(ctx context.Context, name, tag string, snapID uin
 }
 
 func (m *Manager) open1(ctx context.Context, name, tag string, snapID uint32) (Device, error) {
-	v, err := m.Lookup(name, tag, snapID)
+	v, err := m.LookupSync(ctx, name, tag, snapID)
 	if err != nil {
 		return nil, fmt.Errorf("volume: open %q: %w", name, wrapNoVDI(err))
 	}
@@ -372,7 +409,13 @@ func (m *Manager) materialize(ctx context.Context, vid uint32) error {
 			data = append(hdr, proto.EncodeIndex(idx[:last])...)
 		}
 	}
-	return m.cfg.Objects.Create(ctx, obj, 0, data, false)
+	// Exclusive: another node may have materialised it meanwhile and index
+	// updates may already have landed there; never overwrite them.
+	err = m.cfg.Objects.CreateExclusive(ctx, obj, 0, data, false)
+	if errors.Is(err, proto.ResOIDExist) {
+		return m.cfg.Objects.Write(ctx, obj, 0, hdr, false)
+	}
+	return err
 }
 
 // Materialize applies the inode changes a committed command requires.
@@ -424,7 +467,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (*cluster.VDI, error
 // Snapshot freezes the working VDI name (tagged tag) and returns the new working VDI.
 // Local devices are flushed first so the snapshot holds every acknowledged write.
 func (m *Manager) Snapshot(ctx context.Context, name, tag string) (*cluster.VDI, error) {
-	cur, err := m.Lookup(name, "", 0)
+	cur, err := m.LookupSync(ctx, name, "", 0)
 	if err != nil {
 		return nil, wrapNoVDI(err)
 	}
@@ -437,7 +480,7 @@ func (m *Manager) Snapshot(ctx context.Context, name, tag string) (*cluster.VDI,
 
 // Clone makes dst, a new working VDI sharing snapshot (name, tag/snapID)'s data.
 func (m *Manager) Clone(ctx context.Context, name, tag string, snapID uint32, dst string, size uint64) (*cluster.VDI, error) {
-	snap, err := m.Lookup(name, tag, snapID)
+	snap, err := m.LookupSync(ctx, name, tag, snapID)
 	if err != nil {
 		return nil, wrapNoVDI(err)
 	}
@@ -446,7 +489,7 @@ func (m *Manager) Clone(ctx context.Context, name, tag string, snapID uint32, ds
 
 // Rollback replaces the working VDI name with a new one branched from the snapshot.
 func (m *Manager) Rollback(ctx context.Context, name, tag string, snapID uint32) (*cluster.VDI, error) {
-	snap, err := m.Lookup(name, tag, snapID)
+	snap, err := m.LookupSync(ctx, name, tag, snapID)
 	if err != nil {
 		return nil, wrapNoVDI(err)
 	}
@@ -463,7 +506,7 @@ func (m *Manager) Rollback(ctx context.Context, name, tag string, snapID uint32)
 
 // Resize grows the working VDI name.
 func (m *Manager) Resize(ctx context.Context, name string, size uint64) (*cluster.VDI, error) {
-	cur, err := m.Lookup(name, "", 0)
+	cur, err := m.LookupSync(ctx, name, "", 0)
 	if err != nil {
 		return nil, wrapNoVDI(err)
 	}
@@ -473,7 +516,7 @@ func (m *Manager) Resize(ctx context.Context, name string, size uint64) (*cluste
 // Delete deletes a VDI or snapshot; its objects are reclaimed once nothing
 // refers to them.
 func (m *Manager) Delete(ctx context.Context, name, tag string, snapID uint32) error {
-	v, err := m.Lookup(name, tag, snapID)
+	v, err := m.LookupSync(ctx, name, tag, snapID)
 	if err != nil {
 		return wrapNoVDI(err)
 	}

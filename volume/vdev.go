@@ -268,7 +268,7 @@ func (d *vdev) mutate(ctx context.Context, off, n uint64, fn func(ctx context.Co
 		err = parallel(pieces(off, n, v.ObjectSize()), func(pc piece) error {
 			return fn(ctx, &v, pc)
 		})
-		if errors.Is(err, proto.ResReadonly) && attempt < 3 {
+		if errors.Is(err, proto.ResReadonly) && attempt < maxReloads {
 			d.markStale()
 			continue
 		}
@@ -307,6 +307,11 @@ func (d *vdev) setIndex(ctx context.Context, v *cluster.VDI, idx, val uint32, fu
 	b[0], b[1], b[2], b[3] = byte(val), byte(val>>8), byte(val>>16), byte(val>>24)
 	if err := d.m.cfg.Objects.Write(ctx, inodeObject(v), proto.IndexOffset(idx), b[:], fua); err != nil {
 		return fmt.Errorf("volume: update index of %q: %w", d.name, err)
+	}
+	// A snapshot taken on another node may have copied the index before
+	// this update landed; then it is redone on the new working VDI.
+	if err := d.m.ConfirmWorking(ctx, v.VID); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	if d.vdi.VID == v.VID && int(idx) < len(d.index) {
@@ -463,3 +468,8 @@ func (d *vdev) Extents(ctx context.Context, off, n uint64) ([]Extent, error) {
 }
 
 var _ Device = (*vdev)(nil)
+
+// maxReloads bounds how often one write follows the VDI into a newer
+// snapshot generation (each snapshot committed while it was in flight
+// costs one reload and copy-on-write).
+const maxReloads = 16

@@ -189,7 +189,7 @@ func (v *VDI) WriteAt(ctx context.Context, p []byte, off uint64) error {
 		data := p[pc.lo : pc.lo+uint64(pc.n)]
 		for attempt := 0; ; attempt++ {
 			err := v.writePiece(ctx, pc, data)
-			if errors.Is(err, proto.ResReadonly) && attempt < 3 {
+			if errors.Is(err, proto.ResReadonly) && attempt < maxReloads {
 				// Snapshotted under us: reload and copy on write into the new working VDI.
 				if rerr := v.reload(ctx); rerr != nil {
 					return rerr
@@ -317,3 +317,8 @@ func each(ps []piece, fn func(piece) error) error {
 }
 
 var _ Conn = (*client.Conn)(nil)
+
+// maxReloads bounds how often one write follows its VDI into a newer
+// snapshot generation: each snapshot committed while the write was in
+// flight costs one reload and copy-on-write.
+const maxReloads = 16

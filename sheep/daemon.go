@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gosheep/gosheep/client"
@@ -57,6 +58,10 @@ type Daemon struct {
 	leave    bool
 
 	replayed chan struct{} // closed once the Raft log present at boot is applied
+	// fmtMu serialises checkFormat; fmtCtime is the format the store was
+	// last reconciled with (I/O waits until it matches the table's).
+	fmtMu    sync.Mutex
+	fmtCtime atomic.Uint64
 	// reconciled is closed once afterReplay has reconciled the store with
 	// the format (wiping it for a new one).
 	reconciled chan struct{}
@@ -144,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.rec = d.newRecoverer()
 	d.h.guard = d.rec.Guard
 	d.h.recoveryStatus = d.rec.Status
-	d.h.ready = d.isReplayed
+	d.h.ready = d.ready
 	d.h.vnodes = func(id string) int {
 		if v := d.views.View(); v != nil {
 			return v.Ring.Vnodes(id)
@@ -257,6 +262,23 @@ func (d *Daemon) isReplayed() bool {
 	}
 }
 
+// ready reports whether the node may serve I/O: caught up, and its store
+// reconciled with the current format. The FSM publishes a format before
+// its watcher has wiped the objects of the previous one; an object created
+// in between would be wiped with them.
+func (d *Daemon) ready() bool {
+	if !d.isReplayed() {
+		return false
+	}
+	var ctime uint64
+	d.node.FSM().Read(func(s *cluster.State) {
+		if s.Format != nil {
+			ctime = s.Format.Ctime
+		}
+	})
+	return ctime == 0 || d.fmtCtime.Load() == ctime
+}
+
 // afterReplay waits until the node has caught up with the cluster's
 // metadata (replaying its own log first), then reconciles the store with
 // the current format and starts recovery. Changes applied before that are
@@ -271,8 +293,9 @@ func (d *Daemon) afterReplay() {
 	// The guard must know the epoch before the first request is served.
 	d.startRecovery(st)
 	close(d.replayed)
-	// An epoch committed meanwhile was not acted on (not live yet).
+	// A format or epoch committed meanwhile was not acted on (not live yet).
 	st = d.node.FSM().State()
+	d.checkFormat(st)
 	d.startRecovery(st)
 	d.maybePurge(st)
 }
@@ -290,11 +313,17 @@ func (d *Daemon) checkFormat(s *cluster.State) {
 	if s.Format == nil {
 		return
 	}
+	d.fmtMu.Lock()
+	defer d.fmtMu.Unlock()
+	if d.fmtCtime.Load() == s.Format.Ctime {
+		return
+	}
 	var nc nodeConfig
 	if b, err := os.ReadFile(d.configPath()); err == nil {
 		json.Unmarshal(b, &nc)
 	}
 	if nc.Ctime == s.Format.Ctime {
+		d.fmtCtime.Store(s.Format.Ctime)
 		return
 	}
 	ctx := d.ctx
@@ -318,6 +347,7 @@ func (d *Daemon) checkFormat(s *cluster.State) {
 	if err := os.WriteFile(tmp, b, 0o644); err == nil {
 		os.Rename(tmp, d.configPath())
 	}
+	d.fmtCtime.Store(s.Format.Ctime)
 }
 
 // embeddedDefaults formats an unformatted cluster and creates a VDI when asked

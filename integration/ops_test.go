@@ -48,6 +48,13 @@ func TestCHAPPerTarget(t *testing.T) {
 	c := newCluster(t, 2)
 	c.format("2")
 	vid := createVDI(t, c.nodes[0], "sec", 16<<20)
+	// Every node exports the target first, so a refused login below means
+	// CHAP, not a target that is not there yet.
+	for _, n := range c.nodes {
+		waitFor(t, "target exported on "+n.ip, 30*time.Second, func() bool {
+			return exec.Command("iscsi-inq", iscsiURL(n, "sec")).Run() == nil
+		})
+	}
 	chap := &gcluster.CHAP{User: "alice", Secret: "s3cret-s3cret"}
 	if _, err := c.nodes[1].meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdSetCHAP, VID: vid, CHAP: chap}}); err != nil {
 		t.Fatal(err)

@@ -71,7 +71,7 @@ func (h *handler) epoch() uint32 {
 }
 
 func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte) (proto.Response, []byte) {
-	if gate := h.gate(req.Opcode); gate != proto.ResSuccess {
+	if gate := h.gateWait(ctx, req.Opcode); gate != proto.ResSuccess {
 		return rsp(req, gate), nil
 	}
 	switch req.Opcode {
@@ -185,6 +185,29 @@ func (h *handler) gate(op proto.Opcode) proto.Result {
 		return proto.ResStartup
 	}
 	return proto.ResSuccess
+}
+
+// startupWait is how long a request waits for a node that is finishing
+// its start (replaying the log, reconciling the store with a format that
+// just committed) before it is told STARTUP: that takes moments, and a
+// client that just formatted should not see the error.
+const startupWait = 5 * time.Second
+
+func (h *handler) gateWait(ctx context.Context, op proto.Opcode) proto.Result {
+	g := h.gate(op)
+	if g != proto.ResStartup {
+		return g
+	}
+	deadline := time.Now().Add(startupWait)
+	for g == proto.ResStartup && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return g
+		case <-time.After(10 * time.Millisecond):
+		}
+		g = h.gate(op)
+	}
+	return g
 }
 
 func (h *handler) propose(ctx context.Context, req *proto.Request, c *cluster.Command) (proto.Response, []byte) {

@@ -144,11 +144,20 @@ func (m *Manager) LookupSync(ctx context.Context, name, tag string, snapID uint3
 	if err == nil || !(errors.Is(err, proto.ResNoVDI) || errors.Is(err, proto.ResNoTag)) {
 		return v, err
 	}
-	r, serr := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
-	if serr != nil || r.Err() != nil {
+	if m.sync(ctx) != nil {
 		return nil, err
 	}
 	return m.Lookup(name, tag, snapID)
+}
+
+// sync returns once this node has applied everything committed before the
+// call: it commits a no-op and waits for it locally.
+func (m *Manager) sync(ctx context.Context) error {
+	r, err := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
+	if err == nil {
+		err = r.Err()
+	}
+	return err
 }
 
 // VDI returns a copy of the table row of vid.
@@ -169,11 +178,7 @@ func (m *Manager) VDI(vid uint32) (*cluster.VDI, bool) {
 // makes clients reload and copy on write). Index updates happen once per
 // object allocation, so the extra commit is rare.
 func (m *Manager) ConfirmWorking(ctx context.Context, vid uint32) error {
-	r, err := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
-	if err == nil {
-		err = r.Err()
-	}
-	if err != nil {
+	if err := m.sync(ctx); err != nil {
 		return fmt.Errorf("volume: confirm vdi %#x is still working: %w", vid, err)
 	}
 	cur, ok := m.VDI(vid)

@@ -275,8 +275,16 @@ func TestClusterShutdownAndRestart(t *testing.T) {
 	for _, n := range c.nodes {
 		n.waitListening()
 	}
-	waitFor(t, "cluster running again", 60*time.Second, func() bool {
-		return c.nodes[0].state(t).State.Status == gcluster.StatusOK
+	// Healthy first: until a node has replayed its log, its state may be
+	// an older snapshot that predates the shutdown.
+	c.healthy(c.nodes...)
+	waitFor(t, "cluster running again on every node", 60*time.Second, func() bool {
+		for _, n := range c.nodes {
+			if n.state(t).State.Status != gcluster.StatusOK {
+				return false
+			}
+		}
+		return true
 	})
 	c.healthy(c.nodes...)
 	got := make([]byte, len(data))

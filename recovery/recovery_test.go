@@ -125,8 +125,8 @@ func TestECRecoveryRebuildsOrGivesUp(t *testing.T) {
 
 	r := New(Config{
 		Self: self.ID, Local: local, Remote: remote,
-		Shape: func(proto.OID) (Shape, bool, bool) { return sh, true, false },
-		Codec: func(d, p int) (Codec, error) { return erasure.New(d, p) },
+		Shape:    func(proto.OID) (Shape, bool, bool) { return sh, true, false },
+		Codec:    func(d, p int) (Codec, error) { return erasure.New(d, p) },
 		StateDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler),
 	})
 	defer r.Close()

@@ -84,42 +84,79 @@ func TestECOverISCSISurvivesTwoNodes(t *testing.T) {
 		t.Logf("verified: %s: all 64 MiB read back identical through iSCSI on %s", what, via.ip)
 	}
 
-	// Two strips of every stripe may go: kill -9 two nodes.
-	c.nodes[4].kill()
-	c.nodes[5].kill()
-	t.Logf("injected: SIGKILL to %s and %s", c.nodes[4].ip, c.nodes[5].ip)
-	readBack(c.nodes[1], "two nodes down")
+	check := func(what string) {
+		t.Helper()
+		out, err := a.dog(t, nil, "vdi", "check", "ec")
+		if err != nil {
+			t.Fatalf("vdi check %s: %v\n%s", what, err, out)
+		}
+		if !strings.Contains(out, " 0 missing, 0 mismatched, 0 corrupt, 0 repaired, 0 lost: fine") || strings.Contains(out, "unreachable") {
+			t.Fatalf("vdi check %s does not find every strip in place:\n%s", what, out)
+		}
+		t.Logf("verified: %s: dog vdi check: %s", what, strings.TrimSpace(out))
+	}
+	// settle waits until the epoch's members are exactly alive, each of
+	// them serves and has recovered that epoch, and checks every strip.
+	settle := func(what string, alive ...*node) {
+		t.Helper()
+		for _, n := range alive {
+			n.waitReady(t)
+		}
+		waitEpochMembers(t, a, alive...)
+		e := c.waitRecovered(alive...)
+		check(fmt.Sprintf("%s (epoch %d, %d nodes)", what, e, len(alive)))
+	}
+	kill := func(x, y *node) {
+		t.Helper()
+		waitVoters(t, a, 5)
+		x.kill()
+		y.kill()
+		t.Logf("injected: SIGKILL to %s and %s", x.ip, y.ip)
+	}
 
-	// They return: recovery brings every strip back to its place.
+	// Two strips of every stripe may go: kill -9 two nodes and read at
+	// once (degraded reads from parity), then once the cluster moved on.
+	kill(c.nodes[4], c.nodes[5])
+	readBack(c.nodes[1], "two nodes just killed")
+	four := []*node{c.nodes[0], c.nodes[1], c.nodes[2], c.nodes[3]}
+	settle("lost strips rebuilt on the 4 nodes left", four...)
+	readBack(c.nodes[2], "two nodes gone, strips rebuilt")
+
+	// They return: every strip goes back to its place.
 	c.nodes[4].start()
 	c.nodes[5].start()
 	c.nodes[4].waitListening()
 	c.nodes[5].waitListening()
 	t.Logf("restarted %s and %s", c.nodes[4].ip, c.nodes[5].ip)
-	waitFor(t, "all members alive again", 60*time.Second, func() bool {
-		alive := 0
-		for _, m := range a.state(t).Members {
-			if m.Status == "alive" {
-				alive++
-			}
-		}
-		return alive == len(c.nodes)
-	})
-	c.waitRecovered(c.nodes...)
-	out, err := a.dog(t, nil, "vdi", "check", "ec")
-	if err != nil {
-		t.Fatalf("vdi check after recovery: %v\n%s", err, out)
-	}
-	if !strings.Contains(out, " 0 missing, 0 mismatched, 0 corrupt, 0 repaired, 0 lost: fine") {
-		t.Fatalf("vdi check after recovery does not find every strip in place:\n%s", out)
-	}
-	t.Logf("verified: dog vdi check: %s", strings.TrimSpace(out))
+	settle("the two nodes returned", c.nodes[:6]...)
 
 	// Full redundancy again: any two other nodes may go now.
-	c.nodes[2].kill()
-	c.nodes[3].kill()
-	t.Logf("injected: SIGKILL to %s and %s", c.nodes[2].ip, c.nodes[3].ip)
-	readBack(c.nodes[5], "two other nodes down after recovery")
+	kill(c.nodes[2], c.nodes[3])
+	readBack(c.nodes[5], "two other nodes just killed")
+	alive := []*node{c.nodes[0], c.nodes[1], c.nodes[4], c.nodes[5]}
+	settle("rebuilt again on 4 nodes", alive...)
+
+	// Two new nodes: the strips spread out over them.
+	alive = append(alive, c.addNode("--voters", "5"), c.addNode("--voters", "5"))
+	t.Logf("added %s and %s", c.nodes[6].ip, c.nodes[7].ip)
+	settle("after adding two nodes", alive...)
+	kill(c.nodes[4], c.nodes[5])
+	readBack(c.nodes[6], "two more nodes killed, strips on the added nodes")
+}
+
+// waitVoters waits until n Raft voters are alive, so that killing two
+// nodes of a 5-voter cluster keeps a quorum.
+func waitVoters(t testing.TB, via *node, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprint(n, " live voters"), 60*time.Second, func() bool {
+		v := 0
+		for _, m := range via.state(t).Members {
+			if m.Status == "alive" && m.Voter {
+				v++
+			}
+		}
+		return v >= n
+	})
 }
 
 // waitTarget waits until n exports the VDI "ec" over iSCSI.
@@ -128,5 +165,31 @@ func waitTarget(t testing.TB, n *node) {
 	waitFor(t, "iSCSI target on "+n.ip, 60*time.Second, func() bool {
 		out, err := exec.Command("iscsi-ls", "-s", fmt.Sprintf("iscsi://%s:3260/", n.ip)).CombinedOutput()
 		return err == nil && strings.Contains(string(out), "iqn.2026-11.io.gosheep:ec")
+	})
+}
+
+// waitEpochMembers waits until the current epoch's members are exactly
+// nodes (the cluster noticed every death and join).
+func waitEpochMembers(t testing.TB, via *node, nodes ...*node) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, n := range nodes {
+		want[n.addr()] = true
+	}
+	waitFor(t, fmt.Sprintf("an epoch of exactly %d members", len(nodes)), 60*time.Second, func() bool {
+		st := via.state(t).State
+		if len(st.Epochs) == 0 {
+			return false
+		}
+		ms := st.Epochs[len(st.Epochs)-1].Members
+		if len(ms) != len(want) {
+			return false
+		}
+		for _, m := range ms {
+			if !want[m.Addr.String()] {
+				return false
+			}
+		}
+		return true
 	})
 }

@@ -164,6 +164,7 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 			rep.Corrupt++
 			kind = "corrupt"
 		case c.err != nil:
+			rep.Unreachable++
 			rep.Details = append(rep.Details, fmt.Sprintf("%s on %s: unreachable: %v", o.OID, c.node.Addr, c.err))
 			continue
 		case c.hash != good:
@@ -220,6 +221,7 @@ func (d *Daemon) checkEC(ctx context.Context, view *gateway.View, cs codecs, o g
 			rep.Corrupt++
 			bad = append(bad, i)
 		default:
+			rep.Unreachable++
 			rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: unreachable: %v", o.OID, i, n.Addr, err))
 		}
 	}

@@ -18,8 +18,9 @@ type Codec interface {
 	// EncodeRange turns len(data) bytes (a multiple of the 512-byte stripe)
 	// into data+parity chunks of len(data)/data bytes each.
 	EncodeRange(data []byte) ([][]byte, error)
-	// DecodeRange rebuilds n data bytes from chunks (nil = missing).
-	DecodeRange(chunks [][]byte, n int) ([]byte, error)
+	// DecodeRangeInto rebuilds len(dst) data bytes from chunks (nil =
+	// missing), writing dst only on success.
+	DecodeRangeInto(dst []byte, chunks [][]byte) error
 	// Reconstruct fills the nil chunks (data and parity) from the others.
 	Reconstruct(chunks [][]byte) error
 }
@@ -166,6 +167,10 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	}
 	a, b := align(o, off, int(n))
 	end := off + n
+	if a == off && b == end && op != ECZero {
+		// Whole stripes: encode the caller's data as it is.
+		return g.ecWriteStrips(ctx, v, ts, c, o, op, a, data, existed, sync)
+	}
 	buf := make([]byte, b-a)
 	if op != ECCreate {
 		// Read-modify-write: only the partial head and tail stripes hold
@@ -187,6 +192,13 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	} else {
 		clear(buf[off-a : end-a])
 	}
+	return g.ecWriteStrips(ctx, v, ts, c, o, op, a, buf, existed, sync)
+}
+
+// ecWriteStrips encodes buf, the whole stripes from a, and writes (or with
+// ECCreate creates) every strip; damaged strips are rebuilt whole. The
+// caller holds the object's lock.
+func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Node, c Codec, o Object, op ECOp, a uint32, buf []byte, existed, sync bool) error {
 	chunks, err := c.EncodeRange(buf)
 	if err != nil {
 		return fmt.Errorf("gateway: encode %s: %w", o.OID, err)
@@ -287,13 +299,22 @@ func (g *Gateway) ecRead(ctx context.Context, o Object, off uint32, p []byte) er
 	if err != nil {
 		return err
 	}
+	if len(p) == 0 {
+		return nil
+	}
 	a, b := align(o, off, len(p))
 	return g.retry(ctx, opName{op: "ec read", oid: o.OID}, func(ctx context.Context, v *View) error {
 		ts, err := targets(v, o)
 		if err != nil {
 			return err
 		}
-		buf := make([]byte, b-a)
+		// Whole stripes (every iSCSI read: sectors are stripes) decode
+		// straight into p; it is written only on success.
+		direct := a == off && int(b-a) == len(p)
+		buf := p
+		if !direct {
+			buf = make([]byte, b-a)
+		}
 		bad, err := g.ecReadAligned(ctx, v, ts, c, o, a, buf)
 		if err != nil {
 			return err
@@ -301,7 +322,9 @@ func (g *Gateway) ecRead(ctx context.Context, o Object, off uint32, p []byte) er
 		if len(bad) > 0 {
 			g.ecRepairLater(o)
 		}
-		copy(p, buf[off-a:])
+		if !direct {
+			copy(p, buf[off-a:])
+		}
 		return nil
 	})
 }
@@ -409,11 +432,9 @@ func (g *Gateway) ecReadAligned(ctx context.Context, v *View, ts []placement.Nod
 		return nil, fmt.Errorf("gateway: %s: only %d of %d strips readable, %d missing, %d damaged (%v): %w",
 			o.OID, have, d, noObj, len(bad)-noObj, first, ErrTooFewStrips)
 	}
-	out, err := c.DecodeRange(chunks, len(buf))
-	if err != nil {
+	if err := c.DecodeRangeInto(buf, chunks); err != nil {
 		return nil, fmt.Errorf("gateway: decode %s: %w", o.OID, err)
 	}
-	copy(buf, out)
 	return bad, nil
 }
 

@@ -213,6 +213,17 @@ func TestECDegradedReadTable(t *testing.T) {
 				t.Fatal("failed read wrote into the caller's buffer")
 			}
 			t.Logf("read refused: %v", err)
+			// A whole-stripe read decodes straight into the caller's
+			// buffer: it too stays untouched.
+			actx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			whole := bytes.Repeat([]byte{0xee}, testObjSize)
+			if err := via.gw.Read(actx, o, 0, whole); err == nil || errors.Is(err, proto.ResNoObj) {
+				t.Fatalf("aligned read: err %v", err)
+			}
+			if !bytes.Equal(whole, bytes.Repeat([]byte{0xee}, len(whole))) {
+				t.Fatal("failed aligned read wrote into the caller's buffer")
+			}
 		})
 	}
 }

@@ -23,6 +23,8 @@ type Codec interface {
 	DecodeRangeInto(dst []byte, chunks [][]byte) error
 	// Reconstruct fills the nil chunks (data and parity) from the others.
 	Reconstruct(chunks [][]byte) error
+	// Verify reports whether the parity chunks match the data chunks.
+	Verify(chunks [][]byte) (bool, error)
 }
 
 // Codecs hands out the codec of a shape.
@@ -512,9 +514,20 @@ func (g *Gateway) ecInstall(ctx context.Context, v *View, ts []placement.Node, c
 	return nil
 }
 
+// RepairEC has the object's primary rebuild every strip of o that is
+// missing or corrupt and re-encode parity that disagrees with the data,
+// under the lock its writes take.
+func (g *Gateway) RepairEC(ctx context.Context, o Object) error {
+	if !o.Red.IsEC() {
+		return fmt.Errorf("gateway: ec repair of replicated object %s: %w", o.OID, proto.ResInvalidParms)
+	}
+	return g.ecRoute(ctx, o, ECRepair, 0, 0, nil, true)
+}
+
 // ecRepair rebuilds every strip of o that is missing or corrupt while
-// enough others are readable. Nothing is done for an object that exists
-// nowhere. The caller holds the object's lock.
+// enough others are readable, and parity that disagrees with the data.
+// Nothing is done for an object that exists nowhere. The caller holds the
+// object's lock.
 func (g *Gateway) ecRepair(ctx context.Context, v *View, ts []placement.Node, c Codec, o Object, sync bool) error {
 	chunks, errs := g.readWholeStrips(ctx, v, ts, o, nil)
 	have, noObj := 0, 0
@@ -529,8 +542,18 @@ func (g *Gateway) ecRepair(ctx context.Context, v *View, ts []placement.Node, c 
 		}
 	}
 	switch {
-	case noObj == len(ts) || have == len(ts):
+	case noObj == len(ts):
 		return nil
+	case have == len(ts):
+		// Every strip readable: parity left behind by an interrupted
+		// read-modify-write is re-encoded from the data strips.
+		if ok, err := c.Verify(chunks); err != nil || ok {
+			return err
+		}
+		g.log.Warn("ec repair: parity inconsistent with data, re-encoding", "oid", o.OID)
+		for i := int(o.Red.Data); i < len(chunks); i++ {
+			chunks[i] = nil
+		}
 	case have < int(o.Red.Data):
 		return fmt.Errorf("gateway: repair %s: %d of %d strips readable: %w", o.OID, have, o.Red.Data, ErrTooFewStrips)
 	}

@@ -601,3 +601,39 @@ func TestECConcurrentWritersOneStripe(t *testing.T) {
 	wg.Wait()
 	checkStrips(t, c, o, want)
 }
+
+// TestECRepair: the primary's repair rebuilds missing and corrupt strips,
+// re-encodes parity an interrupted write left disagreeing with the data,
+// and leaves an object that exists nowhere alone.
+func TestECRepair(t *testing.T) {
+	ctx := context.Background()
+	c := newFakeCluster(t, 6)
+	red := shape(t, "4:2")
+	o, want := ecObject(t, c, red, 1, 1)
+	c.holder(o, 1).st.Remove(ctx, key(o, 1))
+	c.corrupt(c.holder(o, 3), key(o, 3), 100)
+	if err := c.nodes[5].gw.RepairEC(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	checkStrips(t, c, o, want)
+
+	// Parity rewritten with valid checksums but stale content.
+	h := c.holder(o, 4)
+	if err := h.st.Write(ctx, key(o, 4), 512, randBytes(5, 1024), store.WriteOpts{Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.nodes[2].gw.RepairEC(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	checkStrips(t, c, o, want)
+
+	never := Object{OID: proto.DataOID(7, 77), Red: red, Size: testObjSize}
+	if err := c.nodes[0].gw.RepairEC(ctx, never); err != nil {
+		t.Fatalf("repair of an object that exists nowhere: %v", err)
+	}
+	for i := range 6 {
+		if _, err := c.holder(never, i).st.Stat(ctx, key(never, i)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("repair created strip %d of an object that exists nowhere", i)
+		}
+	}
+}

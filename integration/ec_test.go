@@ -22,7 +22,8 @@ func TestECOverISCSISurvivesTwoNodes(t *testing.T) {
 	needTool(t, "qemu-img")
 	needTool(t, "iscsi-ls")
 	// Five Raft voters: metadata keeps a quorum with any two nodes down.
-	c := newCluster(t, 6, "--voters", "5")
+	// No background scrub: the corruption injected below is for the check.
+	c := newCluster(t, 6, "--voters", "5", "--scrub-rate", "0")
 	waitFor(t, "all members alive", 30*time.Second, func() bool {
 		alive := 0
 		for _, m := range c.nodes[0].state(t).Members {
@@ -114,6 +115,31 @@ func TestECOverISCSISurvivesTwoNodes(t *testing.T) {
 		t.Logf("injected: SIGKILL to %s and %s", x.ip, y.ip)
 	}
 
+	// Bit rot in two strips: the check finds them, the primary repairs.
+	var rotten []string
+	for _, n := range c.nodes {
+		files, _ := filepath.Glob(filepath.Join(n.dataDir(), "store", "obj", "*_[0-9]"))
+		for _, f := range files {
+			// Two strips of different objects, one of them a parity strip.
+			if len(rotten) == 0 && strings.HasSuffix(f, "_1") || len(rotten) == 1 && strings.HasSuffix(f, "_5") && filepath.Base(f)[:16] != filepath.Base(rotten[0])[:16] {
+				flipLastByte(t, f)
+				rotten = append(rotten, f)
+				t.Logf("injected: flipped the last byte of strip %s on %s", filepath.Base(f), n.ip)
+			}
+		}
+	}
+	if len(rotten) != 2 {
+		t.Fatalf("found %d strip files to corrupt", len(rotten))
+	}
+	if rep := a.check(t, "ec", false); rep.Corrupt != 2 || rep.Missing != 0 || rep.Lost != 0 {
+		t.Fatalf("check after the bit rot: %+v, want 2 corrupt strips", rep)
+	}
+	if out, err := a.dog(t, nil, "vdi", "check", "--repair", "ec"); err != nil || !strings.Contains(out, "2 repaired") {
+		t.Fatalf("vdi check --repair: %v\n%s", err, out)
+	}
+	check("after repairing the bit rot")
+	readBack(c.nodes[3], "bit rot repaired")
+
 	// Two strips of every stripe may go: kill -9 two nodes and read at
 	// once (degraded reads from parity), then once the cluster moved on.
 	kill(c.nodes[4], c.nodes[5])
@@ -142,6 +168,29 @@ func TestECOverISCSISurvivesTwoNodes(t *testing.T) {
 	settle("after adding two nodes", alive...)
 	kill(c.nodes[4], c.nodes[5])
 	readBack(c.nodes[6], "two more nodes killed, strips on the added nodes")
+}
+
+// flipLastByte corrupts the last byte of a strip file (its data is the
+// file's tail), bypassing sheep.
+func flipLastByte(t testing.TB, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, fi.Size()-1); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, fi.Size()-1); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // waitVoters waits until n Raft voters are alive, so that killing two

@@ -134,9 +134,12 @@ func TestECOverISCSISurvivesTwoNodes(t *testing.T) {
 	if rep := a.check(t, "ec", false); rep.Corrupt != 2 || rep.Missing != 0 || rep.Lost != 0 {
 		t.Fatalf("check after the bit rot: %+v, want 2 corrupt strips", rep)
 	}
-	if out, err := a.dog(t, nil, "vdi", "check", "--repair", "ec"); err != nil || !strings.Contains(out, "2 repaired") {
+	t.Logf("verified: check finds the 2 corrupt strips")
+	out, err := a.dog(t, nil, "vdi", "check", "--repair", "ec")
+	if err != nil || !strings.Contains(out, "2 repaired") {
 		t.Fatalf("vdi check --repair: %v\n%s", err, out)
 	}
+	t.Logf("dog vdi check --repair:\n%s", out)
 	check("after repairing the bit rot")
 	readBack(c.nodes[3], "bit rot repaired")
 

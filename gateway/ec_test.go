@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -636,4 +637,54 @@ func TestECRepair(t *testing.T) {
 			t.Fatalf("repair created strip %d of an object that exists nowhere", i)
 		}
 	}
+}
+
+// TestECEpochChangeMidRead: a strip holder moves on to a new epoch while a
+// degraded read gathers strips; the read is retried on the new placement
+// and returns the right bytes.
+func TestECEpochChangeMidRead(t *testing.T) {
+	ctx := context.Background()
+	c := newFakeCluster(t, 6)
+	o, want := ecObject(t, c, shape(t, "4:2"), 1, 1)
+	c.recoverOnDemand = true
+	c.addNode()
+	// Two data strips away: the read needs both parity strips, and one of
+	// them answers from the new epoch, so this attempt cannot decode.
+	c.holder(o, 0).down.Store(true)
+	c.holder(o, 1).down.Store(true)
+	var after atomic.Int32 // strip reads that passed the new epoch's check
+	var once sync.Once
+	c.hook = func(n *fakeNode, op string, k store.Key) error {
+		changed := false
+		if op == "read" && c.View().Epoch == 2 {
+			after.Add(1)
+		}
+		if op == "read" && k.ECIndex == 4 {
+			once.Do(func() {
+				for _, n := range c.nodes {
+					n.down.Store(false)
+				}
+				c.setView(c.nodes...)
+				changed = true
+			})
+		}
+		if changed {
+			return proto.ResOldNodeVer
+		}
+		return nil
+	}
+	got := make([]byte, testObjSize-4096)
+	if err := c.nodes[3].gw.Read(ctx, o, 4096, got); err != nil {
+		t.Fatal(err)
+	}
+	if c.View().Epoch != 2 {
+		t.Fatalf("epoch %d: the change was not injected", c.View().Epoch)
+	}
+	if !bytes.Equal(got, want[4096:]) {
+		t.Fatal("read across the epoch change returned wrong data")
+	}
+	if after.Load() == 0 {
+		t.Fatal("the read was not retried in the new epoch")
+	}
+	t.Logf("%d strip reads in the new epoch", after.Load())
 }

@@ -45,15 +45,18 @@ type VolumeOp struct {
 
 // CheckReport is what a VDI check found and did.
 type CheckReport struct {
-	VDI      string   `json:"vdi"`
-	Objects  int      `json:"objects"`  // objects examined
-	Copies   int      `json:"copies"`   // copies or strips examined
-	Missing  int      `json:"missing"`  // copies/strips absent where placement wants them
-	Mismatch int      `json:"mismatch"` // copies differing from the majority / failing parity
-	Corrupt  int      `json:"corrupt"`  // copies failing their checksums
-	Repaired int      `json:"repaired"`
-	Lost     int      `json:"lost"` // objects with no good copy left
-	Details  []string `json:"details,omitempty"`
+	VDI      string `json:"vdi"`
+	Objects  int    `json:"objects"`  // objects examined
+	Copies   int    `json:"copies"`   // copies or strips examined
+	Missing  int    `json:"missing"`  // copies/strips absent where placement wants them
+	Mismatch int    `json:"mismatch"` // copies differing from the majority / failing parity
+	Corrupt  int    `json:"corrupt"`  // copies failing their checksums
+	Repaired int    `json:"repaired"`
+	Lost     int    `json:"lost"` // objects with no good copy left
+	// Unreachable copies/strips could not be examined (their node did not
+	// answer): the check is incomplete.
+	Unreachable int      `json:"unreachable,omitempty"`
+	Details     []string `json:"details,omitempty"`
 }
 
 // ClusterState is dog's view of the cluster (OpClusterState).

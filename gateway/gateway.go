@@ -79,9 +79,6 @@ type Config struct {
 	PeerTimeout time.Duration
 	// DefaultTimeout applies when the caller's context has no deadline.
 	DefaultTimeout time.Duration
-	// Exists reports whether this node holds a key (the primary's check
-	// for exclusive erasure-coded creates).
-	Exists func(ctx context.Context, k store.Key) bool
 	// Strict refuses writes (HALT) when fewer zones than copies are alive,
 	// instead of writing fewer copies (sheepdog's `cluster format -t`).
 	Strict func() bool
@@ -92,6 +89,8 @@ type Gateway struct {
 	cfg   Config
 	log   *slog.Logger
 	locks stripeLocks
+	// repairing holds the OIDs with an erasure-coded read repair running.
+	repairing sync.Map
 
 	mu    sync.Mutex
 	dirty map[string]placement.Node // nodes written since the last Flush
@@ -421,14 +420,16 @@ func (g *Gateway) Read(ctx context.Context, o Object, off uint32, p []byte) erro
 				}
 				return nil
 			}
+			// A missing copy is never the answer while another copy may
+			// exist (unreachable or corrupt): only all missing is a hole.
 			if !errors.Is(err, proto.ResNoObj) {
 				allNoObj = false
-			}
-			if errors.Is(err, store.ErrCorrupt) || proto.ResultOf(err) == proto.ResEIO {
-				bad = append(bad, n)
-			}
-			if first == nil || (retryable(first) && !retryable(err)) {
-				first = err
+				if errors.Is(err, store.ErrCorrupt) || proto.ResultOf(err) == proto.ResEIO {
+					bad = append(bad, n)
+				}
+				if first == nil || (retryable(first) && !retryable(err)) {
+					first = err
+				}
 			}
 			if ctx.Err() != nil {
 				break

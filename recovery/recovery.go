@@ -457,6 +457,15 @@ func (r *Recoverer) recoverKey(ctx context.Context, e *Epoch, k store.Key, s Sha
 		return nil
 	}
 	if s.Red.IsEC() {
+		if n := currentStrips(hs, k, best, s); len(src) == 0 && n < int(s.Red.Data) {
+			// Nobody holds this strip and too few of its siblings exist
+			// to rebuild it (never fully written, or their holders are
+			// away): nothing to recover in this epoch. Retrying cannot
+			// help; the next membership change plans it again.
+			r.log.Warn("recovery: strip cannot be rebuilt, too few strips exist", "oid", k.OID, "strip", k.ECIndex,
+				"strips", n, "need", s.Red.Data, "holdings", fmtHoldings(hs))
+			return nil
+		}
 		if err := r.rebuildStrip(ctx, k, s, hs, best); err == nil {
 			return nil
 		} else {
@@ -493,6 +502,19 @@ func (r *Recoverer) read(ctx context.Context, h holding, buf []byte) error {
 // later comparisons see it as current.
 func (r *Recoverer) install(ctx context.Context, k store.Key, data []byte, epoch uint32) error {
 	return r.cfg.Local.Create(ctx, k, uint32(len(data)), 0, data, store.WriteOpts{Epoch: epoch})
+}
+
+// currentStrips counts the distinct strips of the object other than k
+// that exist somewhere with the newest epoch.
+func currentStrips(hs []holding, k store.Key, best uint32, s Shape) int {
+	seen := map[uint8]bool{}
+	for _, h := range hs {
+		i := h.e.ECIndex()
+		if h.e.Key.EC && int(i) < int(s.Red.NrCopies()) && i != k.ECIndex && h.e.Epoch == best {
+			seen[i] = true
+		}
+	}
+	return len(seen)
 }
 
 // rebuildStrip decodes strip k from any data-count current strips.

@@ -164,6 +164,7 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 			rep.Corrupt++
 			kind = "corrupt"
 		case c.err != nil:
+			rep.Unreachable++
 			rep.Details = append(rep.Details, fmt.Sprintf("%s on %s: unreachable: %v", o.OID, c.node.Addr, c.err))
 			continue
 		case c.hash != good:
@@ -220,6 +221,7 @@ func (d *Daemon) checkEC(ctx context.Context, view *gateway.View, cs codecs, o g
 			rep.Corrupt++
 			bad = append(bad, i)
 		default:
+			rep.Unreachable++
 			rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: unreachable: %v", o.OID, i, n.Addr, err))
 		}
 	}
@@ -259,16 +261,13 @@ func (d *Daemon) checkEC(ctx context.Context, view *gateway.View, cs codecs, o g
 		}
 		return
 	}
-	if err := c.Reconstruct(chunks); err != nil {
-		rep.Details = append(rep.Details, fmt.Sprintf("%s: rebuild failed: %v", o.OID, err))
+	// The object's primary repairs it under the lock every mutation of the
+	// object takes, so a concurrent write cannot be undone by the repair.
+	if err := d.gw.RepairEC(ctx, o); err != nil {
+		rep.Details = append(rep.Details, fmt.Sprintf("%s: repair of strips %v failed: %v", o.OID, bad, err))
 		return
 	}
 	for _, i := range bad {
-		k := store.StripKey(o.OID, uint8(i))
-		if err := d.writeCopy(ctx, view.Epoch, ts[i], k, chunks[i]); err != nil {
-			rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: repair failed: %v", o.OID, i, ts[i].Addr, err))
-			continue
-		}
 		rep.Repaired++
 		d.metrics.ScrubFinding("repaired")
 		rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: rebuilt", o.OID, i, ts[i].Addr))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/store"
 )
 
@@ -33,7 +34,7 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 				d.metrics.ChecksumError()
 				d.log.Warn("scrub: corrupt copy", "oid", o.Key.OID, "strip", o.Key.ECIndex, "err", err)
 				rctx, cancel := context.WithTimeout(ctx, time.Minute)
-				rerr := d.rec.RepairLocal(rctx, o.Key)
+				rerr := d.repairCopy(rctx, o.Key)
 				cancel()
 				if rerr != nil {
 					d.metrics.ScrubFinding("unrepairable")
@@ -54,6 +55,18 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 			}
 		}
 	}
+}
+
+// repairCopy rebuilds a corrupt local copy: an erasure-coded strip through
+// the object's primary, under the lock its writes take (a strip rebuilt
+// beside a concurrent write could miss it); a replica from another copy.
+func (d *Daemon) repairCopy(ctx context.Context, k store.Key) error {
+	if k.EC {
+		if s, ok, _ := d.shape(k.OID); ok && s.Red.IsEC() {
+			return d.gw.RepairEC(ctx, gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size})
+		}
+	}
+	return d.rec.RepairLocal(ctx, k)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -331,7 +331,7 @@ type checkResult struct {
 
 // ok reports whether nothing is left damaged.
 func (r checkResult) ok() bool {
-	return r.Lost == 0 && r.Missing+r.Mismatch+r.Corrupt <= r.Repaired
+	return r.Lost == 0 && r.Unreachable == 0 && r.Missing+r.Mismatch+r.Corrupt <= r.Repaired
 }
 
 func printCheck(w io.Writer, r checkResult) error {
@@ -344,8 +344,10 @@ func printCheck(w io.Writer, r checkResult) error {
 	switch {
 	case r.Lost > 0:
 		state = "DATA LOST"
-	case !r.ok():
+	case r.Missing+r.Mismatch+r.Corrupt > r.Repaired:
 		state = "damaged (run with --repair)"
+	case r.Unreachable > 0:
+		state = fmt.Sprintf("incomplete: %d copies unreachable", r.Unreachable)
 	case r.Repaired > 0:
 		state = "repaired"
 	}
@@ -399,7 +401,7 @@ when damage remains.`,
 				return err
 			}
 			if !res.ok() {
-				return fmt.Errorf("%s has damaged or lost objects", name)
+				return fmt.Errorf("%s has damaged, lost or unreachable objects", name)
 			}
 			return nil
 		},

@@ -19,10 +19,11 @@ const volName = "vol0"
 
 // localCluster is one gosheep cluster of this run, formatted with copies.
 type localCluster struct {
-	copies int
+	copies shape
 	addrs  []string // native addresses, node 1 first
 	nodes  []*proc
 	ip1    string
+	stored uint64 // bytes the nodes' stores allocated once the volume was filled
 }
 
 func (c *localCluster) iscsiURL() string {
@@ -41,11 +42,11 @@ func (c *localCluster) stop() {
 // startCluster starts nodes sheep processes, waits for them to be members,
 // formats with copies (as `dog cluster format` does), creates the volume
 // and fills it, so that reads hit data rather than holes.
-func startCluster(ctx context.Context, pr *procs, o *options, sheepBin string, sn subnet, copies int) (*localCluster, error) {
+func startCluster(ctx context.Context, pr *procs, o *options, sheepBin string, sn subnet, copies shape) (*localCluster, error) {
 	c := &localCluster{copies: copies, ip1: sn.base + "1"}
 	for i := 1; i <= o.nodes; i++ {
 		ip := sn.base + strconv.Itoa(i)
-		dir := filepath.Join(o.dir, fmt.Sprintf("c%d-node%d", copies, i))
+		dir := filepath.Join(o.dir, fmt.Sprintf("c%s-node%d", copies.tag(), i))
 		if err := os.RemoveAll(dir); err != nil {
 			return nil, err
 		}
@@ -57,9 +58,9 @@ func startCluster(ctx context.Context, pr *procs, o *options, sheepBin string, s
 			if err := os.MkdirAll(o.cpuprof, 0o755); err != nil {
 				return nil, err
 			}
-			args = append(args, "--cpuprofile", filepath.Join(o.cpuprof, fmt.Sprintf("node%d-c%d.pprof", i, copies)))
+			args = append(args, "--cpuprofile", filepath.Join(o.cpuprof, fmt.Sprintf("node%d-c%s.pprof", i, copies.tag())))
 		}
-		p, err := pr.start(fmt.Sprintf("c%d-node%d.log", copies, i), sheepBin, args...)
+		p, err := pr.start(fmt.Sprintf("c%s-node%d.log", copies.tag(), i), sheepBin, args...)
 		if err != nil {
 			c.stop()
 			return nil, err
@@ -80,7 +81,7 @@ func (c *localCluster) setup(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	logf(o, "copies=%d: %d nodes listening; waiting for membership", c.copies, len(c.addrs))
+	logf(o, "copies=%s: %d nodes listening; waiting for membership", c.copies, len(c.addrs))
 	conn, err := client.Dial(ctx, c.addrs[0])
 	if err != nil {
 		return err
@@ -101,7 +102,7 @@ func (c *localCluster) setup(ctx context.Context, o *options) error {
 	}); err != nil {
 		return err
 	}
-	fmtArgs := proto.ClusterArgs{Copies: uint8(c.copies), BlockSizeShift: proto.DefaultBSS}
+	fmtArgs := proto.ClusterArgs{Copies: c.copies.NrCopies(), CopyPolicy: c.copies.Policy(), BlockSizeShift: proto.DefaultBSS}
 	if err := poll(ctx, 30*time.Second, "format", func() (bool, error) {
 		err := conn.MakeFS(ctx, fmtArgs, "plain")
 		return err == nil, nil
@@ -130,7 +131,7 @@ func (c *localCluster) setup(ctx context.Context, o *options) error {
 	if _, err := conn.NewVDI(ctx, volName, proto.VDIArgs{VDISize: o.size}); err != nil {
 		return fmt.Errorf("create %s: %w", volName, err)
 	}
-	logf(o, "copies=%d: formatted, %s created (%d MiB); filling it", c.copies, volName, o.size>>20)
+	logf(o, "copies=%s: formatted, %s created (%d MiB); filling it", c.copies, volName, o.size>>20)
 	v, err := vdi.Open(ctx, conn, volName, "", 0)
 	if err != nil {
 		return err
@@ -141,6 +142,10 @@ func (c *localCluster) setup(ctx context.Context, o *options) error {
 	if err := v.Flush(ctx); err != nil {
 		return fmt.Errorf("flush %s: %w", volName, err)
 	}
+	if c.stored, err = c.usedBytes(ctx); err != nil {
+		return err
+	}
+	logf(o, "copies=%s: %d MiB stored for the %d MiB volume: %.2fx", c.copies, c.stored>>20, o.size>>20, float64(c.stored)/float64(o.size))
 	// The front ends learn about the new volume from the metadata they
 	// watch; wait until they serve it.
 	var urls []string
@@ -188,4 +193,23 @@ func poll(ctx context.Context, d time.Duration, what string, cond func() (bool, 
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// usedBytes sums the space the nodes' stores allocated for objects.
+func (c *localCluster) usedBytes(ctx context.Context) (uint64, error) {
+	var sum uint64
+	for _, a := range c.addrs {
+		nc, err := client.Dial(ctx, a)
+		if err != nil {
+			return 0, err
+		}
+		var ni api.NodeInfo
+		err = nc.Meta(ctx, proto.OpNodeInfo, struct{}{}, &ni)
+		nc.Close()
+		if err != nil {
+			return 0, fmt.Errorf("node info of %s: %w", a, err)
+		}
+		sum += ni.Usage.Used
+	}
+	return sum, nil
 }

@@ -29,7 +29,7 @@ import (
 // options are the command-line settings.
 type options struct {
 	nodes    int
-	copies   []int
+	copies   []shape
 	seconds  float64
 	reps     int
 	quick    bool
@@ -113,7 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	var copies, qds, paths, pats, size string
 	fs.IntVar(&o.nodes, "n", 3, "nodes in the local cluster")
-	fs.StringVar(&copies, "c", "1,3", "copies: one cluster (formatted with that many copies) per value, comma-separated")
+	fs.StringVar(&copies, "c", "1,3", `redundancy: one cluster per value, comma-separated: N copies, or DATA:PARITY erasure coding such as "4:2" (needs DATA+PARITY nodes)`)
 	fs.Float64Var(&o.seconds, "t", 5, "seconds per test")
 	fs.IntVar(&o.reps, "r", 3, "repetitions of every test (the median is reported)")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: one repetition, QD 32 only, the first -c value, a 256 MiB volume")
@@ -128,7 +128,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.selfProf, "selfprofile", "", "write a CPU profile of sheepbench itself (the native load generator) to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, images) after the run")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: sheepbench [-n nodes] [-c 1,3] [-t seconds] [-r reps] [--quick] [options]")
+		fmt.Fprintln(stderr, "usage: sheepbench [-n nodes] [-c 1,3,4:2] [-t seconds] [-r reps] [--quick] [options]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -138,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	var err error
-	if o.copies, err = intList(copies); err != nil {
+	if o.copies, err = shapeList(copies); err != nil {
 		return nil, fmt.Errorf("-c: %w", err)
 	}
 	if o.qds, err = intList(qds); err != nil {
@@ -174,8 +174,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-n %d: want 1..50", o.nodes)
 	}
 	for _, c := range o.copies {
-		if c < 1 || c > o.nodes {
-			return nil, fmt.Errorf("-c %d: want 1..%d (the number of nodes)", c, o.nodes)
+		if int(c.NrCopies()) > o.nodes {
+			return nil, fmt.Errorf("-c %s: needs %d nodes, -n is %d", c, c.NrCopies(), o.nodes)
 		}
 	}
 	if o.seconds <= 0 || o.reps < 1 {
@@ -304,6 +304,7 @@ func benchmark(ctx context.Context, o *options) (*report, error) {
 		if err != nil {
 			return rep, err
 		}
+		rep.addStorage(copies, o.size, cl.stored)
 		err = runSuite(ctx, o, rep, cl, &peers, copies)
 		cl.stop()
 		if err != nil {

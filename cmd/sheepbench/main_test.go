@@ -8,9 +8,12 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gosheep/gosheep/proto"
 )
 
 // needTool fails (or, with -short, skips) when a real client is missing.
@@ -92,14 +95,14 @@ func TestFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.reps != 1 || len(o.copies) != 1 || o.copies[0] != 3 || len(o.qds) != 1 || o.qds[0] != 32 || o.size != 256<<20 {
+	if o.reps != 1 || len(o.copies) != 1 || o.copies[0] != copies(3) || len(o.qds) != 1 || o.qds[0] != 32 || o.size != 256<<20 {
 		t.Fatalf("--quick: %+v", o)
 	}
 	if len(o.patterns) != 4 || len(o.paths) != 3 {
 		t.Fatalf("defaults: %d patterns, %d paths", len(o.patterns), len(o.paths))
 	}
 	for _, bad := range [][]string{
-		{"-c", "4", "-n", "3"}, {"-c", "0"}, {"-n", "0"}, {"-t", "0"}, {"--size", "98M"}, {"--size", "32M"}, {"--size", "1T0"},
+		{"-c", "4", "-n", "3"}, {"-c", "4:2", "-n", "5"}, {"-c", "3:1"}, {"-c", "0"}, {"-n", "0"}, {"-t", "0"}, {"--size", "98M"}, {"--size", "32M"}, {"--size", "1T0"},
 		{"--paths", "smb"}, {"--patterns", "zigzag"}, {"extra"}, {"-qd", "x"},
 	} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
@@ -109,17 +112,21 @@ func TestFlags(t *testing.T) {
 }
 
 func TestGoals(t *testing.T) {
-	r := newReport(&options{nodes: 3, copies: []int{1, 3}, qds: []int{32}})
+	r := newReport(&options{nodes: 6, copies: []shape{copies(1), copies(3), {proto.Redundancy{Copies: 6, Data: 4, Parity: 2}}}, qds: []int{32}})
+	one, three, ec := r.Settings.Copies[0], r.Settings.Copies[1], r.Settings.Copies[2]
 	seq := patterns()[0]
 	rnd := patterns()[2]
-	r.add(1, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 120, IOPS: 120})
-	r.add(1, pathISCSI, srvTgt, seq, 32, sample{MiBps: 100, IOPS: 100})
-	r.add(1, pathISCSI, srvGosheep, rnd, 32, sample{MiBps: 9, IOPS: 9 * 256})
-	r.add(1, pathISCSI, srvTgt, rnd, 32, sample{MiBps: 10, IOPS: 10 * 256})
-	r.add(3, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 60, IOPS: 60})
-	r.add(3, pathISCSI, srvTgt, seq, 32, sample{MiBps: 100, IOPS: 100})
-	r.add(3, pathNBD, srvGosheep, seq, 32, sample{MiBps: 1, IOPS: 1})
-	r.add(3, pathNBD, srvNbdkit, seq, 32, sample{MiBps: 100, IOPS: 100})
+	r.add(one, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 120, IOPS: 120})
+	r.add(one, pathISCSI, srvTgt, seq, 32, sample{MiBps: 100, IOPS: 100})
+	r.add(one, pathISCSI, srvGosheep, rnd, 32, sample{MiBps: 9, IOPS: 9 * 256})
+	r.add(one, pathISCSI, srvTgt, rnd, 32, sample{MiBps: 10, IOPS: 10 * 256})
+	r.add(three, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 60, IOPS: 60})
+	r.add(three, pathISCSI, srvTgt, seq, 32, sample{MiBps: 100, IOPS: 100})
+	r.add(three, pathNBD, srvGosheep, seq, 32, sample{MiBps: 1, IOPS: 1})
+	r.add(three, pathNBD, srvNbdkit, seq, 32, sample{MiBps: 100, IOPS: 100})
+	r.add(ec, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 50, IOPS: 50})
+	r.addStorage(three, 64<<20, 192<<20)
+	r.addStorage(ec, 64<<20, 96<<20)
 	r.summarize()
 	if len(r.Comparisons) != 4 {
 		t.Fatalf("%d comparisons, want 4", len(r.Comparisons))
@@ -135,7 +142,10 @@ func TestGoals(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	r.printTable(&buf)
-	if !strings.Contains(buf.String(), "PARTIAL") || !strings.Contains(buf.String(), "NOT MET in 1 of 2 tests") {
+	if !strings.Contains(buf.String(), "PARTIAL") || !strings.Contains(buf.String(), "NOT MET in 1 of 2 tests") ||
+		!strings.Contains(buf.String(), "storage: 192 MiB on disk for 64 MiB of data: 3.00x") || !strings.Contains(buf.String(), "c=4:2") ||
+		!regexp.MustCompile(`storage overhead +- +3\.00x +1\.50x`).MatchString(buf.String()) ||
+		!regexp.MustCompile(`iscsi +seq-read 1M +32 +120\.0 +60\.0 +50\.0`).MatchString(buf.String()) {
 		t.Errorf("table:\n%s", buf.String())
 	}
 	path := filepath.Join(t.TempDir(), "r.json")
@@ -144,8 +154,14 @@ func TestGoals(t *testing.T) {
 	}
 	var back report
 	b, _ := os.ReadFile(path)
-	if err := json.Unmarshal(b, &back); err != nil || len(back.Results) != 8 || back.Results[0].Runs[0].MiBps != 120 {
+	if err := json.Unmarshal(b, &back); err != nil || len(back.Results) != 9 || back.Results[0].Runs[0].MiBps != 120 {
 		t.Fatalf("json round trip: %v %+v", err, back.Results)
+	}
+	if back.Results[0].Copies != one || back.Results[8].Copies != ec || len(back.Storage) != 2 || back.Storage[1].Overhead != 1.5 {
+		t.Fatalf("json round trip of shapes: %+v %+v", back.Results, back.Storage)
+	}
+	if !bytes.Contains(b, []byte(`"copies": "4:2"`)) || !bytes.Contains(b, []byte(`"copies": 3`)) {
+		t.Errorf("json: replicas as numbers, erasure coding as \"4:2\":\n%s", b)
 	}
 }
 

@@ -22,6 +22,7 @@ type report struct {
 	Comparisons []comparison `json:"comparisons"`
 	Goals       []goal       `json:"goals"`
 	Load        []loadWindow `json:"load"`
+	Storage     []storageUse `json:"storage"`
 	Complete    bool         `json:"complete"` // false: interrupted or failed; partial results
 	mu          sync.Mutex   `json:"-"`
 	index       map[string]*result
@@ -37,7 +38,7 @@ type hostInfo struct {
 
 type settings struct {
 	Nodes   int     `json:"nodes"`
-	Copies  []int   `json:"copies"`
+	Copies  []shape `json:"copies"`
 	Seconds float64 `json:"seconds_per_test"`
 	Reps    int     `json:"repetitions"`
 	Size    uint64  `json:"size_bytes"`
@@ -51,14 +52,24 @@ type settings struct {
 // loadWindow is the machine's load average around one cluster's tests:
 // other processes on the machine make every number noisier.
 type loadWindow struct {
-	Copies int    `json:"copies"`
+	Copies shape  `json:"copies"`
 	Before string `json:"loadavg_before"`
 	After  string `json:"loadavg_after"`
 }
 
+// storageUse is the disk space one cluster used for the filled volume:
+// the storage overhead of its redundancy (3 copies: 3x, 4:2: 1.5x, plus
+// the stores' checksums and metadata).
+type storageUse struct {
+	Copies   shape   `json:"copies"`
+	Data     uint64  `json:"data_bytes"`   // the volume's size, every byte written
+	Stored   uint64  `json:"stored_bytes"` // bytes allocated by objects on all nodes
+	Overhead float64 `json:"overhead"`     // Stored / Data
+}
+
 // result is every sample of one server, pattern and queue depth.
 type result struct {
-	Copies  int      `json:"copies"` // the cluster measured next to it (peers too)
+	Copies  shape    `json:"copies"` // the cluster measured next to it (peers too)
 	Path    string   `json:"path"`
 	Server  string   `json:"server"`
 	Pattern string   `json:"pattern"`
@@ -71,7 +82,7 @@ type result struct {
 
 // comparison is gosheep against its peer on one test.
 type comparison struct {
-	Copies    int     `json:"copies"`
+	Copies    shape   `json:"copies"`
 	Path      string  `json:"path"`
 	Pattern   string  `json:"pattern"`
 	QD        int     `json:"qd"`
@@ -86,7 +97,7 @@ type comparison struct {
 // goal is one of the project's iSCSI targets: at least tgt's throughput
 // with 1 copy, within 2x of it with 3 copies.
 type goal struct {
-	Copies   int      `json:"copies"`
+	Copies   shape    `json:"copies"`
 	Want     string   `json:"want"`
 	MinRatio float64  `json:"min_ratio"`
 	Met      bool     `json:"met"`
@@ -106,7 +117,7 @@ func newReport(o *options) *report {
 	return r
 }
 
-func (r *report) add(copies int, path, server string, p pattern, qd int, s sample) {
+func (r *report) add(copies shape, path, server string, p pattern, qd int, s sample) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := fmt.Sprint(copies, path, server, p.Name, qd)
@@ -121,13 +132,23 @@ func (r *report) add(copies int, path, server string, p pattern, qd int, s sampl
 	res.IOPS = median(res.Runs, func(s sample) float64 { return s.IOPS })
 }
 
-func (r *report) loadBefore(copies int) {
+func (r *report) addStorage(copies shape, data, stored uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := storageUse{Copies: copies, Data: data, Stored: stored}
+	if data > 0 {
+		u.Overhead = float64(stored) / float64(data)
+	}
+	r.Storage = append(r.Storage, u)
+}
+
+func (r *report) loadBefore(copies shape) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Load = append(r.Load, loadWindow{Copies: copies, Before: loadavg()})
 }
 
-func (r *report) loadAfter(copies int) {
+func (r *report) loadAfter(copies shape) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range r.Load {
@@ -177,8 +198,8 @@ func (r *report) summarize() {
 	}
 	r.Goals = r.Goals[:0]
 	for _, g := range []goal{
-		{Copies: 1, Want: "iSCSI at least tgt's throughput with 1 copy", MinRatio: 1},
-		{Copies: 3, Want: "iSCSI within 2x of tgt with 3 copies", MinRatio: 0.5},
+		{Copies: copies(1), Want: "iSCSI at least tgt's throughput with 1 copy", MinRatio: 1},
+		{Copies: copies(3), Want: "iSCSI within 2x of tgt with 3 copies", MinRatio: 0.5},
 	} {
 		for _, c := range r.Comparisons {
 			if c.Copies != g.Copies || c.Path != pathISCSI {
@@ -223,7 +244,12 @@ func (r *report) printTable(w io.Writer) {
 				load = fmt.Sprintf(", load average %s -> %s", l.Before, l.After)
 			}
 		}
-		fmt.Fprintf(w, "\n%d nodes, %d cop%s%s\n", r.Settings.Nodes, copies, map[bool]string{true: "y", false: "ies"}[copies == 1], load)
+		fmt.Fprintf(w, "\n%d nodes, %s%s\n", r.Settings.Nodes, copies.describe(), load)
+		for _, u := range r.Storage {
+			if u.Copies == copies {
+				fmt.Fprintf(w, "storage: %d MiB on disk for %d MiB of data: %.2fx\n", u.Stored>>20, u.Data>>20, u.Overhead)
+			}
+		}
 		fmt.Fprintf(w, "%-7s %-14s %3s %10s %9s   %-9s %10s %9s %7s\n", "path", "pattern", "QD", "MiB/s", "IOPS", "peer", "MiB/s", "IOPS", "ratio")
 		fmt.Fprintln(w, strings.Repeat("-", 87))
 		for _, c := range rows {
@@ -231,6 +257,7 @@ func (r *report) printTable(w io.Writer) {
 				c.Path, c.Pattern, c.QD, c.MiBps, c.IOPS, c.Peer, c.PeerMiBps, c.PeerIOPS, c.Ratio)
 		}
 	}
+	r.printAcross(w)
 	if len(r.Goals) > 0 {
 		fmt.Fprintln(w)
 	}
@@ -244,6 +271,65 @@ func (r *report) printTable(w io.Writer) {
 		}
 		fmt.Fprintf(w, "goal: %s (ratio >= %.1f): %s\n", g.Want, g.MinRatio, verdict)
 	}
+}
+
+// printAcross puts gosheep's own numbers for every redundancy side by side
+// (e.g. sequential writes with 3 copies against 4:2), with the storage
+// each used. The caller holds r.mu.
+func (r *report) printAcross(w io.Writer) {
+	shapes := r.Settings.Copies
+	if len(shapes) < 2 {
+		return
+	}
+	type row struct {
+		path, pattern string
+		qd            int
+	}
+	var rows []row
+	val := map[row]map[shape]float64{}
+	for _, res := range r.Results {
+		if res.Server != srvGosheep {
+			continue
+		}
+		k := row{res.Path, res.Pattern, res.QD}
+		if val[k] == nil {
+			val[k] = map[shape]float64{}
+			rows = append(rows, k)
+		}
+		val[k][res.Copies] = res.MiBps
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\ngosheep MiB/s by redundancy, %d nodes\n", r.Settings.Nodes)
+	fmt.Fprintf(w, "%-7s %-14s %3s", "path", "pattern", "QD")
+	for _, s := range shapes {
+		fmt.Fprintf(w, " %10s", "c="+s.String())
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, strings.Repeat("-", 26+11*len(shapes)))
+	for _, k := range rows {
+		fmt.Fprintf(w, "%-7s %-14s %3d", k.path, k.pattern, k.qd)
+		for _, s := range shapes {
+			if v, ok := val[k][s]; ok {
+				fmt.Fprintf(w, " %10.1f", v)
+			} else {
+				fmt.Fprintf(w, " %10s", "-")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "%-26s", "storage overhead")
+	for _, s := range shapes {
+		cell := "-"
+		for _, u := range r.Storage {
+			if u.Copies == s {
+				cell = fmt.Sprintf("%.2fx", u.Overhead)
+			}
+		}
+		fmt.Fprintf(w, " %10s", cell)
+	}
+	fmt.Fprintln(w)
 }
 
 func (r *report) writeJSON(path string) error {

@@ -19,7 +19,7 @@ const (
 // runSuite measures every pattern and queue depth on cl and on the peers,
 // each pair back to back, o.reps times. Odd repetitions run the peer
 // first, so neither side always gets the warmer cache.
-func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, peers *peerSet, copies int) error {
+func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, peers *peerSet, copies shape) error {
 	rep.loadBefore(copies)
 	defer rep.loadAfter(copies)
 	qb := &qemuBench{counts: map[string]int{}}
@@ -86,12 +86,12 @@ func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, pe
 						sd := pr.sides[k]
 						s, err := sd.run()
 						if err != nil {
-							return fmt.Errorf("copies=%d %s %s QD%d on %s: %w", copies, pr.path, p, qd, sd.server, err)
+							return fmt.Errorf("copies=%s %s %s QD%d on %s: %w", copies, pr.path, p, qd, sd.server, err)
 						}
 						got[k] = s
 						rep.add(copies, pr.path, sd.server, p, qd, s)
 					}
-					logf(o, "copies=%d rep %d/%d %-6s %-14s QD%-2d  gosheep %8.1f MiB/s %8.0f IOPS   %-8s %8.1f MiB/s %8.0f IOPS",
+					logf(o, "copies=%s rep %d/%d %-6s %-14s QD%-2d  gosheep %8.1f MiB/s %8.0f IOPS   %-8s %8.1f MiB/s %8.0f IOPS",
 						copies, r+1, o.reps, pr.path, p, qd, got[0].MiBps, got[0].IOPS, pr.sides[1].server, got[1].MiBps, got[1].IOPS)
 				}
 			}

@@ -54,14 +54,18 @@ func (m *memObjects) Create(ctx context.Context, o gateway.Object, off uint32, d
 	return nil
 }
 
+// CreateExclusive checks and creates under one lock, as a store does: two
+// racing allocations must not both see "absent".
 func (m *memObjects) CreateExclusive(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error {
 	m.mu.Lock()
-	_, exists := m.objs[o.OID]
-	m.mu.Unlock()
-	if exists {
+	defer m.mu.Unlock()
+	if _, exists := m.objs[o.OID]; exists {
 		return fmt.Errorf("%s: %w", o.OID, proto.ResOIDExist)
 	}
-	return m.Create(ctx, o, off, data, sync)
+	b := make([]byte, o.Size)
+	copy(b[off:], data)
+	m.objs[o.OID] = b
+	return nil
 }
 
 func (m *memObjects) Zero(ctx context.Context, o gateway.Object, off, n uint32, sync bool) error {
@@ -362,10 +366,14 @@ func TestConcurrentAllocationFromTwoDevices(t *testing.T) {
 		}
 		x, y := random(mib/2), random(mib/2)
 		var wg sync.WaitGroup
+		var errA, errB error
 		wg.Add(2)
-		go func() { defer wg.Done(); a.WriteAt(ctx, x, base, false) }()
-		go func() { defer wg.Done(); b.WriteAt(ctx, y, base+mib/2, false) }()
+		go func() { defer wg.Done(); errA = a.WriteAt(ctx, x, base, false) }()
+		go func() { defer wg.Done(); errB = b.WriteAt(ctx, y, base+mib/2, false) }()
 		wg.Wait()
+		if errA != nil || errB != nil {
+			t.Fatalf("round %d: writes failed: %v, %v", round, errA, errB)
+		}
 		got := mustRead(t, a, base, mib)
 		if !bytes.Equal(got[:mib/2], x) || !bytes.Equal(got[mib/2:], y) {
 			t.Fatalf("round %d: a concurrent allocation wiped the other writer's data", round)

@@ -99,7 +99,14 @@ func loopback(t testing.TB) string {
 	if h < 0 {
 		h = -h
 	}
-	return fmt.Sprintf("127.%d.%d.", 10+h%200, h/200%250)
+	base := fmt.Sprintf("127.%d.%d.", 10+h%200, h/200%250)
+	// Another run of the same test (another checkout on this machine) would
+	// get the same block: talking to its cluster would format it under it.
+	if c, err := net.DialTimeout("tcp", base+"1:7000", 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatalf("%s1:7000 is in use: another run of %s is on this machine", base, t.Name())
+	}
+	return base
 }
 
 func newCluster(t testing.TB, n int, extra ...string) *cluster {

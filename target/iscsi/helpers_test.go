@@ -155,7 +155,10 @@ func (c *client) login(keys ...string) (*pdu.PDU, error) {
 	h.SetITT(c.itt)
 	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
 	kv := strings.Join(keys, "\x00") + "\x00"
-	c.send(&h, []byte(kv))
+	// A refused connection may be closed before the login is sent.
+	if err := pdu.WritePDU(c.nc, &h, []byte(kv), false, false); err != nil {
+		return nil, fmt.Errorf("send login: %w", err)
+	}
 	p, err := c.tryRecv()
 	if err != nil {
 		return nil, err

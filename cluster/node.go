@@ -426,9 +426,12 @@ func (n *Node) Propose(ctx context.Context, c *Command) (*Result, error) {
 			return nil, err
 		}
 		n.log.Debug("propose retry", "op", c.Op, "err", err)
-		if !n.Healthy() && time.Since(start) > n.cfg.Lease {
+		if !n.Healthy() && time.Since(start) > 3*n.cfg.Lease {
 			// Cut off from the quorum: say so instead of hanging until the
-			// caller gives up. A minority must not change metadata.
+			// caller gives up. A minority must not change metadata. Three
+			// leases, not one: a cluster that is still electing its first
+			// leader, or growing from one voter to two, is briefly
+			// leaderless too, and a format right after start must wait it out.
 			return nil, fmt.Errorf("cluster: %s: no metadata quorum reachable (last error: %v): %w", c.Op, err, ErrFenced)
 		}
 		select {

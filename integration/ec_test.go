@@ -27,15 +27,7 @@ func TestECOverISCSISurvivesTwoNodes(t *testing.T) {
 	// Five Raft voters: metadata keeps a quorum with any two nodes down.
 	// No background scrub: the corruption injected below is for the check.
 	c := newCluster(t, 6, "--voters", "5", "--scrub-rate", "0")
-	waitFor(t, "all members alive", 30*time.Second, func() bool {
-		alive := 0
-		for _, m := range c.nodes[0].state(t).Members {
-			if m.Status == "alive" {
-				alive++
-			}
-		}
-		return alive == len(c.nodes)
-	})
+	c.waitAlive()
 	a := c.nodes[0]
 	if out, err := a.dog(t, nil, "cluster", "format", "--copies=4:2"); err != nil {
 		t.Fatalf("format: %v\n%s", err, out)

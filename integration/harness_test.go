@@ -247,7 +247,8 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 }
 
 // format waits for every node to be a live member, then formats.
-func (c *cluster) format(copies string) {
+// waitAlive waits until gossip reports every node alive.
+func (c *cluster) waitAlive() {
 	t := c.t
 	t.Helper()
 	waitFor(t, "all members alive", 30*time.Second, func() bool {
@@ -259,6 +260,12 @@ func (c *cluster) format(copies string) {
 		}
 		return alive == len(c.nodes)
 	})
+}
+
+func (c *cluster) format(copies string) {
+	t := c.t
+	t.Helper()
+	c.waitAlive()
 	red, err := proto.ParseRedundancy(copies)
 	if err != nil {
 		t.Fatal(err)

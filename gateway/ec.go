@@ -47,7 +47,7 @@ const stripe = proto.ECStripeSize
 // read-modify-write of one stripe. Other nodes forward to the primary.
 func (g *Gateway) ecRoute(ctx context.Context, o Object, op ECOp, off, n uint32, data []byte, sync bool) error {
 	return g.retry(ctx, opName{op: "ec write", oid: o.OID}, func(ctx context.Context, v *View) error {
-		ts, err := g.writeTargets(v, o)
+		ts, err := g.writeTargets(nil, v, o)
 		if err != nil {
 			return err
 		}

@@ -144,6 +144,9 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 		return c.discardData(n)
 	}
 	off, sn := p.BufferOffset(), p.DataSN()
+	// The collecting goroutine is woken only when it has something to do
+	// (solicit more, finish, fail), not for every segment.
+	wake := false
 	if p.TTT() == pdu.ReservedTag {
 		if t.unsolDone || sn != t.unsolSN || off != t.received || uint64(off)+uint64(n) > uint64(t.unsolLimit) {
 			t.protoErr = true
@@ -154,6 +157,7 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 		t.unsolSN++
 		if p.Final() {
 			t.unsolDone = true
+			wake = true
 		}
 	} else {
 		var r *r2t
@@ -177,8 +181,10 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 					break
 				}
 			}
+			wake = true // collect may solicit the next burst
 		} else if p.Final() {
 			t.protoErr = true // F before the burst is complete
+			wake = true
 		}
 	}
 	var dst []byte
@@ -221,7 +227,9 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 		t.pieces = append(t.pieces, dst)
 	}
 	t.received += n
-	t.kick()
+	if wake || (t.want > 0 && t.received >= t.want) {
+		t.kick()
+	}
 	return nil
 }
 

@@ -81,6 +81,7 @@ type Server struct {
 	log         *slog.Logger
 	rec         metrics.Recorder
 	bufs        bufPool
+	work        *workers
 
 	mu        sync.Mutex
 	closed    bool
@@ -108,6 +109,7 @@ func NewServer(cfg Config) *Server {
 		rec:         cfg.Recorder,
 		listeners:   make(map[*net.Listener]struct{}),
 		conns:       make(map[*conn]struct{}),
+		work:        newWorkers(),
 	}
 	if s.maxPayload == 0 {
 		s.maxPayload = DefaultMaxPayload
@@ -277,6 +279,7 @@ func (s *Server) Close() error {
 		c.abort()
 	}
 	s.wg.Wait()
+	s.work.close()
 	return nil
 }
 
@@ -292,6 +295,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.work.close()
 		return nil
 	case <-ctx.Done():
 		s.Close()
@@ -459,7 +463,7 @@ func (c *conn) admit(t *task) bool {
 		}
 	}
 	c.handlers.Add(1)
-	go c.run(t)
+	c.s.work.run(func() { c.run(t) })
 	return true
 }
 

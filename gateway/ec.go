@@ -64,7 +64,7 @@ var ErrTooFewStrips = proto.NewError(proto.ResEIO, "gateway: too few strips read
 // attempt fails, and the retry goes to the new primary.
 func (g *Gateway) ecRoute(ctx context.Context, o Object, op ECOp, off, n uint32, data []byte, sync bool) error {
 	return g.retry(ctx, opName{op: "ec write", oid: o.OID}, func(ctx context.Context, v *View) error {
-		ts, err := g.writeTargets(v, o)
+		ts, err := g.writeTargets(nil, v, o)
 		if err != nil {
 			return err
 		}

@@ -192,15 +192,38 @@ func (g *Gateway) peerCtx(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, g.cfg.PeerTimeout)
 }
 
+func nop() {}
+
+// nodeCtx is peerCtx for an attempt against node n. This node's own store
+// gets the caller's context: PeerTimeout is there so that a hung peer costs
+// a retry, and a local disk that hangs is not helped by one (nor would a
+// deadline interrupt its system call), so the timer per local request was
+// pure cost.
+func (g *Gateway) nodeCtx(ctx context.Context, n placement.Node) (context.Context, context.CancelFunc) {
+	if n.ID == g.cfg.Self {
+		return ctx, nop
+	}
+	return g.peerCtx(ctx)
+}
+
 // targets returns the nodes holding o's copies or strips in view v. For EC
 // objects there is always one entry per strip: with fewer zones than strips
 // some nodes hold several strips (redundancy is reduced until nodes return).
 func targets(v *View, o Object) ([]placement.Node, error) {
+	return targetsInto(nil, v, o)
+}
+
+// tbuf holds the targets of an object of up to 4 copies without
+// allocating; more spill to the heap.
+type tbuf [4]placement.Node
+
+// targetsInto is targets appending to dst (normally a tbuf's [:0]).
+func targetsInto(dst []placement.Node, v *View, o Object) ([]placement.Node, error) {
 	n := int(o.Red.NrCopies())
 	if n == 0 {
 		n = 1
 	}
-	t := v.Ring.Targets(o.OID, n)
+	t := v.Ring.AppendTargets(dst, o.OID, n)
 	if len(t) == 0 {
 		return nil, ErrNoTargets
 	}
@@ -216,8 +239,8 @@ func targets(v *View, o Object) ([]placement.Node, error) {
 
 // writeTargets is targets, refusing in strict mode when the object cannot
 // get all its copies on distinct zones.
-func (g *Gateway) writeTargets(v *View, o Object) ([]placement.Node, error) {
-	ts, err := targets(v, o)
+func (g *Gateway) writeTargets(dst []placement.Node, v *View, o Object) ([]placement.Node, error) {
+	ts, err := targetsInto(dst, v, o)
 	if err != nil {
 		return nil, err
 	}
@@ -241,15 +264,23 @@ func fanout(ts []placement.Node, fn func(i int, n placement.Node) error) error {
 	if len(ts) == 1 {
 		return fn(0, ts[0])
 	}
-	errs := make([]error, len(ts))
+	var ebuf [8]error
+	errs := ebuf[:0]
+	if len(ts) > len(ebuf) {
+		errs = make([]error, 0, len(ts))
+	}
+	errs = errs[:len(ts)]
 	var wg sync.WaitGroup
-	for i, n := range ts {
+	last := len(ts) - 1
+	for i, n := range ts[:last] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			errs[i] = fn(i, n)
 		}()
 	}
+	// The last leg runs here: one goroutine less per request.
+	errs[last] = fn(last, ts[last])
 	wg.Wait()
 	var first error
 	for _, err := range errs {
@@ -293,13 +324,14 @@ func (g *Gateway) create(ctx context.Context, o Object, off uint32, data []byte,
 		return g.ecRoute(ctx, o, op, off, uint32(len(data)), data, sync)
 	}
 	return g.retry(ctx, opName{op: "create", oid: o.OID}, func(ctx context.Context, v *View) error {
-		ts, err := g.writeTargets(v, o)
+		var tb tbuf
+		ts, err := g.writeTargets(tb[:0], v, o)
 		if err != nil {
 			return err
 		}
 		var existed atomic.Bool
 		err = fanout(ts, func(_ int, n placement.Node) error {
-			pctx, cancel := g.peerCtx(ctx)
+			pctx, cancel := g.nodeCtx(ctx, n)
 			defer cancel()
 			err := g.cfg.Peers.Peer(n).Create(pctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, off, data, sync, excl)
 			if excl && errors.Is(err, proto.ResOIDExist) {
@@ -327,12 +359,13 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 		return g.ecRoute(ctx, o, ECWrite, off, uint32(len(data)), data, sync)
 	}
 	return g.retry(ctx, opName{op: "write", oid: o.OID}, func(ctx context.Context, v *View) error {
-		ts, err := g.writeTargets(v, o)
+		var tb tbuf
+		ts, err := g.writeTargets(tb[:0], v, o)
 		if err != nil {
 			return err
 		}
 		err = fanout(ts, func(_ int, n placement.Node) error {
-			pctx, cancel := g.peerCtx(ctx)
+			pctx, cancel := g.nodeCtx(ctx, n)
 			defer cancel()
 			return g.cfg.Peers.Peer(n).Write(pctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sync)
 		})
@@ -352,12 +385,13 @@ func (g *Gateway) Zero(ctx context.Context, o Object, off, n uint32, sync bool) 
 		return g.ecRoute(ctx, o, ECZero, off, n, nil, sync)
 	}
 	return g.retry(ctx, opName{op: "zero", oid: o.OID}, func(ctx context.Context, v *View) error {
-		ts, err := g.writeTargets(v, o)
+		var tb tbuf
+		ts, err := g.writeTargets(tb[:0], v, o)
 		if err != nil {
 			return err
 		}
 		err = fanout(ts, func(_ int, node placement.Node) error {
-			pctx, cancel := g.peerCtx(ctx)
+			pctx, cancel := g.nodeCtx(ctx, node)
 			defer cancel()
 			return g.cfg.Peers.Peer(node).Zero(pctx, v.Epoch, store.ReplicaKey(o.OID), off, n, sync)
 		})
@@ -402,16 +436,17 @@ func (g *Gateway) Read(ctx context.Context, o Object, off uint32, p []byte) erro
 		return g.ecRead(ctx, o, off, p)
 	}
 	return g.retry(ctx, opName{op: "read", oid: o.OID}, func(ctx context.Context, v *View) error {
-		ts, err := targets(v, o)
+		var tb, ob tbuf
+		ts, err := targetsInto(tb[:0], v, o)
 		if err != nil {
 			return err
 		}
-		order := readOrder(ts, g.cfg.Self)
+		order := readOrder(ob[:0], ts, g.cfg.Self)
 		var first error
 		var bad []placement.Node
 		allNoObj := true
 		for _, n := range order {
-			pctx, cancel := g.peerCtx(ctx)
+			pctx, cancel := g.nodeCtx(ctx, n)
 			err := g.cfg.Peers.Peer(n).Read(pctx, v.Epoch, store.ReplicaKey(o.OID), off, p)
 			cancel()
 			if err == nil {
@@ -443,8 +478,7 @@ func (g *Gateway) Read(ctx context.Context, o Object, off uint32, p []byte) erro
 }
 
 // readOrder puts the local copy first, then the rest in random order.
-func readOrder(ts []placement.Node, self string) []placement.Node {
-	out := make([]placement.Node, 0, len(ts))
+func readOrder(out, ts []placement.Node, self string) []placement.Node {
 	for _, n := range ts {
 		if n.ID == self {
 			out = append(out, n)
@@ -491,7 +525,7 @@ func (g *Gateway) Flush(ctx context.Context) error {
 		return nil
 	}
 	err := fanout(nodes, func(_ int, n placement.Node) error {
-		pctx, cancel := g.peerCtx(ctx)
+		pctx, cancel := g.nodeCtx(ctx, n)
 		defer cancel()
 		return g.cfg.Peers.Peer(n).Sync(pctx)
 	})

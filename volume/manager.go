@@ -395,7 +395,21 @@ func (m *Manager) materialize(ctx context.Context, vid uint32) error {
 	err := m.cfg.Objects.Read(ctx, obj, 0, probe)
 	switch {
 	case err == nil:
-		return m.cfg.Objects.Write(ctx, obj, 0, hdr, false)
+		// Some copy exists. Another node may be creating the inode right
+		// now (the creator writes it after the commit, we got here because
+		// our read came first): a copy its fan-out has not reached yet
+		// answers NoObj for a moment. Retry briefly before failing.
+		for attempt := 0; ; attempt++ {
+			werr := m.cfg.Objects.Write(ctx, obj, 0, hdr, false)
+			if werr == nil || !errors.Is(werr, proto.ResNoObj) || attempt == 20 {
+				return werr
+			}
+			select {
+			case <-ctx.Done():
+				return werr
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 	case !errors.Is(err, proto.ResNoObj):
 		return fmt.Errorf("volume: materialise %q: %w", v.Name, err)
 	}

@@ -128,7 +128,17 @@ func (c *localCluster) setup(ctx context.Context, o *options) error {
 			return err
 		}
 	}
-	if _, err := conn.NewVDI(ctx, volName, proto.VDIArgs{VDISize: o.size}); err != nil {
+	// A node that has just formatted may still be catching up with the
+	// metadata (STARTUP) for a moment.
+	var verr error
+	if err := poll(ctx, 30*time.Second, "volume creation", func() (bool, error) {
+		_, verr = conn.NewVDI(ctx, volName, proto.VDIArgs{VDISize: o.size})
+		switch proto.ResultOf(verr) {
+		case proto.ResStartup, proto.ResWaitForFormat:
+			return false, nil
+		}
+		return true, verr
+	}); err != nil {
 		return fmt.Errorf("create %s: %w", volName, err)
 	}
 	logf(o, "copies=%s: formatted, %s created (%d MiB); filling it", c.copies, volName, o.size>>20)

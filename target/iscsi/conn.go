@@ -233,11 +233,30 @@ func (c *conn) sendReject(reason byte, bad *pdu.Header) error {
 }
 
 // readLoop handles full-feature-phase PDUs until the connection ends.
+// Data segments are read once the header says where they go: Data-Out
+// straight into its command's buffer, a command's immediate data into a
+// pooled buffer the command then owns.
 func (c *conn) readLoop() error {
 	for {
-		p, err := pdu.ReadPDU(c.br, c.lim)
-		if err != nil {
+		p := &pdu.PDU{}
+		if err := pdu.ReadHeader(c.br, c.lim, p); err != nil {
 			return err
+		}
+		if p.Opcode() == pdu.OpDataOut && c.sess.tgt != nil {
+			if err := c.dataOut(p); err != nil {
+				return err
+			}
+			continue
+		}
+		if n := p.DataLen(); n > 0 {
+			if p.Opcode() == pdu.OpSCSICmd {
+				p.Data = c.srv.bufs.get(int(n))
+			} else {
+				p.Data = make([]byte, n)
+			}
+			if err := pdu.ReadData(c.br, c.lim, p.Data); err != nil {
+				return err
+			}
 		}
 		if err := c.handle(p); err != nil {
 			return err
@@ -272,8 +291,8 @@ func (c *conn) handle(p *pdu.PDU) error {
 	}
 	switch op {
 	case pdu.OpDataOut:
-		c.dataOut(p)
-		return nil
+		// Reached only from a discovery session, rejected above.
+		return c.sendReject(rejectProtocol, &p.Header)
 	case pdu.OpSNACKReq:
 		// ErrorRecoveryLevel 0: SNACK is not supported.
 		return c.sendReject(rejectSNACK, &p.Header)

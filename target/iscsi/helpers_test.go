@@ -155,9 +155,10 @@ func (c *client) login(keys ...string) (*pdu.PDU, error) {
 	h.SetITT(c.itt)
 	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
 	kv := strings.Join(keys, "\x00") + "\x00"
-	// A refused connection may be closed before the login is sent.
+	// A refused connection may be reset while the request is being
+	// written: that is a failed login, not a broken test.
 	if err := pdu.WritePDU(c.nc, &h, []byte(kv), false, false); err != nil {
-		return nil, fmt.Errorf("send login: %w", err)
+		return nil, err
 	}
 	p, err := c.tryRecv()
 	if err != nil {

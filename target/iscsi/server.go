@@ -149,6 +149,8 @@ type Server struct {
 	log    *slog.Logger
 	rec    metrics.Recorder
 	budget *budget
+	bufs   bufPool
+	work   *workers
 
 	mu        sync.Mutex
 	closed    bool
@@ -171,6 +173,7 @@ func New(cfg Config) *Server {
 		log:       cfg.Logger,
 		rec:       cfg.Recorder,
 		budget:    newBudget(cfg.MaxBufferBytes),
+		work:      newWorkers(),
 		targets:   map[string]*target{},
 		byIQN:     map[string]*target{},
 		listeners: map[net.Listener]struct{}{},
@@ -284,6 +287,7 @@ func (s *Server) Close() error {
 		c.shutdown()
 	}
 	s.connWG.Wait()
+	s.work.close()
 	return nil
 }
 
@@ -494,9 +498,10 @@ func (s *Server) portals(c *conn) []string {
 
 // budget is a byte semaphore bounding buffered command data.
 type budget struct {
-	mu    sync.Mutex
-	avail int64
-	wake  chan struct{}
+	mu      sync.Mutex
+	avail   int64
+	waiters int // acquirers blocked on wake
+	wake    chan struct{}
 }
 
 func newBudget(n int64) *budget { return &budget{avail: n, wake: make(chan struct{})} }
@@ -510,10 +515,16 @@ func (b *budget) acquire(ctx context.Context, n int64) error {
 			return nil
 		}
 		w := b.wake
+		b.waiters++
 		b.mu.Unlock()
 		select {
 		case <-w:
 		case <-ctx.Done():
+			b.mu.Lock()
+			if b.wake == w {
+				b.waiters--
+			}
+			b.mu.Unlock()
 			return ctx.Err()
 		}
 	}
@@ -525,7 +536,12 @@ func (b *budget) release(n int64) {
 	}
 	b.mu.Lock()
 	b.avail += n
-	close(b.wake)
-	b.wake = make(chan struct{})
+	if b.waiters > 0 {
+		// Wake every waiter; each re-checks. A new channel only then, not
+		// on every command.
+		close(b.wake)
+		b.wake = make(chan struct{})
+		b.waiters = 0
+	}
 	b.mu.Unlock()
 }

@@ -32,13 +32,16 @@ type task struct {
 	// Data-Out state (under mu).
 	aborted    bool
 	protoErr   bool
-	unsolLimit uint32 // bytes the initiator may send unsolicited (incl. immediate)
-	unsolDone  bool   // F seen on the unsolicited sequence
-	unsolSN    uint32 // next DataSN of the unsolicited sequence
-	received   uint32 // contiguous bytes received
-	pieces     [][]byte
-	buf        []byte // allocated once the command knows its length
+	unsolLimit uint32   // bytes the initiator may send unsolicited (incl. immediate)
+	unsolDone  bool     // F seen on the unsolicited sequence
+	unsolSN    uint32   // next DataSN of the unsolicited sequence
+	received   uint32   // contiguous bytes received
+	pieces     [][]byte // Data-Out before collect: pooled buffers, in order
+	buf        []byte   // pooled, allocated once the command knows its length
 	want       uint32
+	reading    bool   // the reader is filling buf outside mu
+	freed      bool   // run is over: buf belongs to whoever clears reading
+	dataIn     []byte // pooled Data-In buffer of a read
 	r2ts       []*r2t
 	nextR2TOff uint32
 	r2tSN      uint32
@@ -101,7 +104,7 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 	c.tasks[t.itt] = t
 	c.taskWG.Add(1)
 	c.tmu.Unlock()
-	go t.run()
+	c.srv.work.run(t.run)
 	return nil
 }
 
@@ -122,32 +125,40 @@ func extendedCDB(ahs []byte) []byte {
 	return nil
 }
 
-// dataOut places a Data-Out PDU (in the reader goroutine).
-func (c *conn) dataOut(p *pdu.PDU) {
+// dataOut places a Data-Out PDU whose data segment is still unread (in
+// the reader goroutine). Once the command's buffer exists, the data is
+// read from the socket straight into it; the sequence checks happen
+// before, the accounting (received) after, so the collecting goroutine
+// never sees bytes that are not there yet.
+func (c *conn) dataOut(p *pdu.PDU) error {
+	n := p.DataLen()
 	c.tmu.Lock()
 	t := c.tasks[p.ITT()]
 	c.tmu.Unlock()
 	if t == nil {
-		return // a late PDU of a finished or unknown command: dropped
+		return c.discardData(n) // a late PDU of a finished or unknown command
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.aborted || t.protoErr {
-		return
+	if t.aborted || t.protoErr || t.freed {
+		t.mu.Unlock()
+		return c.discardData(n)
 	}
-	off, sn, n := p.BufferOffset(), p.DataSN(), uint32(len(p.Data))
-	var seqEnd uint32
+	off, sn := p.BufferOffset(), p.DataSN()
+	// The collecting goroutine is woken only when it has something to do
+	// (solicit more, finish, fail), not for every segment.
+	wake := false
 	if p.TTT() == pdu.ReservedTag {
 		if t.unsolDone || sn != t.unsolSN || off != t.received || uint64(off)+uint64(n) > uint64(t.unsolLimit) {
 			t.protoErr = true
 			t.kick()
-			return
+			t.mu.Unlock()
+			return c.discardData(n)
 		}
 		t.unsolSN++
 		if p.Final() {
 			t.unsolDone = true
+			wake = true
 		}
-		seqEnd = t.unsolLimit
 	} else {
 		var r *r2t
 		for _, x := range t.r2ts {
@@ -155,14 +166,14 @@ func (c *conn) dataOut(p *pdu.PDU) {
 				r = x
 			}
 		}
-		if r == nil || sn != r.nextDataSN || off != r.nextOff || off+n > r.end || off != t.received {
+		if r == nil || sn != r.nextDataSN || off != r.nextOff || uint64(off)+uint64(n) > uint64(r.end) || off != t.received {
 			t.protoErr = true
 			t.kick()
-			return
+			t.mu.Unlock()
+			return c.discardData(n)
 		}
 		r.nextDataSN++
 		r.nextOff += n
-		seqEnd = r.end
 		if r.nextOff == r.end {
 			for i, x := range t.r2ts {
 				if x == r {
@@ -170,20 +181,99 @@ func (c *conn) dataOut(p *pdu.PDU) {
 					break
 				}
 			}
+			wake = true // collect may solicit the next burst
 		} else if p.Final() {
 			t.protoErr = true // F before the burst is complete
+			wake = true
 		}
 	}
-	_ = seqEnd
-	if t.buf != nil {
-		if off < t.want {
-			copy(t.buf[off:t.want], p.Data)
+	var dst []byte
+	direct := t.buf != nil && uint64(off)+uint64(n) <= uint64(t.want)
+	if direct {
+		dst = t.buf[off : off+n]
+		t.reading = true
+	}
+	t.mu.Unlock()
+	if !direct {
+		dst = c.srv.bufs.get(int(n))
+	}
+	err := pdu.ReadData(c.br, c.lim, dst)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if direct {
+		t.reading = false
+		if t.freed {
+			// run ended (aborted) while we were reading: the buffer is ours.
+			c.srv.bufs.put(t.buf)
+			t.buf = nil
+			return err
 		}
-	} else {
-		t.pieces = append(t.pieces, p.Data)
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case direct:
+	case t.freed:
+		c.srv.bufs.put(dst)
+		return nil
+	case t.buf != nil:
+		// collect started meanwhile, or the data runs past what it wants.
+		if off < t.want {
+			copy(t.buf[off:t.want], dst)
+		}
+		c.srv.bufs.put(dst)
+	default:
+		t.pieces = append(t.pieces, dst)
 	}
 	t.received += n
-	t.kick()
+	if wake || (t.want > 0 && t.received >= t.want) {
+		t.kick()
+	}
+	return nil
+}
+
+// discardData reads and drops a data segment of n bytes (with padding and
+// digest, checked).
+func (c *conn) discardData(n uint32) error {
+	if n == 0 {
+		return nil
+	}
+	b := c.srv.bufs.get(int(n))
+	err := pdu.ReadData(c.br, c.lim, b)
+	c.srv.bufs.put(b)
+	return err
+}
+
+// allocDataIn hands a read command a pooled buffer for its Data-In.
+func (t *task) allocDataIn(n int) []byte {
+	b := t.c.srv.bufs.get(n)
+	t.mu.Lock()
+	t.dataIn = b
+	t.mu.Unlock()
+	return b
+}
+
+// release returns the task's buffers to the pool once run is over (the
+// status, and any Data-In, has been written). A Data-Out buffer the
+// reader is still filling is returned by the reader.
+func (t *task) release() {
+	bufs := &t.c.srv.bufs
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.freed = true
+	if t.buf != nil && !t.reading {
+		bufs.put(t.buf)
+		t.buf = nil
+	}
+	for _, pc := range t.pieces {
+		bufs.put(pc)
+	}
+	t.pieces = nil
+	if t.dataIn != nil {
+		bufs.put(t.dataIn)
+		t.dataIn = nil
+	}
 }
 
 func (t *task) kick() {
@@ -225,6 +315,7 @@ func (t *task) run() {
 			se.done1(&t.hdr)
 		}
 		t.abort()
+		t.release()
 		close(t.done)
 		c.taskWG.Done()
 	}()
@@ -287,6 +378,7 @@ func (t *task) run() {
 				return
 			}
 		}
+		cmd.DataIn = t.allocDataIn
 		res = cmd.Execute(t.ctx, out)
 		if t.ctx.Err() != nil {
 			return // aborted: no status
@@ -357,7 +449,7 @@ func (t *task) otherLUN(lun uint64) scsi.Result {
 func (t *task) collect(want uint32) ([]byte, error) {
 	c := t.c
 	p := &c.sess.params
-	buf := make([]byte, want)
+	buf := c.srv.bufs.get(int(want))
 	t.mu.Lock()
 	t.want = want
 	pos := uint32(0)
@@ -366,6 +458,7 @@ func (t *task) collect(want uint32) ([]byte, error) {
 			copy(buf[pos:], pc)
 		}
 		pos += uint32(len(pc))
+		c.srv.bufs.put(pc)
 	}
 	t.pieces = nil
 	t.buf = buf

@@ -81,6 +81,7 @@ type Server struct {
 	log         *slog.Logger
 	rec         metrics.Recorder
 	bufs        bufPool
+	work        *workers
 
 	mu        sync.Mutex
 	closed    bool
@@ -108,6 +109,7 @@ func NewServer(cfg Config) *Server {
 		rec:         cfg.Recorder,
 		listeners:   make(map[*net.Listener]struct{}),
 		conns:       make(map[*conn]struct{}),
+		work:        newWorkers(),
 	}
 	if s.maxPayload == 0 {
 		s.maxPayload = DefaultMaxPayload
@@ -219,13 +221,10 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	stop := context.AfterFunc(c.ctx, func() { nc.Close() })
 	defer stop()
 
-	go c.writeLoop()
 	c.readLoop()
-	// Reading has stopped: let the handlers finish, the writer flush their
-	// responses, then hang up.
+	// Reading has stopped: let the handlers finish and write their
+	// responses (the last writer flushes), then hang up.
 	c.handlers.Wait()
-	close(c.out)
-	<-c.wdone
 	c.cancel()
 	nc.Close()
 }
@@ -277,6 +276,7 @@ func (s *Server) Close() error {
 		c.abort()
 	}
 	s.wg.Wait()
+	s.work.close()
 	return nil
 }
 
@@ -292,6 +292,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.work.close()
 		return nil
 	case <-ctx.Done():
 		s.Close()
@@ -368,22 +369,20 @@ type conn struct {
 	cancel context.CancelFunc
 
 	sem      chan struct{} // one token per request in flight
-	out      chan *task    // responses ready to write; cap MaxInflight never blocks
-	wdone    chan struct{}
 	handlers sync.WaitGroup
 
-	wbuf []byte
-	werr error
+	wmu     sync.Mutex // held while writing a response
+	waiters atomic.Int32
+	wbuf    []byte // under wmu
+	werr    error  // under wmu
 }
 
 func (s *Server) newConn(ctx context.Context, nc net.Conn) *conn {
 	c := &conn{
-		s:     s,
-		nc:    nc,
-		br:    bufio.NewReaderSize(nc, readBufSize),
-		sem:   make(chan struct{}, s.maxInflight),
-		out:   make(chan *task, s.maxInflight),
-		wdone: make(chan struct{}),
+		s:   s,
+		nc:  nc,
+		br:  bufio.NewReaderSize(nc, readBufSize),
+		sem: make(chan struct{}, s.maxInflight),
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	return c
@@ -459,14 +458,14 @@ func (c *conn) admit(t *task) bool {
 		}
 	}
 	c.handlers.Add(1)
-	go c.run(t)
+	c.s.work.run(func() { c.run(t) })
 	return true
 }
 
 func (c *conn) reject(t *task, res proto.Result) {
 	c.s.nrejected.Add(1)
 	t.rsp = t.req.Reply(res)
-	c.out <- t
+	c.send(t)
 }
 
 // run calls the handler and queues its response.
@@ -489,7 +488,7 @@ func (c *conn) run(t *task) {
 	t.rsp, t.out = rsp, payload
 	c.s.nreq.Add(1)
 	c.s.rec.Request(frontendOf(op), op.String(), len(t.data)+len(payload), time.Since(start), rsp.Result.Err())
-	c.out <- t
+	c.send(t)
 }
 
 func (c *conn) call(t *task) (rsp proto.Response, payload []byte) {
@@ -504,35 +503,30 @@ func (c *conn) call(t *task) (rsp proto.Response, payload []byte) {
 	return c.s.handler.Handle(reqCtx{c.ctx, t}, &req, t.data)
 }
 
-func (c *conn) writeLoop() {
-	defer close(c.wdone)
-	defer func() {
-		if r := recover(); r != nil {
-			c.s.npanic.Add(1)
-			c.s.log.Error("native: connection writer panic", "remote", c.nc.RemoteAddr(), "panic", r, "stack", string(debug.Stack()))
-			c.abort()
-			for t := range c.out { // keep handlers and the reader from blocking
-				t.release()
-			}
-		}
-	}()
-	for t := range c.out {
-		if c.werr == nil {
-			c.werr = c.write(t)
-			if c.werr == nil && len(c.out) == 0 {
-				c.werr = c.flush()
-			}
-			if c.werr != nil {
-				c.s.log.Debug("native: write", "remote", c.nc.RemoteAddr(), "err", c.werr)
-				c.abort()
-			}
-		}
-		t.release()
-		<-c.sem
+// send writes t's response from the goroutine that has it (a handler, or
+// the reader for a rejection), without handing it to a writer goroutine:
+// one wake-up less per request. Responses queue on wmu; the last in line
+// flushes the batch, so small responses still go out together.
+func (c *conn) send(t *task) {
+	c.waiters.Add(1)
+	c.wmu.Lock()
+	c.waiters.Add(-1)
+	if c.werr == nil && c.ctx.Err() != nil {
+		c.werr = c.ctx.Err() // aborted: the connection is being closed
 	}
 	if c.werr == nil {
-		c.flush()
+		c.werr = c.write(t)
+		if c.werr == nil && c.waiters.Load() == 0 {
+			c.werr = c.flush()
+		}
+		if c.werr != nil {
+			c.s.log.Debug("native: write", "remote", c.nc.RemoteAddr(), "err", c.werr)
+			c.abort()
+		}
 	}
+	c.wmu.Unlock()
+	t.release()
+	<-c.sem
 }
 
 func (c *conn) write(t *task) error {

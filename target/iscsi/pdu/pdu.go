@@ -184,46 +184,77 @@ func pad4(n uint32) uint32 { return (4 - n%4) % 4 }
 // length has been checked against lim.MaxData.
 func ReadPDU(r io.Reader, lim Limits) (*PDU, error) {
 	p := &PDU{}
-	if _, err := io.ReadFull(r, p.Header[:]); err != nil {
+	if err := ReadHeader(r, lim, p); err != nil {
 		return nil, err
-	}
-	ahs := p.AHSLen()
-	if ahs > 0 {
-		p.AHS = make([]byte, ahs) // at most 1020 bytes
-		if _, err := io.ReadFull(r, p.AHS); err != nil {
-			return nil, noEOF(err)
-		}
-	}
-	var dig [4]byte
-	if lim.HeaderDigest {
-		if _, err := io.ReadFull(r, dig[:]); err != nil {
-			return nil, noEOF(err)
-		}
-		if binary.LittleEndian.Uint32(dig[:]) != CRC32C(p.Header[:], p.AHS) {
-			return nil, ErrHeaderDigest
-		}
 	}
 	n := p.DataLen()
 	if n == 0 {
 		return p, nil
 	}
-	if n > lim.MaxData {
-		return nil, fmt.Errorf("%w: %d > %d", ErrDataTooLong, n, lim.MaxData)
+	buf := make([]byte, n)
+	if err := ReadData(r, lim, buf); err != nil {
+		return nil, err
 	}
-	buf := make([]byte, n+pad4(n))
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, noEOF(err)
-	}
-	p.Data = buf[:n]
-	if lim.DataDigest {
-		if _, err := io.ReadFull(r, dig[:]); err != nil {
-			return nil, noEOF(err)
-		}
-		if binary.LittleEndian.Uint32(dig[:]) != CRC32C(buf) {
-			return nil, ErrDataDigest
-		}
-	}
+	p.Data = buf
 	return p, nil
+}
+
+// ReadHeader reads a PDU's header, its AHS and header digest into p,
+// leaving the data segment (p.DataLen() bytes, already checked against
+// lim.MaxData) unread: the caller reads it with ReadData into a buffer of
+// its choice, so that Data-Out lands where it belongs without a copy.
+func ReadHeader(r io.Reader, lim Limits, p *PDU) error {
+	p.AHS, p.Data = nil, nil
+	if _, err := io.ReadFull(r, p.Header[:]); err != nil {
+		return err
+	}
+	if ahs := p.AHSLen(); ahs > 0 {
+		p.AHS = make([]byte, ahs) // at most 1020 bytes
+		if _, err := io.ReadFull(r, p.AHS); err != nil {
+			return noEOF(err)
+		}
+	}
+	if lim.HeaderDigest {
+		var dig [4]byte
+		if _, err := io.ReadFull(r, dig[:]); err != nil {
+			return noEOF(err)
+		}
+		if binary.LittleEndian.Uint32(dig[:]) != CRC32C(p.Header[:], p.AHS) {
+			return ErrHeaderDigest
+		}
+	}
+	if n := p.DataLen(); n > lim.MaxData {
+		return fmt.Errorf("%w: %d > %d", ErrDataTooLong, n, lim.MaxData)
+	}
+	return nil
+}
+
+// ReadData reads a data segment of len(dst) bytes into dst, then its
+// padding and, if negotiated, its digest.
+func ReadData(r io.Reader, lim Limits, dst []byte) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	if _, err := io.ReadFull(r, dst); err != nil {
+		return noEOF(err)
+	}
+	var pad [4]byte
+	pl := pad[:pad4(uint32(len(dst)))]
+	if len(pl) > 0 {
+		if _, err := io.ReadFull(r, pl); err != nil {
+			return noEOF(err)
+		}
+	}
+	if lim.DataDigest {
+		var dig [4]byte
+		if _, err := io.ReadFull(r, dig[:]); err != nil {
+			return noEOF(err)
+		}
+		if binary.LittleEndian.Uint32(dig[:]) != CRC32C(dst, pl) {
+			return ErrDataDigest
+		}
+	}
+	return nil
 }
 
 func noEOF(err error) error {

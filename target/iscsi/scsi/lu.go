@@ -213,6 +213,10 @@ type Cmd struct {
 	// truncatable: a plain write may be cut to whole blocks of a shorter
 	// expected transfer length (FCP-4 §9.4.2 a).
 	truncatable bool
+	// DataIn, when set, supplies the buffer a read returns its data in
+	// (Result.Data); the transport recycles it once the data is sent.
+	// Its contents are arbitrary: the read overwrites all of it.
+	DataIn func(n int) []byte
 	// parsed by prep for block commands
 	lba uint64
 	n   uint32

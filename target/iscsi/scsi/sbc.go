@@ -117,7 +117,12 @@ func execRead(ctx ctxT, c *Cmd, _ []byte) Result {
 	if c.n == 0 {
 		return good(nil)
 	}
-	buf := make([]byte, uint64(c.n)*c.lu.bs)
+	var buf []byte
+	if n := uint64(c.n) * c.lu.bs; c.DataIn != nil {
+		buf = c.DataIn(int(n))
+	} else {
+		buf = make([]byte, n)
+	}
 	if err := c.lu.dev.ReadAt(ctx, buf, c.lba*c.lu.bs); err != nil {
 		return deviceError(err, false)
 	}

@@ -1,0 +1,91 @@
+package iscsi
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+
+	"github.com/gosheep/gosheep/target/iscsi/pdu"
+)
+
+// TestDataOutAfterAbort: a write aborted while the target waits for its
+// solicited Data-Out gives its pooled buffer back; the Data-Out that
+// arrives afterwards is read and dropped (the connection stays framed),
+// and later commands reusing pooled buffers read and write exactly their
+// own data.
+func TestDataOutAfterAbort(t *testing.T) {
+	ts := startServer(t, Config{}, "ab")
+	c := dial(t, ts.addr)
+	c.loginNormal(IQN("ab"), "InitialR2T=Yes", "ImmediateData=Yes", "MaxBurstLength=65536")
+	c.drainUA()
+	const n = 64 << 10
+	stale := bytes.Repeat([]byte{0xee}, n)
+	const itt = 900
+	var h pdu.Header
+	h.SetOpcode(pdu.OpSCSICmd)
+	h.SetFlags(pdu.FlagFinal | pdu.FlagWrite)
+	h.SetITT(itt)
+	h.SetField20(n)
+	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+	c.cmdSN++
+	copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, n / 512, 0}) // WRITE(10) LBA 0
+	c.send(&h, nil)
+	r2t := c.recv()
+	if r2t.Opcode() != pdu.OpR2T || r2t.ITT() != itt {
+		t.Fatalf("want R2T, got %s", r2t.Header.String())
+	}
+	// ABORT TASK (immediate).
+	var tm pdu.Header
+	tm.SetOpcode(pdu.OpTaskReq)
+	tm[0] |= 0x40
+	tm.SetFlags(0x80 | 1)
+	tm.SetITT(901)
+	tm.SetField20(itt)
+	binary.BigEndian.PutUint32(tm[24:], c.cmdSN)
+	c.send(&tm, nil)
+	if p := c.recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != 0 {
+		t.Fatalf("abort: %s response %d", p.Header.String(), p.Header[2])
+	}
+	// The Data-Out for the aborted task, late.
+	var d pdu.Header
+	d.SetOpcode(pdu.OpDataOut)
+	d.SetFlags(0x80)
+	d.SetITT(itt)
+	d.SetField20(r2t.TTT())
+	c.send(&d, stale[:8192])
+	// The connection still works, and pooled buffers carry no stale data.
+	want := make([]byte, 8192)
+	for i := range want {
+		want[i] = byte(i*7 + 1)
+	}
+	if r := c.scsi([]byte{0x2a, 0, 0, 0, 0, 8, 0, 0, 16, 0}, false, 8192, want); r.status != 0 {
+		t.Fatalf("write status %#x", r.status)
+	}
+	r := c.scsi([]byte{0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0}, true, 8192, nil)
+	if r.status != 0 || !bytes.Equal(r.data, want) {
+		t.Fatalf("read back status %#x, equal %v", r.status, bytes.Equal(r.data, want))
+	}
+	got := make([]byte, n)
+	ts.devs["ab"].ReadAt(t.Context(), got, 0)
+	if bytes.Contains(got, stale[:512]) {
+		t.Fatal("the aborted write's data reached the device")
+	}
+}
+
+func TestBufPoolClasses(t *testing.T) {
+	var bp bufPool
+	for _, tc := range []struct{ n, capWant int }{
+		{1, 4096}, {4096, 4096}, {4097, 8192}, {1 << 20, 1 << 20}, {1<<20 + 1, 2 << 20}, {4 << 20, 4 << 20}, {4<<20 + 1, 4<<20 + 1},
+	} {
+		b := bp.get(tc.n)
+		if len(b) != tc.n || cap(b) != tc.capWant {
+			t.Errorf("get(%d): len %d cap %d, want cap %d", tc.n, len(b), cap(b), tc.capWant)
+		}
+		bp.put(b)
+	}
+	// A buffer not from the pool (odd capacity) is not kept.
+	bp.put(make([]byte, 5000))
+	if b := bp.get(5000); cap(b) != 8192 {
+		t.Errorf("foreign buffer recycled: cap %d", cap(b))
+	}
+}

@@ -216,9 +216,14 @@ func (m metaOf) Propose(ctx context.Context, c *cluster.Command) (*cluster.Resul
 func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) {
 	live := d.isReplayed()
 	newEpoch := old == nil || cur.Epoch() != old.Epoch()
-	if live && newEpoch && (c == nil || c.Op != cluster.CmdFormat) {
+	if live && newEpoch {
 		// Recovery learns the epoch before the gateway serves it: a request
 		// of the new epoch must never reach a copy recovery has not settled.
+		// A new format's wipe comes first, or it would wipe what recovery
+		// fetched.
+		if c == nil || c.Op == cluster.CmdFormat {
+			d.checkFormat(cur)
+		}
 		d.views.record(cur)
 		d.startRecovery(cur)
 	}

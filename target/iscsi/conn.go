@@ -95,7 +95,7 @@ type conn struct {
 
 	// write side
 	wmu     sync.Mutex
-	bw      *bufio.Writer
+	bw      *pdu.Writer
 	waiters atomic.Int32
 	statSN  uint32
 	werr    error
@@ -121,7 +121,7 @@ func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
 	return &conn{
 		srv: s, nc: nc, lnAddr: lnAddr, ctx: ctx, cancel: cancel,
 		br:      bufio.NewReaderSize(nc, 64<<10),
-		bw:      bufio.NewWriterSize(nc, 64<<10),
+		bw:      pdu.NewWriter(nc, 64<<10),
 		tasks:   map[uint32]*task{},
 		pending: map[uint32]*pdu.PDU{},
 		lim:     pdu.Limits{MaxData: 8192},
@@ -220,7 +220,7 @@ func (c *conn) writePDU(h *pdu.Header, data []byte, withStatus bool) error {
 		h.SetExpCmdSN(exp)
 		h.SetMaxCmdSN(maxSN)
 	}
-	return pdu.WritePDU(c.bw, h, data, c.lim.HeaderDigest, c.lim.DataDigest)
+	return c.bw.WritePDU(h, data, c.lim.HeaderDigest, c.lim.DataDigest)
 }
 
 func (c *conn) sendReject(reason byte, bad *pdu.Header) error {

@@ -110,7 +110,7 @@ func (c *conn) loginReject(p *pdu.PDU, status uint16) {
 	h.SetStatSN(c.statSN)
 	h.SetExpCmdSN(p.CmdSN())
 	h.SetMaxCmdSN(p.CmdSN())
-	c.write(func() error { return pdu.WritePDU(c.bw, &h, nil, false, false) })
+	c.write(func() error { return c.bw.WritePDU(&h, nil, false, false) })
 }
 
 func (ls *loginState) fail(p *pdu.PDU, status uint16, why string) (bool, error) {
@@ -273,7 +273,7 @@ func (ls *loginState) respond(p *pdu.PDU, transit bool, data []byte, nsg int) er
 	if transit && nsg == stageFull {
 		c.statSN++
 	}
-	return c.write(func() error { return pdu.WritePDU(c.bw, &h, data, false, false) })
+	return c.write(func() error { return c.bw.WritePDU(&h, data, false, false) })
 }
 
 // key negotiates one key; it returns the answer pairs or a login status.

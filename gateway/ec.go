@@ -169,9 +169,14 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	}
 	a, b := align(o, off, int(n))
 	end := off + n
-	if a == off && b == end && op != ECZero {
+	if a == off && b == end {
+		if op == ECZero {
+			// Whole stripes of zeros encode to zero parity: every strip
+			// punches its part of the range instead of writing zeros.
+			return g.ecWriteStrips(ctx, v, ts, c, o, op, a, nil, n, existed, sync)
+		}
 		// Whole stripes: encode the caller's data as it is.
-		return g.ecWriteStrips(ctx, v, ts, c, o, op, a, data, existed, sync)
+		return g.ecWriteStrips(ctx, v, ts, c, o, op, a, data, n, existed, sync)
 	}
 	buf := make([]byte, b-a)
 	if op != ECCreate {
@@ -194,16 +199,21 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	} else {
 		clear(buf[off-a : end-a])
 	}
-	return g.ecWriteStrips(ctx, v, ts, c, o, op, a, buf, existed, sync)
+	return g.ecWriteStrips(ctx, v, ts, c, o, op, a, buf, b-a, existed, sync)
 }
 
-// ecWriteStrips encodes buf, the whole stripes from a, and writes (or with
-// ECCreate creates) every strip; damaged strips are rebuilt whole. The
-// caller holds the object's lock.
-func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Node, c Codec, o Object, op ECOp, a uint32, buf []byte, existed, sync bool) error {
-	chunks, err := c.EncodeRange(buf)
-	if err != nil {
-		return fmt.Errorf("gateway: encode %s: %w", o.OID, err)
+// ecWriteStrips encodes buf, the n bytes of whole stripes from a, and
+// writes (or with ECCreate creates) every strip; with a nil buf (ECZero)
+// every strip zeroes its part instead. Damaged strips are rebuilt whole.
+// The caller holds the object's lock.
+func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Node, c Codec, o Object, op ECOp, a uint32, buf []byte, n uint32, existed, sync bool) error {
+	zero := op == ECZero && buf == nil
+	var chunks [][]byte
+	if !zero {
+		var err error
+		if chunks, err = c.EncodeRange(buf); err != nil {
+			return fmt.Errorf("gateway: encode %s: %w", o.OID, err)
+		}
 	}
 	d := uint32(o.Red.Data)
 	soff := a / d
@@ -214,9 +224,12 @@ func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Nod
 		defer cancel()
 		p := g.cfg.Peers.Peer(node)
 		k := store.StripKey(o.OID, uint8(i))
-		if op == ECCreate {
+		switch {
+		case zero:
+			errs[i] = p.Zero(pctx, v.Epoch, k, soff, n/d, sync)
+		case op == ECCreate:
 			errs[i] = p.Create(pctx, v.Epoch, k, stripSize, soff, chunks[i], sync, false)
-		} else {
+		default:
 			errs[i] = p.Write(pctx, v.Epoch, k, soff, chunks[i], sync)
 		}
 		return errs[i]
@@ -238,8 +251,8 @@ func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Nod
 		// keep their old bytes whichever attempts landed).
 		return first
 	}
-	if len(bad) == len(ts) && op == ECWrite && allNoObj(errs) {
-		// The object is gone (discarded meanwhile): the caller allocates.
+	if len(bad) == len(ts) && (op == ECWrite || op == ECZero) && allNoObj(errs) {
+		// The object is gone (removed meanwhile): a writer allocates.
 		return fmt.Errorf("gateway: ec write %s: %w", o.OID, proto.ResNoObj)
 	}
 	if len(bad) > 0 {

@@ -112,3 +112,42 @@ func TestRecoveryPausesOnFullDisk(t *testing.T) {
 	}
 	t.Logf("verified: recovery paused on a full disk without losing a byte, and redundancy came back once the node returned")
 }
+
+// TestDiscardWhileNodeAwayStaysDiscarded: an object discarded while one of
+// its holders is down must not come back from that holder's old copy when
+// it returns. If it did, the next small write to that range would allocate
+// into the resurrected object and the rest of it would read back the data
+// discarded before, instead of zeros.
+func TestDiscardWhileNodeAwayStaysDiscarded(t *testing.T) {
+	needTool(t, "qemu-io")
+	c := newCluster(t, 3)
+	c.format("3")
+	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
+	createVDI(t, a, "vol", 16<<20)
+	qemuIO(t, nbdURL(a, "vol"), "write -P 0x55 0 16M")
+	c.waitRecovered(a, b, cc)
+
+	t.Logf("injecting: kill -9 %s, then discard the first 8 MiB (two whole objects) while it is away", cc.ip)
+	cc.kill()
+	waitFor(t, "two-member epoch", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == 2 })
+	qemuIO(t, nbdURL(a, "vol"), "discard 0 8M", "read -P 0 0 8M")
+	c.waitRecovered(a, b)
+
+	t.Logf("injecting: restart %s", cc.ip)
+	cc.restart()
+	waitFor(t, "three-member epoch", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == 3 })
+	c.waitRecovered(a, b, cc)
+
+	// Allocate both objects again with one small write each, through
+	// different nodes; everything else in them must read as zeros
+	// everywhere, the returning node included.
+	qemuIO(t, nbdURL(a, "vol"), "write -P 0x66 0 4k")
+	qemuIO(t, nbdURL(cc, "vol"), "write -P 0x67 4M 4k")
+	for _, n := range c.nodes {
+		qemuIO(t, nbdURL(n, "vol"),
+			"read -P 0x66 0 4k", "read -P 0 4k 4092k",
+			"read -P 0x67 4M 4k", "read -P 0 4100k 4092k",
+			"read -P 0x55 8M 8M")
+	}
+	t.Logf("verified: discarded objects stayed discarded across the holder's return; re-allocated objects hold only their new writes")
+}

@@ -136,7 +136,7 @@ func (h *handler) writeObj(ctx context.Context, req *proto.Request, data []byte)
 // writeInode applies a client's write to an inode object. QEMU grows a VDI
 // by rewriting the header with a new vdi_size (a metadata change we commit
 // cluster-wide), and discards by zeroing data_vdi_id entries: objects the
-// VDI owned and no longer refers to are removed (sheepdog's reclaim path).
+// VDI owned and no longer refers to are punched (sheepdog's reclaim path).
 func (h *handler) writeInode(ctx context.Context, o gateway.Object, v *cluster.VDI, off uint32, data []byte, sync bool) error {
 	end := off + uint32(len(data))
 	if off <= proto.InodeVDISizeOffset && end >= proto.InodeVDISizeOffset+8 {
@@ -189,7 +189,7 @@ func (h *handler) writeInode(ctx context.Context, o gateway.Object, v *cluster.V
 			continue
 		}
 		obj := gateway.Object{OID: proto.DataOID(v.VID, idx), Red: v.Redundancy(), Size: v.ObjectSize()}
-		if err := h.gw.Remove(ctx, obj); err != nil {
+		if err := h.discardOwned(ctx, obj); err != nil {
 			h.log.Warn("reclaim after index update failed", "oid", obj.OID, "err", err)
 		}
 	}
@@ -235,7 +235,7 @@ func (h *handler) removeObj(ctx context.Context, req *proto.Request) (proto.Resp
 }
 
 // discardObj is the 2014-era QEMU discard: drop a data object from its
-// VDI's index and remove it.
+// VDI's index and free its space.
 func (h *handler) discardObj(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
 	oid := proto.OID(req.Obj().OID)
 	o, v, err := h.objectOf(oid)
@@ -253,16 +253,30 @@ func (h *handler) discardObj(ctx context.Context, req *proto.Request) (proto.Res
 	if err := h.gw.Read(ctx, ino, proto.IndexOffset(oid.Index()), cur); err != nil {
 		return h.errRsp(req, err)
 	}
-	if binary.LittleEndian.Uint32(cur) == 0 {
+	switch binary.LittleEndian.Uint32(cur) {
+	case 0:
 		return rsp(req, proto.ResSuccess), nil
+	case v.VID:
+		// Punched before the index lets go of it, not removed: see
+		// discardOwned.
+		if err := h.discardOwned(ctx, o); err != nil {
+			return h.errRsp(req, err)
+		}
 	}
 	if err := h.gw.Write(ctx, ino, proto.IndexOffset(oid.Index()), make([]byte, 4), false); err != nil {
 		return h.errRsp(req, err)
 	}
-	if binary.LittleEndian.Uint32(cur) == v.VID {
-		if err := h.gw.Remove(ctx, o); err != nil {
-			return h.errRsp(req, err)
-		}
-	}
 	return rsp(req, proto.ResSuccess), nil
+}
+
+// discardOwned frees a data object its VDI no longer refers to by punching
+// it whole rather than removing it. A removal carries no epoch: a holder
+// that was away during it would bring its old copy back on its return, and
+// the next allocation of the slot would find that copy and keep its stale
+// bytes. An all-hole copy of a newer epoch wins recovery instead.
+func (h *handler) discardOwned(ctx context.Context, o gateway.Object) error {
+	if err := h.gw.Zero(ctx, o, 0, o.Size, false); err != nil && !errors.Is(err, proto.ResNoObj) {
+		return err
+	}
+	return nil
 }

@@ -419,13 +419,20 @@ func (d *vdev) zero(ctx context.Context, off, n uint64, fua bool) error {
 		whole := pc.inner == 0 && pc.n == v.ObjectSize()
 		switch {
 		case whole:
-			if err := d.setIndex(ctx, v, pc.idx, 0, fua); err != nil {
-				return err
-			}
 			if owner == v.VID {
-				return d.m.cfg.Objects.Remove(ctx, dataObject(v, owner, pc.idx))
+				// Punched, not removed, and before the index lets go of
+				// it: a removal carries no epoch, so a holder that was
+				// away would bring its old copy back, and the next
+				// allocation of this slot would find it and keep its
+				// stale bytes. An all-hole copy of a newer epoch wins
+				// recovery instead, and a crash before the index update
+				// leaves an object that reads as zeros.
+				err := d.m.cfg.Objects.Zero(ctx, dataObject(v, owner, pc.idx), 0, v.ObjectSize(), fua)
+				if err != nil && !errors.Is(err, proto.ResNoObj) {
+					return err
+				}
 			}
-			return nil
+			return d.setIndex(ctx, v, pc.idx, 0, fua)
 		case owner == v.VID:
 			return d.m.cfg.Objects.Zero(ctx, dataObject(v, owner, pc.idx), pc.inner, pc.n, fua)
 		default:

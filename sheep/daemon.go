@@ -65,6 +65,7 @@ type Daemon struct {
 	// reconciled is closed once afterReplay has reconciled the store with
 	// the format (wiping it for a new one).
 	reconciled chan struct{}
+	gcKick     chan struct{} // a VDI was reclaimed: look for its leftovers
 }
 
 // codecs adapts package erasure to the gateway.
@@ -91,7 +92,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	d := &Daemon{cfg: cfg, r: r, log: cfg.Logger, done: make(chan struct{}), replayed: make(chan struct{}),
-		reconciled: make(chan struct{})}
+		reconciled: make(chan struct{}), gcKick: make(chan struct{}, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -168,8 +169,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			d.log.Error("native server stopped", "err", err)
 		}
 	}()
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go func() { defer d.wg.Done(); d.afterReplay() }()
+	go func() { defer d.wg.Done(); d.collectGarbageLoop() }()
 	go func() { defer d.wg.Done(); d.vols.RunReclaimer(d.ctx, 30*time.Second, d.node.IsLeader) }()
 	if cfg.ScrubRate > 0 {
 		every := cfg.ScrubInterval
@@ -243,6 +245,9 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 	}
 	if c == nil || c.Op == cluster.CmdRecoveryDone {
 		d.maybePurge(cur)
+	}
+	if c != nil && c.Op == cluster.CmdReclaimed {
+		d.kickGarbage()
 	}
 	if c != nil && c.Op == cluster.CmdShutdown && r.Code == proto.ResSuccess {
 		d.log.Info("cluster shutdown requested")

@@ -202,12 +202,39 @@ func (n *Node) startRaft() error {
 	return nil
 }
 
-// slogWriter adapts hclog's text output to slog.
+// slogWriter adapts the text output of raft (hclog), serf and memberlist
+// (the standard log package) to slog, at the level each line names: their
+// "[DEBUG]" chatter must not show up as warnings.
 type slogWriter struct{ l *slog.Logger }
 
 func (w slogWriter) Write(p []byte) (int, error) {
-	w.l.Warn(strings.TrimSpace(string(p)))
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			lvl, msg := libLogLine(line)
+			w.l.Log(context.Background(), lvl, msg)
+		}
+	}
 	return len(p), nil
+}
+
+// libLogLine finds a library log line's level tag ("[WARN] ", "[DEBUG] ",
+// hclog's padded "[WARN]  ") and returns the level and the text after it,
+// without the timestamp before it. A line without a tag is a warning, as
+// everything was before.
+func libLogLine(line string) (lvl slog.Level, msg string) {
+	at, lvl, msg := -1, slog.LevelWarn, line
+	for _, t := range []struct {
+		tag string
+		lvl slog.Level
+	}{
+		{"[TRACE]", slog.LevelDebug - 4}, {"[DEBUG]", slog.LevelDebug}, {"[INFO]", slog.LevelInfo},
+		{"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}, {"[ERROR]", slog.LevelError},
+	} {
+		if i := strings.Index(line, t.tag); i >= 0 && (at < 0 || i < at) {
+			at, lvl, msg = i, t.lvl, strings.TrimSpace(line[i+len(t.tag):])
+		}
+	}
+	return lvl, msg
 }
 
 func (n *Node) startSerf() error {

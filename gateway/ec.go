@@ -156,6 +156,12 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	if op == ECRepair {
 		return g.ecRepair(ctx, v, ts, c, o, sync)
 	}
+	if op != ECCreateExcl && (g.cfg.Settled == nil || !g.cfg.Settled(v.Epoch)) {
+		// (An exclusive create settles every strip in ecExists.)
+		if err := g.ecSettle(ctx, v, ts, o); err != nil {
+			return err
+		}
+	}
 	existed := false
 	if op == ECCreateExcl {
 		ex, err := g.ecExists(ctx, v, ts, o)
@@ -200,6 +206,31 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 		clear(buf[off-a : end-a])
 	}
 	return g.ecWriteStrips(ctx, v, ts, c, o, op, a, buf, b-a, existed, sync)
+}
+
+// ecSettle has every strip holder finish recovering its strip before any
+// strip changes. A holder rebuilds a strip it lacks from siblings of one
+// epoch; were the others already taking this mutation, it would find the
+// siblings split between the old epoch and the new one, too few of either
+// to decode, and the mutation would fail halfway with the stripe
+// unrecoverable. Settling first, under the object's lock, rebuilds from
+// siblings nobody is changing. The caller holds the object's lock.
+func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o Object) error {
+	errs := make([]error, len(ts))
+	fanout(ts, func(i int, node placement.Node) error {
+		pctx, cancel := g.peerCtx(ctx)
+		defer cancel()
+		// An empty read goes through the holder's recovery guard.
+		errs[i] = g.cfg.Peers.Peer(node).Read(pctx, v.Epoch, store.StripKey(o.OID, uint8(i)), 0, nil)
+		return errs[i]
+	})
+	for _, err := range errs {
+		// A missing or damaged strip is the mutation's to rebuild.
+		if err != nil && (retryable(err) || !damaged(err)) {
+			return err
+		}
+	}
+	return nil
 }
 
 // ecWriteStrips encodes buf, the n bytes of whole stripes from a, and

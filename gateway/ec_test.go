@@ -744,3 +744,62 @@ func TestECZeroPunchesStrips(t *testing.T) {
 		t.Fatalf("zero of an object nobody holds: %v, want ResNoObj", err)
 	}
 }
+
+// TestECSettlesStripsBeforeMutating: while recovery of the epoch is still
+// running somewhere, an EC mutation has every strip holder settle its
+// strip (a read through its recovery guard) before any strip changes, so
+// a holder rebuilding a strip never finds its siblings half way through
+// the mutation. Once recovery is complete, mutations go straight to the
+// strips.
+func TestECSettlesStripsBeforeMutating(t *testing.T) {
+	ctx := context.Background()
+	c := newFakeCluster(t, 6)
+	o, want := ecObject(t, c, shape(t, "4:2"), 1, 21)
+	var mu sync.Mutex
+	var ops []string
+	c.hook = func(n *fakeNode, op string, k store.Key) error {
+		mu.Lock()
+		ops = append(ops, op)
+		mu.Unlock()
+		return nil
+	}
+	take := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		out := ops
+		ops = nil
+		return out
+	}
+	for _, tc := range []struct {
+		name       string
+		recovering bool
+		do         func() error
+	}{
+		{"whole-stripe write", true, func() error { return c.nodes[2].gw.Write(ctx, o, 0, want[:8192], false) }},
+		{"partial write", true, func() error { return c.nodes[3].gw.Write(ctx, o, 100, want[100:200], false) }},
+		{"zero", true, func() error { return c.nodes[4].gw.Zero(ctx, o, 4096, 4096, false) }},
+		{"create", true, func() error { return c.nodes[0].gw.Create(ctx, o, 0, want, false) }},
+		{"write after recovery", false, func() error { return c.nodes[2].gw.Write(ctx, o, 0, want[:8192], false) }},
+	} {
+		c.recovering.Store(tc.recovering)
+		take()
+		if err := tc.do(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got := take()
+		settles := 0
+		for _, op := range got {
+			if op != "read" {
+				break
+			}
+			settles++
+		}
+		switch {
+		case tc.recovering && settles < 6:
+			t.Errorf("%s while recovering: %v; want every strip read (settled) before any strip changes", tc.name, got)
+		case !tc.recovering && settles != 0:
+			t.Errorf("%s after recovery: %v; want no settling reads", tc.name, got)
+		}
+	}
+	checkStrips(t, c, o, want) // the create put back what the zero took
+}

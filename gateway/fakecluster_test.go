@@ -36,6 +36,9 @@ type fakeCluster struct {
 	// recoverOnDemand makes a node that lacks a key copy it from any other
 	// node first, as the recovery guard does after an epoch change.
 	recoverOnDemand bool
+	// recovering makes Settled report recovery in progress (EC mutations
+	// then settle every strip first).
+	recovering atomic.Bool
 
 	readBytes atomic.Int64 // bytes read from stores by gateway peer reads
 }
@@ -71,7 +74,7 @@ func (c *fakeCluster) addNode() *fakeNode {
 	}
 	fn := &fakeNode{n: fakeNodeDesc(i), st: st, dir: dir}
 	fn.gw = New(Config{Self: fn.n.ID, Views: c, Peers: c, Codecs: fakeCodecs{&c.codecs}, PeerTimeout: 5 * time.Second, DefaultTimeout: 20 * time.Second,
-		Logger: slog.New(slog.DiscardHandler)})
+		Logger: slog.New(slog.DiscardHandler), Settled: func(uint32) bool { return !c.recovering.Load() }})
 	c.nodes = append(c.nodes, fn)
 	c.t.Cleanup(func() {
 		waitRepairs(c.t, fn.gw)

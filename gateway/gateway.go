@@ -82,6 +82,10 @@ type Config struct {
 	// Strict refuses writes (HALT) when fewer zones than copies are alive,
 	// instead of writing fewer copies (sheepdog's `cluster format -t`).
 	Strict func() bool
+	// Settled reports whether every member has finished recovering the
+	// given epoch. Until then an erasure-coded mutation first has every
+	// strip holder settle its strip (nil: always).
+	Settled func(epoch uint32) bool
 }
 
 // Gateway routes object I/O. It is safe for concurrent use.

@@ -139,6 +139,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			d.node.FSM().Read(func(s *cluster.State) { on = s.Format != nil && s.Format.Flags&proto.ClusterFlagStrict != 0 })
 			return on
 		},
+		Settled: d.views.Settled,
 	})
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})
 	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now()}

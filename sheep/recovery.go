@@ -162,14 +162,8 @@ func (d *Daemon) maybePurge(s *cluster.State) {
 	if c == nil || d.rec == nil {
 		return
 	}
-	done := map[string]bool{}
-	for _, id := range s.Recovered[c.Epoch] {
-		done[id] = true
-	}
-	for _, m := range c.Members {
-		if !done[m.ID] {
-			return
-		}
+	if !recoveredAll(s, c) {
+		return
 	}
 	e := c.Epoch
 	d.wg.Add(1)

@@ -3,6 +3,7 @@ package sheep
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
@@ -17,6 +18,9 @@ type views struct {
 	members map[uint32][]cluster.Member // epoch -> members, for history
 	rings   map[uint32]*placement.Ring
 	changed chan struct{} // closed and replaced on every new epoch
+	// settled is the newest epoch every member of which reported its
+	// recovery complete.
+	settled atomic.Uint32
 }
 
 func newViews() *views {
@@ -53,6 +57,9 @@ func (v *views) update(s *cluster.State) {
 	if c == nil {
 		return
 	}
+	if recoveredAll(s, c) {
+		v.settled.Store(c.Epoch)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.cur != nil && v.cur.Epoch == c.Epoch {
@@ -68,6 +75,29 @@ func (v *views) update(s *cluster.State) {
 	close(v.changed)
 	v.changed = make(chan struct{})
 }
+
+// recoveredAll reports whether every member of epoch c reported its
+// recovery of c complete.
+func recoveredAll(s *cluster.State, c *cluster.EpochLog) bool {
+	done := s.Recovered[c.Epoch]
+	for _, m := range c.Members {
+		found := false
+		for _, id := range done {
+			if id == m.ID {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// Settled reports whether recovery of epoch e is complete on every member:
+// no copy of that epoch is still waiting to be fetched or rebuilt.
+func (v *views) Settled(e uint32) bool { return v.settled.Load() == e }
 
 // View implements gateway.Views.
 func (v *views) View() *gateway.View {

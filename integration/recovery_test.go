@@ -117,37 +117,44 @@ func TestRecoveryPausesOnFullDisk(t *testing.T) {
 // its holders is down must not come back from that holder's old copy when
 // it returns. If it did, the next small write to that range would allocate
 // into the resurrected object and the rest of it would read back the data
-// discarded before, instead of zeros.
+// discarded before, instead of zeros. Replicated and erasure-coded.
 func TestDiscardWhileNodeAwayStaysDiscarded(t *testing.T) {
 	needTool(t, "qemu-io")
-	c := newCluster(t, 3)
-	c.format("3")
-	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
-	createVDI(t, a, "vol", 16<<20)
-	qemuIO(t, nbdURL(a, "vol"), "write -P 0x55 0 16M")
-	c.waitRecovered(a, b, cc)
+	for _, tc := range []struct {
+		nodes  int
+		copies string
+	}{{3, "3"}, {6, "4:2"}} {
+		t.Run(tc.copies, func(t *testing.T) {
+			c := newCluster(t, tc.nodes)
+			c.format(tc.copies)
+			a, away := c.nodes[0], c.nodes[tc.nodes-1]
+			createVDI(t, a, "vol", 16<<20)
+			qemuIO(t, nbdURL(a, "vol"), "write -P 0x55 0 16M")
+			c.waitRecovered(c.nodes...)
 
-	t.Logf("injecting: kill -9 %s, then discard the first 8 MiB (two whole objects) while it is away", cc.ip)
-	cc.kill()
-	waitFor(t, "two-member epoch", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == 2 })
-	qemuIO(t, nbdURL(a, "vol"), "discard 0 8M", "read -P 0 0 8M")
-	c.waitRecovered(a, b)
+			t.Logf("injecting: kill -9 %s, then discard the first 8 MiB (two whole objects) while it is away", away.ip)
+			away.kill()
+			waitFor(t, "epoch without it", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == tc.nodes-1 })
+			qemuIO(t, nbdURL(a, "vol"), "discard 0 8M", "read -P 0 0 8M")
+			c.waitRecovered(c.nodes[:tc.nodes-1]...)
 
-	t.Logf("injecting: restart %s", cc.ip)
-	cc.restart()
-	waitFor(t, "three-member epoch", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == 3 })
-	c.waitRecovered(a, b, cc)
+			t.Logf("injecting: restart %s", away.ip)
+			away.restart()
+			waitFor(t, "epoch with it", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == tc.nodes })
+			c.waitRecovered(c.nodes...)
 
-	// Allocate both objects again with one small write each, through
-	// different nodes; everything else in them must read as zeros
-	// everywhere, the returning node included.
-	qemuIO(t, nbdURL(a, "vol"), "write -P 0x66 0 4k")
-	qemuIO(t, nbdURL(cc, "vol"), "write -P 0x67 4M 4k")
-	for _, n := range c.nodes {
-		qemuIO(t, nbdURL(n, "vol"),
-			"read -P 0x66 0 4k", "read -P 0 4k 4092k",
-			"read -P 0x67 4M 4k", "read -P 0 4100k 4092k",
-			"read -P 0x55 8M 8M")
+			// Allocate both objects again with one small write each, through
+			// different nodes; everything else in them must read as zeros
+			// everywhere, the returning node included.
+			qemuIO(t, nbdURL(a, "vol"), "write -P 0x66 0 4k")
+			qemuIO(t, nbdURL(away, "vol"), "write -P 0x67 4M 4k")
+			for _, n := range c.nodes {
+				qemuIO(t, nbdURL(n, "vol"),
+					"read -P 0x66 0 4k", "read -P 0 4k 4092k",
+					"read -P 0x67 4M 4k", "read -P 0 4100k 4092k",
+					"read -P 0x55 8M 8M")
+			}
+			t.Logf("verified: discarded objects stayed discarded across the holder's return; re-allocated objects hold only their new writes")
+		})
 	}
-	t.Logf("verified: discarded objects stayed discarded across the holder's return; re-allocated objects hold only their new writes")
 }

@@ -158,7 +158,7 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 	}
 	if op != ECCreateExcl && (g.cfg.Settled == nil || !g.cfg.Settled(v.Epoch)) {
 		// (An exclusive create settles every strip in ecExists.)
-		if err := g.ecSettle(ctx, v, ts, o); err != nil {
+		if err := g.ecSettle(ctx, v, ts, o, op != ECCreate); err != nil {
 			return err
 		}
 	}
@@ -214,8 +214,16 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 // siblings split between the old epoch and the new one, too few of either
 // to decode, and the mutation would fail halfway with the stripe
 // unrecoverable. Settling first, under the object's lock, rebuilds from
-// siblings nobody is changing. The caller holds the object's lock.
-func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o Object) error {
+// siblings nobody is changing.
+//
+// With complete set, a strip that cannot be settled now (its holder cannot
+// rebuild it yet) is tolerated only while at least Data strips are in
+// place: the mutation then rebuilds it from them afterwards. With fewer,
+// writing the strips that are there would replace the only decodable
+// version with one too few to decode, so nothing is written and the caller
+// retries once recovery has got further. The caller holds the object's
+// lock.
+func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o Object, complete bool) error {
 	errs := make([]error, len(ts))
 	fanout(ts, func(i int, node placement.Node) error {
 		pctx, cancel := g.peerCtx(ctx)
@@ -224,11 +232,21 @@ func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o 
 		errs[i] = g.cfg.Peers.Peer(node).Read(pctx, v.Epoch, store.StripKey(o.OID, uint8(i)), 0, nil)
 		return errs[i]
 	})
+	present, noObj := 0, 0
 	for _, err := range errs {
-		// A missing or damaged strip is the mutation's to rebuild.
-		if err != nil && (retryable(err) || !damaged(err)) {
+		switch {
+		case err == nil:
+			present++
+		case errors.Is(err, proto.ResNoObj):
+			noObj++
+		case retryable(err) || !damaged(err):
 			return err
 		}
+		// Otherwise missing or damaged: the mutation's to rebuild.
+	}
+	if complete && present < int(o.Red.Data) && noObj < len(ts) {
+		return fmt.Errorf("gateway: %s: %d of %d strips settled, %d needed before a write: %w",
+			o.OID, present, len(ts), o.Red.Data, proto.ResNodeInRecovery)
 	}
 	return nil
 }

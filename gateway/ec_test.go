@@ -803,3 +803,40 @@ func TestECSettlesStripsBeforeMutating(t *testing.T) {
 	}
 	checkStrips(t, c, o, want) // the create put back what the zero took
 }
+
+// TestECNoPartialWriteDuringRecovery: while recovery runs, a mutation that
+// finds fewer than Data strips in place writes nothing (and is retried),
+// rather than turning the only decodable version of the stripe into one
+// too few to decode.
+func TestECNoPartialWriteDuringRecovery(t *testing.T) {
+	c := newFakeCluster(t, 6)
+	o, want := ecObject(t, c, shape(t, "4:2"), 1, 31)
+	c.recovering.Store(true)
+	for i := range 3 {
+		h := c.holder(o, i)
+		if err := h.st.Remove(context.Background(), key(o, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := c.nodes[0].gw.Write(ctx, o, 0, randBytes(32, 8192), false)
+	if err == nil {
+		t.Fatal("write with 3 of 6 strips in place succeeded")
+	}
+	t.Logf("write refused: %v", err)
+	codec, err := c.codecs.Get(4, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := codec.EncodeRange(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 3; i < 6; i++ {
+		got := make([]byte, o.Size/4)
+		if err := c.holder(o, i).st.Read(context.Background(), key(o, i), 0, got); err != nil || !bytes.Equal(got, enc[i]) {
+			t.Fatalf("strip %d changed by the refused write (err %v)", i, err)
+		}
+	}
+}

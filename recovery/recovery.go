@@ -326,6 +326,53 @@ func bestEpoch(hs []holding) uint32 {
 	return b
 }
 
+// targetEpoch is the version of an object recovery makes current. For
+// replicas it is the newest epoch of any copy. For erasure coding it is the
+// newest epoch at which at least Data distinct strips exist anywhere (live
+// or stashed): every mutation writes every strip, so a completed one left
+// at least Data of them behind unless more than Parity were lost since.
+// Strips of a newer epoch are what a mutation left half way; too few to
+// decode, they are rolled back to the target rather than left inconsistent
+// with their siblings, which would block every later rebuild. Without any
+// decodable epoch it is the newest one (and recovery finds too few strips).
+func targetEpoch(hs []holding, s Shape) uint32 {
+	best := bestEpoch(hs)
+	if !s.Red.IsEC() {
+		return best
+	}
+	strips := map[uint32]map[uint8]bool{}
+	for _, h := range hs {
+		i := h.e.ECIndex()
+		if !h.e.Key.EC || int(i) >= int(s.Red.NrCopies()) {
+			continue
+		}
+		if strips[h.e.Epoch] == nil {
+			strips[h.e.Epoch] = map[uint8]bool{}
+		}
+		strips[h.e.Epoch][i] = true
+	}
+	var t uint32
+	for e, m := range strips {
+		if len(m) >= int(s.Red.Data) && e > t {
+			t = e
+		}
+	}
+	if t == 0 {
+		return best
+	}
+	return t
+}
+
+// isCurrent reports whether a live copy of epoch e needs no recovery when
+// target is the object's target epoch: a replica at least as new, a strip
+// of exactly that version (a newer strip is rolled back).
+func isCurrent(e, target uint32, s Shape) bool {
+	if s.Red.IsEC() {
+		return e == target
+	}
+	return e >= target
+}
+
 // ensureOne recovers k on demand by asking every member about its object.
 func (r *Recoverer) ensureOne(ctx context.Context, e *Epoch, k store.Key) error {
 	s, ok, _ := r.cfg.Shape(k.OID)
@@ -414,7 +461,7 @@ func candidateKeys(oid proto.OID, s Shape) []store.Key {
 
 // recoverKey makes the local copy k current given every known copy of its object.
 func (r *Recoverer) recoverKey(ctx context.Context, e *Epoch, k store.Key, s Shape, hs []holding) error {
-	best := bestEpoch(hs)
+	best := targetEpoch(hs, s)
 	var local *holding
 	for i := range hs {
 		h := &hs[i]
@@ -422,7 +469,7 @@ func (r *Recoverer) recoverKey(ctx context.Context, e *Epoch, k store.Key, s Sha
 			local = h
 		}
 	}
-	if local != nil && local.e.Epoch >= best {
+	if local != nil && isCurrent(local.e.Epoch, best, s) {
 		return nil // current already: the common case after a short outage
 	}
 	// Sources: copies of exactly k with the newest epoch, local stale first.

@@ -119,9 +119,30 @@ func TestECRecoveryRebuildsOrGivesUp(t *testing.T) {
 		}
 		return strips
 	}
-	good, lost := proto.DataOID(5, 1), proto.DataOID(5, 2)
+	good, lost, torn := proto.DataOID(5, 1), proto.DataOID(5, 2), proto.DataOID(5, 3)
 	goodStrips := place(good, 4)
 	place(lost, 3)
+	// torn: every strip written at epoch 1, then one of n0's strips alone
+	// rewritten at epoch 2 (a write that stopped half way): too few to
+	// decode at epoch 2, so n0 must roll it back to the epoch-1 version.
+	tornStrips := place(torn, 6)
+	tornIdx := -1
+	for i, n := range targetsOf(e, torn, sh) {
+		if n.ID != self.ID {
+			continue
+		}
+		wo := store.WriteOpts{Epoch: 1}
+		data := tornStrips[i]
+		if tornIdx < 0 {
+			tornIdx, wo.Epoch, data = i, 2, bytes.Repeat([]byte{0xee}, size/4)
+		}
+		if err := local.Create(ctx, store.StripKey(torn, uint8(i)), size/4, 0, data, wo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tornIdx < 0 {
+		t.Fatal("n0 holds no strip of the torn object")
+	}
 
 	r := New(Config{
 		Self: self.ID, Local: local, Remote: remote,
@@ -156,6 +177,11 @@ func TestECRecoveryRebuildsOrGivesUp(t *testing.T) {
 		}
 		t.Logf("strip %d of %s rebuilt from 4 siblings", i, good)
 	}
+	got := make([]byte, size/4)
+	if err := local.Read(ctx, store.StripKey(torn, uint8(tornIdx)), 0, got); err != nil || !bytes.Equal(got, tornStrips[tornIdx]) {
+		t.Fatalf("torn strip %d not rolled back to the decodable version (err %v)", tornIdx, err)
+	}
+	t.Logf("strip %d of %s, alone at a newer epoch, rolled back", tornIdx, torn)
 	for i, n := range targetsOf(e, lost, sh) {
 		if n.ID != self.ID {
 			continue

@@ -168,7 +168,7 @@ func (r *Recoverer) plan(ctx context.Context, e *Epoch, holdings map[proto.OID][
 				want[k] = true
 			}
 		}
-		best := bestEpoch(hs)
+		best := targetEpoch(hs, s)
 		for _, h := range hs {
 			if h.addr == "" && h.e.Stale == 0 && !want[h.e.Key] {
 				if err := r.cfg.Local.Stash(ctx, h.e.Key, e.Epoch); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -181,7 +181,7 @@ func (r *Recoverer) plan(ctx context.Context, e *Epoch, holdings map[proto.OID][
 		for k := range want {
 			current := false
 			for _, h := range hs {
-				if h.addr == "" && h.e.Stale == 0 && h.e.Key == k && h.e.Epoch >= best {
+				if h.addr == "" && h.e.Stale == 0 && h.e.Key == k && isCurrent(h.e.Epoch, best, s) {
 					current = true
 				}
 			}

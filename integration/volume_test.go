@@ -95,10 +95,20 @@ func TestThreePathsAgree(t *testing.T) {
 // TestSnapshotCloneRollbackOverFrontEnds: snapshot, keep writing, read the
 // snapshot (NBD export vol@tag) -> old data; clone -> independent writes;
 // rollback -> the snapshot's data, seen through the same iSCSI target.
+// Replicated and erasure-coded.
 func TestSnapshotCloneRollbackOverFrontEnds(t *testing.T) {
 	needTool(t, "qemu-io")
-	c := newCluster(t, 3)
-	c.format("2")
+	for _, tc := range []struct {
+		nodes  int
+		copies string
+	}{{3, "2"}, {6, "4:2"}} {
+		t.Run(tc.copies, func(t *testing.T) { snapshotCloneRollback(t, tc.nodes, tc.copies) })
+	}
+}
+
+func snapshotCloneRollback(t *testing.T, nodes int, copies string) {
+	c := newCluster(t, nodes)
+	c.format(copies)
 	a, b := c.nodes[0], c.nodes[1]
 	createVDI(t, a, "vol", 16<<20)
 	qemuIO(t, nbdURL(a, "vol"), "write -P 0x11 0 16M")

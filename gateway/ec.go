@@ -216,14 +216,14 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 // unrecoverable. Settling first, under the object's lock, rebuilds from
 // siblings nobody is changing.
 //
-// With complete set, a strip that cannot be settled now (its holder cannot
+// With keepDecodable, a strip that cannot be settled now (its holder cannot
 // rebuild it yet) is tolerated only while at least Data strips are in
 // place: the mutation then rebuilds it from them afterwards. With fewer,
 // writing the strips that are there would replace the only decodable
 // version with one too few to decode, so nothing is written and the caller
 // retries once recovery has got further. The caller holds the object's
 // lock.
-func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o Object, complete bool) error {
+func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o Object, keepDecodable bool) error {
 	errs := make([]error, len(ts))
 	fanout(ts, func(i int, node placement.Node) error {
 		pctx, cancel := g.peerCtx(ctx)
@@ -244,7 +244,7 @@ func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o 
 		}
 		// Otherwise missing or damaged: the mutation's to rebuild.
 	}
-	if complete && present < int(o.Red.Data) && noObj < len(ts) {
+	if keepDecodable && present < int(o.Red.Data) && noObj < len(ts) {
 		return fmt.Errorf("gateway: %s: %d of %d strips settled, %d needed before a write: %w",
 			o.OID, present, len(ts), o.Red.Data, proto.ResNodeInRecovery)
 	}

@@ -16,7 +16,8 @@ import (
 // acknowledged write reads back, and once recovery is over every strip is
 // present and consistent.
 func TestECKillDuringWrites(t *testing.T) {
-	c := newCluster(t, 6)
+	// Five Raft voters: metadata keeps a quorum with any two nodes down.
+	c := newCluster(t, 6, "--voters", "5")
 	c.format("4:2")
 	a, b := c.nodes[0], c.nodes[1]
 	const bs, nblocks = 64 << 10, 512 // 32 MiB: 8 objects
@@ -29,6 +30,7 @@ func TestECKillDuringWrites(t *testing.T) {
 	if _, err := a.meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdThrottle, Throttle: gcluster.Throttle{MaxRate: 2 << 20, Concurrency: 1}}}); err != nil {
 		t.Fatal(err)
 	}
+	waitVoters(t, a, 5)
 	h := newHistory(bs)
 	stop := make(chan struct{})
 	wg := h.writer(t, a.opener("vol"), 0, nblocks, 4, stop)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -18,7 +19,9 @@ func TestNodeReturnsUnderWrites(t *testing.T) {
 		copies      string
 	}{{3, 1, "2"}, {6, 2, "4:2"}} {
 		t.Run(tc.copies, func(t *testing.T) {
-			c := newCluster(t, tc.nodes)
+			// Five Raft voters on six nodes: metadata keeps a quorum with
+			// any two down.
+			c := newCluster(t, tc.nodes, "--voters", fmt.Sprint(min(tc.nodes, 5)))
 			c.format(tc.copies)
 			a, away := c.nodes[0], c.nodes[tc.nodes-1]
 			const bs, nblocks = 64 << 10, 384 // 24 MiB: 6 objects
@@ -48,6 +51,9 @@ func TestNodeReturnsUnderWrites(t *testing.T) {
 
 			// Lose the nodes that never went away: what is left, the
 			// returning node included, must hold every acknowledged write.
+			if tc.lose > 1 {
+				waitVoters(t, a, 5)
+			}
 			for _, n := range c.nodes[1 : 1+tc.lose] {
 				t.Logf("injecting: kill -9 %s", n.ip)
 				n.kill()

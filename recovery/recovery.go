@@ -523,10 +523,14 @@ func (r *Recoverer) recoverKey(ctx context.Context, e *Epoch, k store.Key, s Sha
 		return nil // the object exists nowhere: nothing to recover
 	}
 	if lastErr == nil {
-		lastErr = fmt.Errorf("recovery: no current copy of %s reachable: %w", k.OID, proto.ResEIO)
+		lastErr = fmt.Errorf("no current copy of %s reachable", k.OID)
 	}
 	r.observe(0, lastErr)
-	return lastErr
+	// The copies listed were there a moment ago: one has moved (stashed by
+	// a node that no longer holds it) or its holder did not answer. A
+	// guarded request gets a retryable error, and its next attempt lists
+	// the copies afresh, instead of failing the client with EIO.
+	return fmt.Errorf("recovery: %v: %w", lastErr, proto.ResNodeInRecovery)
 }
 
 func (r *Recoverer) observe(n int, err error) {

@@ -224,14 +224,7 @@ func (g *Gateway) ecMutate(ctx context.Context, v *View, ts []placement.Node, o 
 // retries once recovery has got further. The caller holds the object's
 // lock.
 func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o Object, keepDecodable bool) error {
-	errs := make([]error, len(ts))
-	fanout(ts, func(i int, node placement.Node) error {
-		pctx, cancel := g.peerCtx(ctx)
-		defer cancel()
-		// An empty read goes through the holder's recovery guard.
-		errs[i] = g.cfg.Peers.Peer(node).Read(pctx, v.Epoch, store.StripKey(o.OID, uint8(i)), 0, nil)
-		return errs[i]
-	})
+	errs := g.probeStrips(ctx, v, ts, o)
 	present, noObj := 0, 0
 	for _, err := range errs {
 		switch {
@@ -249,6 +242,21 @@ func (g *Gateway) ecSettle(ctx context.Context, v *View, ts []placement.Node, o 
 			o.OID, present, len(ts), o.Red.Data, proto.ResNodeInRecovery)
 	}
 	return nil
+}
+
+// probeStrips asks every strip holder about its strip with a zero-length
+// read, which moves no data but goes through the holder's recovery guard
+// (so a strip not recovered to its holder yet is recovered first), and
+// returns each holder's answer.
+func (g *Gateway) probeStrips(ctx context.Context, v *View, ts []placement.Node, o Object) []error {
+	errs := make([]error, len(ts))
+	fanout(ts, func(i int, node placement.Node) error {
+		pctx, cancel := g.peerCtx(ctx)
+		defer cancel()
+		errs[i] = g.cfg.Peers.Peer(node).Read(pctx, v.Epoch, store.StripKey(o.OID, uint8(i)), 0, nil)
+		return errs[i]
+	})
+	return errs
 }
 
 // ecWriteStrips encodes buf, the n bytes of whole stripes from a, and
@@ -333,14 +341,7 @@ func allNoObj(errs []error) bool {
 // caller retry rather than guess, because creating over an existing
 // object would replace its data with zeros.
 func (g *Gateway) ecExists(ctx context.Context, v *View, ts []placement.Node, o Object) (bool, error) {
-	errs := make([]error, len(ts))
-	fanout(ts, func(i int, node placement.Node) error {
-		pctx, cancel := g.peerCtx(ctx)
-		defer cancel()
-		// A zero-length read checks existence without moving data.
-		errs[i] = g.cfg.Peers.Peer(node).Read(pctx, v.Epoch, store.StripKey(o.OID, uint8(i)), 0, nil)
-		return errs[i]
-	})
+	errs := g.probeStrips(ctx, v, ts, o)
 	var first error
 	for _, err := range errs {
 		switch {

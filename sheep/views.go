@@ -2,6 +2,7 @@ package sheep
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -79,16 +80,8 @@ func (v *views) update(s *cluster.State) {
 // recoveredAll reports whether every member of epoch c reported its
 // recovery of c complete.
 func recoveredAll(s *cluster.State, c *cluster.EpochLog) bool {
-	done := s.Recovered[c.Epoch]
 	for _, m := range c.Members {
-		found := false
-		for _, id := range done {
-			if id == m.ID {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.Contains(s.Recovered[c.Epoch], m.ID) {
 			return false
 		}
 	}

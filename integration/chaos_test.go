@@ -25,6 +25,15 @@ func (n *node) meta(t testing.TB, req api.MetaRequest) (*gcluster.Result, error)
 	return &r, r.Err()
 }
 
+// throttle sets the cluster's recovery throttle through n (the zero value
+// lifts it).
+func (n *node) throttle(t testing.TB, th gcluster.Throttle) {
+	t.Helper()
+	if _, err := n.meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdThrottle, Throttle: th}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (c *cluster) healthy(nodes ...*node) {
 	c.t.Helper()
 	waitFor(c.t, "every node healthy and in one epoch", 90*time.Second, func() bool {
@@ -96,9 +105,7 @@ func TestKillDuringRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Slow recovery down so the second failure lands in the middle of it.
-	if _, err := a.meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdThrottle, Throttle: gcluster.Throttle{MaxRate: 4 << 20, Concurrency: 1}}}); err != nil {
-		t.Fatal(err)
-	}
+	a.throttle(t, gcluster.Throttle{MaxRate: 4 << 20, Concurrency: 1})
 	h := newHistory(bs)
 	stop := make(chan struct{})
 	wg := h.writer(t, a.opener("vol"), 0, 48, 2, stop)
@@ -118,9 +125,7 @@ func TestKillDuringRecovery(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()
-	if _, err := a.meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdThrottle}}); err != nil {
-		t.Fatal(err)
-	}
+	a.throttle(t, gcluster.Throttle{})
 	v, err := b.opener("vol")()
 	if err != nil {
 		t.Fatal(err)

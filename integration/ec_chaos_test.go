@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gosheep/gosheep/api"
 	gcluster "github.com/gosheep/gosheep/cluster"
 )
 
@@ -27,9 +26,7 @@ func TestECKillDuringWrites(t *testing.T) {
 	if err := openVDI(t, a, "vol").WriteAt(ctx, randomBytes(bs*nblocks), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdThrottle, Throttle: gcluster.Throttle{MaxRate: 2 << 20, Concurrency: 1}}}); err != nil {
-		t.Fatal(err)
-	}
+	a.throttle(t, gcluster.Throttle{MaxRate: 2 << 20, Concurrency: 1})
 	waitVoters(t, a, 5)
 	h := newHistory(bs)
 	stop := make(chan struct{})
@@ -48,9 +45,7 @@ func TestECKillDuringWrites(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("write stream: %s", h.counts())
-	if _, err := a.meta(t, api.MetaRequest{Propose: &gcluster.Command{Op: gcluster.CmdThrottle}}); err != nil {
-		t.Fatal(err)
-	}
+	a.throttle(t, gcluster.Throttle{})
 	v, err := b.opener("vol")()
 	if err != nil {
 		t.Fatal(err)

@@ -221,7 +221,8 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	stop := context.AfterFunc(c.ctx, func() { nc.Close() })
 	defer stop()
 
-	c.readLoop()
+	c.readRole()
+	<-c.readDone
 	// Reading has stopped: let the handlers finish and write their
 	// responses (the last writer flushes), then hang up.
 	c.handlers.Wait()
@@ -370,6 +371,8 @@ type conn struct {
 
 	sem      chan struct{} // one token per request in flight
 	handlers sync.WaitGroup
+	readDone chan struct{} // closed when reading has ended
+	readFn   func()        // c.readRole, made once: a method value allocates
 
 	wmu     sync.Mutex // held while writing a response
 	waiters atomic.Int32
@@ -379,12 +382,14 @@ type conn struct {
 
 func (s *Server) newConn(ctx context.Context, nc net.Conn) *conn {
 	c := &conn{
-		s:   s,
-		nc:  nc,
-		br:  bufio.NewReaderSize(nc, readBufSize),
-		sem: make(chan struct{}, s.maxInflight),
+		s:        s,
+		nc:       nc,
+		br:       bufio.NewReaderSize(nc, readBufSize),
+		sem:      make(chan struct{}, s.maxInflight),
+		readDone: make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
+	c.readFn = c.readRole
 	return c
 }
 
@@ -397,11 +402,31 @@ func (c *conn) abort() {
 // stopReading makes the reader stop at the next header (graceful close).
 func (c *conn) stopReading() { c.nc.SetReadDeadline(time.Now()) }
 
-func (c *conn) readLoop() {
+// readRole reads requests until one needs its handler, then passes
+// reading on to another goroutine and serves that request itself: the
+// request goes to its handler without waiting for a goroutine to wake up,
+// which on a loaded machine costs more than the handler. Exactly one
+// goroutine holds the role; the one that finds the stream ended closes
+// readDone.
+func (c *conn) readRole() {
+	if t := c.readUntilTask(); t != nil {
+		c.s.work.run(c.readFn)
+		c.run(t)
+	}
+}
+
+// readUntilTask returns the next request to hand to the handler, or nil
+// once reading has ended (readDone is closed then). The returned task is
+// counted in handlers.
+func (c *conn) readUntilTask() (next *task) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.s.npanic.Add(1)
 			c.s.log.Error("native: connection reader panic", "remote", c.nc.RemoteAddr(), "panic", r, "stack", string(debug.Stack()))
+			next = nil
+		}
+		if next == nil {
+			close(c.readDone)
 		}
 	}()
 	var hdr [proto.HeaderSize]byte
@@ -409,44 +434,49 @@ func (c *conn) readLoop() {
 		select {
 		case c.sem <- struct{}{}:
 		case <-c.ctx.Done():
-			return
+			return nil
 		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			<-c.sem
 			if err != io.EOF {
 				c.s.log.Debug("native: read header", "remote", c.nc.RemoteAddr(), "err", err)
 			}
-			return
+			return nil
 		}
 		t := &task{srv: c.s}
 		t.req.Unmarshal(hdr[:]) // cannot fail: HeaderSize bytes
-		if !c.admit(t) {
-			return
+		run, ok := c.admit(t)
+		if !ok {
+			return nil
+		}
+		if run {
+			c.handlers.Add(1)
+			return t
 		}
 	}
 }
 
-// admit validates a request, reads its payload and dispatches it, or
-// answers it directly. It reports whether the stream can still be framed.
-// The caller holds a sem token, which now belongs to t.
-func (c *conn) admit(t *task) bool {
+// admit validates a request and reads its payload, or answers it directly.
+// It reports whether t is for the handler (run) and whether the stream can
+// still be framed (ok). The caller holds a sem token, which now belongs to t.
+func (c *conn) admit(t *task) (run, ok bool) {
 	req := &t.req
 	payload := req.Flags&proto.FlagWrite != 0 && req.DataLength > 0
 	if req.DataLength > c.s.maxPayload {
 		c.s.log.Warn("native: request too large", "remote", c.nc.RemoteAddr(), "req", req.String(), "max", c.s.maxPayload)
 		c.reject(t, proto.ResInvalidParms)
-		return !payload // we will not read that payload, so we cannot find the next header
+		return false, !payload // we will not read that payload, so we cannot find the next header
 	}
 	if err := req.CheckVersion(); err != nil {
 		if payload {
 			if _, err := io.CopyN(io.Discard, c.br, int64(req.DataLength)); err != nil {
 				<-c.sem
-				return false
+				return false, false
 			}
 		}
 		c.s.log.Debug("native: protocol version mismatch", "remote", c.nc.RemoteAddr(), "req", req.String(), "proto_ver", req.ProtoVer)
 		c.reject(t, proto.ResVerMismatch)
-		return true
+		return false, true
 	}
 	if payload {
 		t.data, t.dh = c.s.bufs.get(int(req.DataLength))
@@ -454,12 +484,10 @@ func (c *conn) admit(t *task) bool {
 			c.s.log.Debug("native: read payload", "remote", c.nc.RemoteAddr(), "req", req.String(), "err", err)
 			t.release()
 			<-c.sem
-			return false
+			return false, false
 		}
 	}
-	c.handlers.Add(1)
-	c.s.work.run(func() { c.run(t) })
-	return true
+	return true, true
 }
 
 func (c *conn) reject(t *task, res proto.Result) {

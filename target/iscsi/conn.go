@@ -111,6 +111,12 @@ type conn struct {
 	pending  map[uint32]*pdu.PDU // commands held for a CmdSN gap
 	textResp *textContinuation
 	logout   bool
+
+	// read side, owned by the goroutine holding the reading role
+	ready    []*task       // commands to start once the PDU is handled
+	readErr  error         // why reading ended; read after readDone
+	readDone chan struct{} // closed when reading has ended
+	readFn   func()        // c.readRole, made once: a method value allocates
 }
 
 func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
@@ -118,14 +124,17 @@ func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	return &conn{
+	c := &conn{
 		srv: s, nc: nc, lnAddr: lnAddr, ctx: ctx, cancel: cancel,
-		br:      bufio.NewReaderSize(nc, 64<<10),
-		bw:      pdu.NewWriter(nc, 64<<10),
-		tasks:   map[uint32]*task{},
-		pending: map[uint32]*pdu.PDU{},
-		lim:     pdu.Limits{MaxData: 8192},
+		br:       bufio.NewReaderSize(nc, 64<<10),
+		bw:       pdu.NewWriter(nc, 64<<10),
+		tasks:    map[uint32]*task{},
+		pending:  map[uint32]*pdu.PDU{},
+		lim:      pdu.Limits{MaxData: 8192},
+		readDone: make(chan struct{}),
 	}
+	c.readFn = c.readRole
+	return c
 }
 
 // shutdown aborts the connection: the reader and every task stop.
@@ -153,9 +162,66 @@ func (c *conn) serve() {
 		return
 	}
 	c.nc.SetReadDeadline(time.Time{})
-	err := c.readLoop()
-	if err != nil && !errors.Is(err, io.EOF) && c.ctx.Err() == nil {
+	c.readRole()
+	<-c.readDone
+	if err := c.readErr; err != nil && !errors.Is(err, io.EOF) && c.ctx.Err() == nil {
 		c.srv.log.Debug("iscsi: connection ended", "remote", c.nc.RemoteAddr().String(), "err", err)
+	}
+}
+
+// readRole reads PDUs until a SCSI command is ready to run, then passes
+// reading on to another goroutine and runs that command itself: the
+// command starts without waiting for a goroutine to wake up, which on a
+// loaded machine costs more than a small read or write. Exactly one
+// goroutine holds the role; the one that finds the connection ended sets
+// readErr and closes readDone.
+func (c *conn) readRole() {
+	if t := c.readUntilTask(); t != nil {
+		c.srv.work.run(c.readFn)
+		t.run()
+	}
+}
+
+// readUntilTask returns the next command to run, or nil once reading has
+// ended. Commands that became ready together (a CmdSN gap filled) start on
+// workers, all but the last.
+func (c *conn) readUntilTask() (next *task) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.panics.Add(1)
+			c.srv.log.Error("iscsi: panic in connection", "remote", c.nc.RemoteAddr().String(),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			c.readErr, next = fmt.Errorf("iscsi: reader panic: %v", r), nil
+			c.shutdown()
+		}
+		if next == nil {
+			close(c.readDone)
+		}
+	}()
+	for {
+		if err := c.readOne(); err != nil {
+			c.readErr = err
+			return nil
+		}
+		c.tmu.Lock()
+		lo := c.logout
+		c.tmu.Unlock()
+		if n := len(c.ready); n > 0 {
+			for _, t := range c.ready[:n-1] {
+				c.srv.work.run(t.run)
+			}
+			next = c.ready[n-1]
+			clear(c.ready)
+			c.ready = c.ready[:0]
+			if lo {
+				c.srv.work.run(next.run)
+				return nil
+			}
+			return next
+		}
+		if lo {
+			return nil
+		}
 	}
 }
 
@@ -232,42 +298,26 @@ func (c *conn) sendReject(reason byte, bad *pdu.Header) error {
 	return c.write(func() error { return c.writePDU(&h, bad[:], true) })
 }
 
-// readLoop handles full-feature-phase PDUs until the connection ends.
-// Data segments are read once the header says where they go: Data-Out
-// straight into its command's buffer, a command's immediate data into a
-// pooled buffer the command then owns.
-func (c *conn) readLoop() error {
-	for {
-		p := &pdu.PDU{}
-		if err := pdu.ReadHeader(c.br, c.lim, p); err != nil {
+// readOne reads and handles one full-feature-phase PDU.
+func (c *conn) readOne() error {
+	p := &pdu.PDU{}
+	if err := pdu.ReadHeader(c.br, c.lim, p); err != nil {
+		return err
+	}
+	if p.Opcode() == pdu.OpDataOut && c.sess.tgt != nil {
+		return c.dataOut(p)
+	}
+	if n := p.DataLen(); n > 0 {
+		if p.Opcode() == pdu.OpSCSICmd {
+			p.Data = c.srv.bufs.get(int(n))
+		} else {
+			p.Data = make([]byte, n)
+		}
+		if err := pdu.ReadData(c.br, c.lim, p.Data); err != nil {
 			return err
-		}
-		if p.Opcode() == pdu.OpDataOut && c.sess.tgt != nil {
-			if err := c.dataOut(p); err != nil {
-				return err
-			}
-			continue
-		}
-		if n := p.DataLen(); n > 0 {
-			if p.Opcode() == pdu.OpSCSICmd {
-				p.Data = c.srv.bufs.get(int(n))
-			} else {
-				p.Data = make([]byte, n)
-			}
-			if err := pdu.ReadData(c.br, c.lim, p.Data); err != nil {
-				return err
-			}
-		}
-		if err := c.handle(p); err != nil {
-			return err
-		}
-		c.tmu.Lock()
-		lo := c.logout
-		c.tmu.Unlock()
-		if lo {
-			return nil
 		}
 	}
+	return c.handle(p)
 }
 
 // isSequenced reports whether a PDU carries a CmdSN that advances.

@@ -57,7 +57,7 @@ type r2t struct {
 	nextDataSN uint32
 }
 
-// scsiCommand handles a SCSI Command PDU (in the reader goroutine).
+// scsiCommand handles a SCSI Command PDU (in the goroutine reading).
 func (c *conn) scsiCommand(p *pdu.PDU) error {
 	se := c.sess
 	f := p.Flags()
@@ -104,7 +104,7 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 	c.tasks[t.itt] = t
 	c.taskWG.Add(1)
 	c.tmu.Unlock()
-	c.srv.work.run(t.run)
+	c.ready = append(c.ready, t) // started by the reader once the PDU is handled
 	return nil
 }
 
@@ -296,7 +296,8 @@ func residual(expected, actual uint32) (byte, uint32) {
 
 var errAborted = errors.New("iscsi: task aborted")
 
-// run executes the command and sends its status (own goroutine).
+// run executes the command and sends its status (on the goroutine that
+// read it, or on a worker).
 func (t *task) run() {
 	c := t.c
 	se := c.sess

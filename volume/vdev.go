@@ -146,6 +146,36 @@ func pieces(off, n uint64, objSize uint32) []piece {
 	return out
 }
 
+// readChunk bounds the pieces a read is served in: a large read inside one
+// object is split so that its copies out of the page cache and checksum
+// checks run on more than one core.
+const readChunk = 512 << 10
+
+// splitPieces cuts pieces longer than max into pieces of at most max bytes.
+func splitPieces(ps []piece, max uint32) []piece {
+	split := false
+	for _, pc := range ps {
+		if pc.n > max {
+			split = true
+			break
+		}
+	}
+	if !split {
+		return ps
+	}
+	var out []piece
+	for _, pc := range ps {
+		for pc.n > max {
+			out = append(out, piece{idx: pc.idx, inner: pc.inner, lo: pc.lo, n: max})
+			pc.inner += max
+			pc.lo += uint64(max)
+			pc.n -= max
+		}
+		out = append(out, pc)
+	}
+	return out
+}
+
 // begin refreshes the device and checks the range; callers hold d.gate.RLock.
 func (d *vdev) begin(ctx context.Context, off, n uint64) (cluster.VDI, error) {
 	if err := d.refresh(ctx); err != nil {
@@ -228,7 +258,7 @@ func (d *vdev) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	if err := d.revalidate(ctx, &v, ps); err != nil {
 		return err
 	}
-	return parallel(ps, func(pc piece) error {
+	return parallel(splitPieces(ps, readChunk), func(pc piece) error {
 		buf := p[pc.lo : pc.lo+uint64(pc.n)]
 		owner := d.owner(pc.idx)
 		if owner == 0 {
@@ -420,15 +450,8 @@ func (d *vdev) zero(ctx context.Context, off, n uint64, fua bool) error {
 		switch {
 		case whole:
 			if owner == v.VID {
-				// Punched, not removed, and before the index lets go of
-				// it: a removal carries no epoch, so a holder that was
-				// away would bring its old copy back, and the next
-				// allocation of this slot would find it and keep its
-				// stale bytes. An all-hole copy of a newer epoch wins
-				// recovery instead, and a crash before the index update
-				// leaves an object that reads as zeros.
-				err := d.m.cfg.Objects.Zero(ctx, dataObject(v, owner, pc.idx), 0, v.ObjectSize(), fua)
-				if err != nil && !errors.Is(err, proto.ResNoObj) {
+				// Before the index lets go of it (see gateway Discard).
+				if err := d.m.cfg.Objects.Discard(ctx, dataObject(v, owner, pc.idx), fua); err != nil {
 					return err
 				}
 			}

@@ -406,6 +406,22 @@ func (g *Gateway) Zero(ctx context.Context, o Object, off, n uint32, sync bool) 
 	})
 }
 
+// Discard frees an object its VDI no longer refers to (a whole-object
+// UNMAP/trim, an index entry cleared): callers discard it before the index
+// lets go of it. It punches the object whole rather than removing it. A
+// removal carries no epoch: a holder that was away during it would bring
+// its old copy back on its return, and the next allocation of the slot
+// would find that copy and keep its stale bytes; an all-hole copy of a
+// newer epoch wins recovery instead, and a crash before the index update
+// leaves an object that reads as zeros. An object that is already gone is
+// fine.
+func (g *Gateway) Discard(ctx context.Context, o Object, sync bool) error {
+	if err := g.Zero(ctx, o, 0, o.Size, sync); err != nil && !errors.Is(err, proto.ResNoObj) {
+		return err
+	}
+	return nil
+}
+
 // Remove deletes every copy (or strip) of the object.
 func (g *Gateway) Remove(ctx context.Context, o Object) error {
 	return g.retry(ctx, opName{op: "remove", oid: o.OID}, func(ctx context.Context, v *View) error {

@@ -189,7 +189,7 @@ func (h *handler) writeInode(ctx context.Context, o gateway.Object, v *cluster.V
 			continue
 		}
 		obj := gateway.Object{OID: proto.DataOID(v.VID, idx), Red: v.Redundancy(), Size: v.ObjectSize()}
-		if err := h.discardOwned(ctx, obj); err != nil {
+		if err := h.gw.Discard(ctx, obj, false); err != nil {
 			h.log.Warn("reclaim after index update failed", "oid", obj.OID, "err", err)
 		}
 	}
@@ -258,8 +258,8 @@ func (h *handler) discardObj(ctx context.Context, req *proto.Request) (proto.Res
 		return rsp(req, proto.ResSuccess), nil
 	case v.VID:
 		// Punched before the index lets go of it, not removed: see
-		// discardOwned.
-		if err := h.discardOwned(ctx, o); err != nil {
+		// gateway Discard.
+		if err := h.gw.Discard(ctx, o, false); err != nil {
 			return h.errRsp(req, err)
 		}
 	}
@@ -267,16 +267,4 @@ func (h *handler) discardObj(ctx context.Context, req *proto.Request) (proto.Res
 		return h.errRsp(req, err)
 	}
 	return rsp(req, proto.ResSuccess), nil
-}
-
-// discardOwned frees a data object its VDI no longer refers to by punching
-// it whole rather than removing it. A removal carries no epoch: a holder
-// that was away during it would bring its old copy back on its return, and
-// the next allocation of the slot would find that copy and keep its stale
-// bytes. An all-hole copy of a newer epoch wins recovery instead.
-func (h *handler) discardOwned(ctx context.Context, o gateway.Object) error {
-	if err := h.gw.Zero(ctx, o, 0, o.Size, false); err != nil && !errors.Is(err, proto.ResNoObj) {
-		return err
-	}
-	return nil
 }

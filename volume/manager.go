@@ -22,6 +22,9 @@ type Objects interface {
 	// error matching proto.ResOIDExist and the caller writes instead).
 	CreateExclusive(ctx context.Context, o gateway.Object, off uint32, data []byte, sync bool) error
 	Zero(ctx context.Context, o gateway.Object, off, n uint32, sync bool) error
+	// Discard frees a whole object before the index lets go of it; an
+	// object already gone is not an error.
+	Discard(ctx context.Context, o gateway.Object, sync bool) error
 	Remove(ctx context.Context, o gateway.Object) error
 	Flush(ctx context.Context) error
 }

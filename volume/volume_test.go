@@ -68,6 +68,15 @@ func (m *memObjects) CreateExclusive(ctx context.Context, o gateway.Object, off 
 	return nil
 }
 
+func (m *memObjects) Discard(ctx context.Context, o gateway.Object, sync bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b, ok := m.objs[o.OID]; ok {
+		clear(b)
+	}
+	return nil
+}
+
 func (m *memObjects) Zero(ctx context.Context, o gateway.Object, off, n uint32, sync bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -51,7 +51,23 @@ func (n *Node) reconcile(ctx context.Context) {
 	n.reconcileEpoch(ctx, members)
 }
 
-// reconcileRaft keeps Voters voters among live members, adds every other
+// voterTarget is how many live Raft voters the cluster keeps when alive
+// members are up: the configured count, or automatically five once five
+// nodes are up (metadata then survives any two of them failing at once,
+// which is what three copies and 4:2 erasure coding promise for data) and
+// three below that. Shrinking back below five, dead voters are demoted
+// until three live ones remain; live voters are never demoted.
+func (n *Node) voterTarget(alive int) int {
+	if n.cfg.Voters > 0 {
+		return n.cfg.Voters
+	}
+	if alive >= 5 {
+		return 5
+	}
+	return 3
+}
+
+// reconcileRaft keeps voterTarget voters among live members, adds every other
 // live member as a non-voter (so it has the metadata locally), and drops
 // members that left for good.
 func (n *Node) reconcileRaft(members []serf.Member) {
@@ -87,6 +103,7 @@ func (n *Node) reconcileRaft(members []serf.Member) {
 			}
 		}
 	}
+	target := n.voterTarget(len(alive))
 	liveVoters := 0
 	for id, s := range servers {
 		if _, ok := alive[id]; ok && s.Suffrage == raft.Voter {
@@ -106,14 +123,14 @@ func (n *Node) reconcileRaft(members []serf.Member) {
 		}
 		s, in := servers[name]
 		switch {
-		case !in && liveVoters < n.cfg.Voters:
+		case !in && liveVoters < target:
 			if n.raft.AddVoter(raft.ServerID(name), addr, 0, 0).Error() == nil {
 				liveVoters++
 				voters++
 			}
 		case !in:
 			n.raft.AddNonvoter(raft.ServerID(name), addr, 0, 0)
-		case s.Suffrage != raft.Voter && liveVoters < n.cfg.Voters:
+		case s.Suffrage != raft.Voter && liveVoters < target:
 			// Promote a live non-voter to replace a dead voter.
 			if n.raft.AddVoter(raft.ServerID(name), addr, 0, 0).Error() == nil {
 				liveVoters++
@@ -130,7 +147,7 @@ func (n *Node) reconcileRaft(members []serf.Member) {
 	}
 	// Once enough live voters exist, demote dead ones so that quorum is
 	// computed over nodes that can answer.
-	if liveVoters >= n.cfg.Voters {
+	if liveVoters >= target {
 		for id, s := range servers {
 			if _, ok := alive[id]; !ok && s.Suffrage == raft.Voter && id != n.cfg.ID {
 				n.raft.DemoteVoter(s.ID, 0, 0)

@@ -49,7 +49,7 @@ type Config struct {
 	Zone       uint32
 	Space      uint64            // capacity in bytes (0: gateway only)
 	EncryptKey []byte            // serf gossip key (16, 24 or 32 bytes), optional
-	Voters     int               // raft voters to keep (default 3)
+	Voters     int               // raft voters to keep; 0: automatic (see voterTarget)
 	Tags       map[string]string // extra serf tags (front-end addresses...)
 	Forwarder  Forwarder
 	Logger     *slog.Logger
@@ -111,8 +111,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if cfg.Voters <= 0 {
-		cfg.Voters = 3
+	if cfg.Voters < 0 {
+		cfg.Voters = 0
 	}
 	if cfg.EpochDelay == 0 {
 		cfg.EpochDelay = time.Second

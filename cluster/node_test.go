@@ -229,3 +229,17 @@ func TestSlogWriterLevels(t *testing.T) {
 		t.Fatalf("log output:\n%s", out)
 	}
 }
+
+func TestVoterTarget(t *testing.T) {
+	for _, tc := range []struct {
+		configured, alive, want int
+	}{
+		{0, 1, 3}, {0, 3, 3}, {0, 4, 3}, {0, 5, 5}, {0, 9, 5},
+		{1, 5, 1}, {3, 6, 3}, {7, 4, 7},
+	} {
+		n := &Node{cfg: Config{Voters: tc.configured}}
+		if got := n.voterTarget(tc.alive); got != tc.want {
+			t.Errorf("voters %d, %d alive: target %d, want %d", tc.configured, tc.alive, got, tc.want)
+		}
+	}
+}

@@ -15,8 +15,9 @@ import (
 // acknowledged write reads back, and once recovery is over every strip is
 // present and consistent.
 func TestECKillDuringWrites(t *testing.T) {
-	// Five Raft voters: metadata keeps a quorum with any two nodes down.
-	c := newCluster(t, 6, "--voters", "5")
+	// Six nodes get five Raft voters by default: metadata keeps a quorum
+	// with any two nodes down.
+	c := newCluster(t, 6)
 	c.format("4:2")
 	a, b := c.nodes[0], c.nodes[1]
 	const bs, nblocks = 64 << 10, 512 // 32 MiB: 8 objects

@@ -127,3 +127,13 @@ func TestSystemdUnit(t *testing.T) {
 		t.Error("sheep.conf.example does not say where it goes (/etc/gosheep/sheep.conf)")
 	}
 }
+
+// An even or negative voter count is refused before anything starts.
+func TestVotersFlagChecked(t *testing.T) {
+	for _, v := range []string{"2", "-1", "4"} {
+		out, err := sheepCmd(t, "--dir", t.TempDir(), "--voters", v)
+		if err == nil || !strings.Contains(out, "--voters "+v+": want an odd number") {
+			t.Errorf("--voters %s: err %v, output:\n%s", v, err, out)
+		}
+	}
+}

@@ -68,6 +68,9 @@ iSCSI and NBD.`,
 				}
 				cfg.ScrubRate = n
 			}
+			if cfg.Voters < 0 || (cfg.Voters > 0 && cfg.Voters%2 == 0) {
+				return fmt.Errorf("--voters %d: want an odd number (1, 3, 5, ...), or 0 for automatic", cfg.Voters)
+			}
 			for _, j := range strings.Split(join, ",") {
 				if j = strings.TrimSpace(j); j != "" {
 					cfg.Join = append(cfg.Join, j)
@@ -130,7 +133,7 @@ iSCSI and NBD.`,
 	f.StringVar(&capacity, "capacity", "", "storage this node offers, e.g. 100G (default: free space of --dir)")
 	f.BoolVar(&cfg.Gateway, "gateway", false, "gateway only: join and serve clients but store no data")
 	f.StringVar(&cfg.EncryptKey, "encrypt", "", "base64 key (16, 24 or 32 bytes) encrypting gossip traffic; the same on every node")
-	f.IntVar(&cfg.Voters, "voters", 3, "Raft voters the cluster keeps (odd; other nodes are non-voters)")
+	f.IntVar(&cfg.Voters, "voters", 0, "Raft voters the cluster keeps, odd; other nodes are non-voters (default: five once five or more nodes are up, else three)")
 	f.StringVar(&cfg.AutoFormat, "format", "", `format the cluster at start if unformatted, with these copies ("1", "3", "4:2")`)
 	f.StringVar(&cfg.CreateVDI, "create", "", "create this volume at start if missing, NAME:SIZE (e.g. vol0:10G)")
 	f.StringVar(&scrubRate, "scrub-rate", "32M", `bytes per second the background scrub verifies ("0" disables)`)

@@ -195,6 +195,9 @@ func (c *conn) readUntilTask() (next *task) {
 			c.shutdown()
 		}
 		if next == nil {
+			// Commands accepted before reading ended still run: they
+			// answer, or see the connection closed; serve waits for them.
+			c.startReady()
 			close(c.readDone)
 		}
 	}()
@@ -206,23 +209,26 @@ func (c *conn) readUntilTask() (next *task) {
 		c.tmu.Lock()
 		lo := c.logout
 		c.tmu.Unlock()
-		if n := len(c.ready); n > 0 {
-			for _, t := range c.ready[:n-1] {
-				c.srv.work.run(t.run)
-			}
+		if n := len(c.ready); n > 0 && !lo {
 			next = c.ready[n-1]
-			clear(c.ready)
-			c.ready = c.ready[:0]
-			if lo {
-				c.srv.work.run(next.run)
-				return nil
-			}
+			c.ready[n-1] = nil
+			c.ready = c.ready[:n-1]
+			c.startReady()
 			return next
 		}
 		if lo {
 			return nil
 		}
 	}
+}
+
+// startReady starts the ready commands on workers.
+func (c *conn) startReady() {
+	for _, t := range c.ready {
+		c.srv.work.run(t.run)
+	}
+	clear(c.ready)
+	c.ready = c.ready[:0]
 }
 
 // endSession releases what the connection's session holds.
@@ -298,7 +304,10 @@ func (c *conn) sendReject(reason byte, bad *pdu.Header) error {
 	return c.write(func() error { return c.writePDU(&h, bad[:], true) })
 }
 
-// readOne reads and handles one full-feature-phase PDU.
+// readOne reads and handles one full-feature-phase PDU. Data segments are
+// read once the header says where they go: Data-Out straight into its
+// command's buffer, a command's immediate data into a pooled buffer the
+// command then owns.
 func (c *conn) readOne() error {
 	p := &pdu.PDU{}
 	if err := pdu.ReadHeader(c.br, c.lim, p); err != nil {

@@ -55,8 +55,8 @@ func (n *Node) reconcile(ctx context.Context) {
 // members are up: the configured count, or automatically five once five
 // nodes are up (metadata then survives any two of them failing at once,
 // which is what three copies and 4:2 erasure coding promise for data) and
-// three below that. Shrinking back below five, dead voters are demoted
-// until three live ones remain; live voters are never demoted.
+// three below that. Below five, a dead voter is demoted once three live
+// voters remain; live voters are never demoted.
 func (n *Node) voterTarget(alive int) int {
 	if n.cfg.Voters > 0 {
 		return n.cfg.Voters

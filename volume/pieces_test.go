@@ -2,9 +2,9 @@ package volume
 
 import "testing"
 
-// splitPieces keeps the pieces' coverage (same objects, same bytes, same
-// order) and bounds each piece.
-func TestSplitPieces(t *testing.T) {
+// pieces covers the range in order, object by object, each piece within
+// one object and bounded by the chunk.
+func TestPieces(t *testing.T) {
 	const obj = 4 << 20
 	for _, tc := range []struct {
 		off, n uint64
@@ -17,8 +17,9 @@ func TestSplitPieces(t *testing.T) {
 		{obj - 4096, 1 << 20, 512 << 10, 3}, // 4 KiB, then 1020 KiB cut in two
 		{0, 3 * obj, 1 << 20, 12},
 		{7, 5, 1, 5},
+		{100, 2 * obj, obj, 3}, // object boundaries only
 	} {
-		ps := splitPieces(pieces(tc.off, tc.n, obj), tc.max)
+		ps := pieces(tc.off, tc.n, obj, tc.max)
 		if len(ps) != tc.want {
 			t.Errorf("%d+%d max %d: %d pieces, want %d: %+v", tc.off, tc.n, tc.max, len(ps), tc.want, ps)
 		}

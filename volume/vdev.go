@@ -134,12 +134,14 @@ type piece struct {
 	n     uint32
 }
 
-func pieces(off, n uint64, objSize uint32) []piece {
+// pieces cuts [off, off+n) at object boundaries, and into pieces of at
+// most chunk bytes (chunk >= objSize: object boundaries only).
+func pieces(off, n uint64, objSize, chunk uint32) []piece {
 	var out []piece
 	os := uint64(objSize)
 	for pos := off; pos < off+n; {
 		idx := pos / os
-		end := min(off+n, (idx+1)*os)
+		end := min(off+n, (idx+1)*os, pos+uint64(chunk))
 		out = append(out, piece{idx: uint32(idx), inner: uint32(pos % os), lo: pos - off, n: uint32(end - pos)})
 		pos = end
 	}
@@ -150,31 +152,6 @@ func pieces(off, n uint64, objSize uint32) []piece {
 // object is split so that its copies out of the page cache and checksum
 // checks run on more than one core.
 const readChunk = 512 << 10
-
-// splitPieces cuts pieces longer than max into pieces of at most max bytes.
-func splitPieces(ps []piece, max uint32) []piece {
-	split := false
-	for _, pc := range ps {
-		if pc.n > max {
-			split = true
-			break
-		}
-	}
-	if !split {
-		return ps
-	}
-	var out []piece
-	for _, pc := range ps {
-		for pc.n > max {
-			out = append(out, piece{idx: pc.idx, inner: pc.inner, lo: pc.lo, n: max})
-			pc.inner += max
-			pc.lo += uint64(max)
-			pc.n -= max
-		}
-		out = append(out, pc)
-	}
-	return out
-}
 
 // begin refreshes the device and checks the range; callers hold d.gate.RLock.
 func (d *vdev) begin(ctx context.Context, off, n uint64) (cluster.VDI, error) {
@@ -254,11 +231,11 @@ func (d *vdev) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	if err != nil {
 		return err
 	}
-	ps := pieces(off, uint64(len(p)), v.ObjectSize())
+	ps := pieces(off, uint64(len(p)), v.ObjectSize(), readChunk)
 	if err := d.revalidate(ctx, &v, ps); err != nil {
 		return err
 	}
-	return parallel(splitPieces(ps, readChunk), func(pc piece) error {
+	return parallel(ps, func(pc piece) error {
 		buf := p[pc.lo : pc.lo+uint64(pc.n)]
 		owner := d.owner(pc.idx)
 		if owner == 0 {
@@ -295,7 +272,7 @@ func (d *vdev) mutate(ctx context.Context, off, n uint64, fn func(ctx context.Co
 		if err != nil {
 			return err
 		}
-		err = parallel(pieces(off, n, v.ObjectSize()), func(pc piece) error {
+		err = parallel(pieces(off, n, v.ObjectSize(), v.ObjectSize()), func(pc piece) error {
 			return fn(ctx, &v, pc)
 		})
 		if errors.Is(err, proto.ResReadonly) && attempt < maxReloads {
@@ -479,7 +456,7 @@ func (d *vdev) Extents(ctx context.Context, off, n uint64) ([]Extent, error) {
 	if err != nil {
 		return nil, err
 	}
-	ps := pieces(off, n, v.ObjectSize())
+	ps := pieces(off, n, v.ObjectSize(), v.ObjectSize())
 	if err := d.revalidate(ctx, &v, ps); err != nil {
 		return nil, err
 	}

@@ -111,9 +111,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if cfg.Voters < 0 {
-		cfg.Voters = 0
-	}
 	if cfg.EpochDelay == 0 {
 		cfg.EpochDelay = time.Second
 	}

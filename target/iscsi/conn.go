@@ -209,15 +209,15 @@ func (c *conn) readUntilTask() (next *task) {
 		c.tmu.Lock()
 		lo := c.logout
 		c.tmu.Unlock()
-		if n := len(c.ready); n > 0 && !lo {
+		if lo {
+			return nil
+		}
+		if n := len(c.ready); n > 0 {
 			next = c.ready[n-1]
 			c.ready[n-1] = nil
 			c.ready = c.ready[:n-1]
 			c.startReady()
 			return next
-		}
-		if lo {
-			return nil
 		}
 	}
 }

@@ -388,7 +388,7 @@ func (d *Disk) writeDataLocked(o *object, sc *writeScratch, off uint32, end uint
 			if err := d.punchLocked(o, s, e); err != nil {
 				return err
 			}
-		} else if _, err := o.f.WriteAt(data[s-uint64(off):e-uint64(off)], base+int64(s)); err != nil {
+		} else if err := writePieces(o.f, data[s-uint64(off):e-uint64(off)], base+int64(s)); err != nil {
 			return ioError("write", o.key, err)
 		}
 	}
@@ -629,6 +629,26 @@ func (d *Disk) readVerify(f vfs.File, h *header, sums []byte, off uint32, p []by
 	return sawPrev, nil
 }
 
+// pieceSize bounds one data write. The page cache sizes a new folio by
+// the write that creates it: one 4 MiB write (a create, a recovered copy)
+// leaves folios of up to 2 MiB, and every later 4 KiB write into one
+// walks all its buffer heads (ext4, Linux 6.18: ~9 us against ~1.5 us per
+// 4 KiB write, measured). 128 KiB folios cost large writes and reads ~5 %.
+const pieceSize = 128 << 10
+
+// writePieces writes data at off in writes that do not cross a pieceSize
+// boundary of the file.
+func writePieces(f vfs.File, data []byte, off int64) error {
+	for len(data) > 0 {
+		n := min(len(data), int(pieceSize-off%pieceSize))
+		if _, err := f.WriteAt(data[:n], off); err != nil {
+			return err
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	return nil
+}
+
 // writeSparse writes data at off into a fresh (all-hole) file, skipping
 // aligned all-zero 4 KiB blocks.
 func writeSparse(f vfs.File, data []byte, off int64) error {
@@ -651,7 +671,7 @@ func writeSparse(f vfs.File, data []byte, off int64) error {
 		if end < len(data) && len(data)-end < blk {
 			end = len(data)
 		}
-		if _, err := f.WriteAt(data[:end], off); err != nil {
+		if err := writePieces(f, data[:end], off); err != nil {
 			return err
 		}
 		data, off = data[end:], off+int64(end)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/target/internal/serve"
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
 )
@@ -117,6 +118,7 @@ type conn struct {
 	readErr  error         // why reading ended; read after readDone
 	readDone chan struct{} // closed when reading has ended
 	readFn   func()        // c.readRole, made once: a method value allocates
+	inline   *serve.Handoff[*task]
 }
 
 func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
@@ -134,6 +136,7 @@ func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
 		readDone: make(chan struct{}),
 	}
 	c.readFn = c.readRole
+	c.inline = serve.NewHandoff(s.watch, (*task).run, func() { c.srv.work.Run(c.readFn) })
 	return c
 }
 
@@ -155,6 +158,7 @@ func (c *conn) serve() {
 		}
 		c.shutdown()
 		c.taskWG.Wait()
+		c.inline.Close()
 		c.endSession()
 	}()
 	if err := c.login(); err != nil {
@@ -169,17 +173,55 @@ func (c *conn) serve() {
 	}
 }
 
-// readRole reads PDUs until a SCSI command is ready to run, then passes
-// reading on to another goroutine and runs that command itself: the
-// command starts without waiting for a goroutine to wake up, which on a
-// loaded machine costs more than a small read or write. Exactly one
-// goroutine holds the role; the one that finds the connection ended sets
-// readErr and closes readDone.
+// inlineTick is the period of the server's Watch: a command running on
+// the reader (see alone) holds up reading for one to two ticks at most
+// before reading passes to another goroutine.
+const inlineTick = time.Millisecond
+
+// readRole reads PDUs until a SCSI command is ready to run and runs that
+// command itself: it starts without waiting for a goroutine to wake up,
+// which on a loaded machine costs more than a small read or write. Reading
+// passes to another goroutine first, unless the command is alone and the
+// connection has been at queue depth 1 for a while (serve.Handoff.Inline);
+// then only if it turns out slow. Exactly one goroutine holds the role;
+// the one that finds the connection ended sets readErr and closes
+// readDone.
 func (c *conn) readRole() {
-	if t := c.readUntilTask(); t != nil {
-		c.srv.work.run(c.readFn)
-		t.run()
+	for {
+		t := c.readUntilTask()
+		if t == nil {
+			return
+		}
+		if !c.inline.Inline(c.alone(t)) {
+			c.srv.work.Run(c.readFn)
+			t.run()
+			return
+		}
+		if !c.inline.Run(t) {
+			return
+		}
 	}
+}
+
+// alone reports whether t is the connection's only command in flight,
+// with all its data in and nothing more read: the initiator is waiting for
+// it (queue depth 1), so reading meanwhile would only find nothing.
+func (c *conn) alone(t *task) bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	c.tmu.Lock()
+	n := len(c.tasks)
+	c.tmu.Unlock()
+	if n != 1 {
+		return false
+	}
+	if !t.write {
+		return true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.unsolDone && t.received >= t.edtl
 }
 
 // readUntilTask returns the next command to run, or nil once reading has
@@ -225,7 +267,7 @@ func (c *conn) readUntilTask() (next *task) {
 // startReady starts the ready commands on workers.
 func (c *conn) startReady() {
 	for _, t := range c.ready {
-		c.srv.work.run(t.run)
+		c.srv.work.Run(t.run)
 	}
 	clear(c.ready)
 	c.ready = c.ready[:0]

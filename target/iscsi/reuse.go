@@ -3,7 +3,6 @@ package iscsi
 import (
 	"math/bits"
 	"sync"
-	"time"
 )
 
 // bufPool recycles command data buffers (Data-Out collected for a write,
@@ -53,50 +52,3 @@ func (bp *bufPool) put(b []byte) {
 	b = b[:cap(b)]
 	bp.classes[c].Put(&b)
 }
-
-// workers runs commands on goroutines kept for reuse. A command's call
-// chain (SCSI → volume → gateway → store) grows a fresh goroutine's stack
-// several times (runtime.newstack and copystack were 6% of a node's CPU
-// under 4 KiB I/O); a worker keeps its grown stack for the next command.
-// There is no bound here: commands in flight are bounded by the sessions'
-// CmdSN windows. A worker idle for workerIdle exits, as do all on close.
-type workers struct {
-	work chan func()
-	quit chan struct{}
-	once sync.Once
-}
-
-const workerIdle = 10 * time.Second
-
-func newWorkers() *workers {
-	return &workers{work: make(chan func()), quit: make(chan struct{})}
-}
-
-// run starts fn on an idle worker, or on a new one if none is idle.
-func (w *workers) run(fn func()) {
-	select {
-	case w.work <- fn:
-	default:
-		go w.loop(fn)
-	}
-}
-
-func (w *workers) loop(fn func()) {
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		fn()
-		fn = nil
-		idle.Reset(workerIdle)
-		select {
-		case fn = <-w.work:
-		case <-idle.C:
-			return
-		case <-w.quit:
-			return
-		}
-	}
-}
-
-// close makes idle workers exit; busy ones exit when their command ends.
-func (w *workers) close() { w.once.Do(func() { close(w.quit) }) }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gosheep/gosheep/metrics"
+	"github.com/gosheep/gosheep/target/internal/serve"
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
 	"github.com/gosheep/gosheep/volume"
 )
@@ -150,7 +151,8 @@ type Server struct {
 	rec    metrics.Recorder
 	budget *budget
 	bufs   bufPool
-	work   *workers
+	work   *serve.Workers
+	watch  *serve.Watch // passes reading on from slow inline commands
 
 	mu        sync.Mutex
 	closed    bool
@@ -173,7 +175,8 @@ func New(cfg Config) *Server {
 		log:       cfg.Logger,
 		rec:       cfg.Recorder,
 		budget:    newBudget(cfg.MaxBufferBytes),
-		work:      newWorkers(),
+		work:      serve.NewWorkers(),
+		watch:     serve.NewWatch(inlineTick),
 		targets:   map[string]*target{},
 		byIQN:     map[string]*target{},
 		listeners: map[net.Listener]struct{}{},
@@ -287,7 +290,8 @@ func (s *Server) Close() error {
 		c.shutdown()
 	}
 	s.connWG.Wait()
-	s.work.close()
+	s.work.Close()
+	s.watch.Close()
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package native
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,10 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"bufio"
-
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/target/internal/serve"
 )
 
 // Defaults for Config fields left zero.
@@ -81,7 +81,8 @@ type Server struct {
 	log         *slog.Logger
 	rec         metrics.Recorder
 	bufs        bufPool
-	work        *workers
+	work        *serve.Workers
+	watch       *serve.Watch // passes reading on from slow inline requests
 
 	mu        sync.Mutex
 	closed    bool
@@ -109,7 +110,8 @@ func NewServer(cfg Config) *Server {
 		rec:         cfg.Recorder,
 		listeners:   make(map[*net.Listener]struct{}),
 		conns:       make(map[*conn]struct{}),
-		work:        newWorkers(),
+		work:        serve.NewWorkers(),
+		watch:       serve.NewWatch(inlineTick),
 	}
 	if s.maxPayload == 0 {
 		s.maxPayload = DefaultMaxPayload
@@ -200,6 +202,7 @@ func isTemporary(err error) bool {
 // returns once every handler of the connection has returned.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	c := s.newConn(ctx, nc)
+	defer c.inline.Close()
 	if !s.track(c) {
 		nc.Close()
 		c.cancel()
@@ -277,7 +280,8 @@ func (s *Server) Close() error {
 		c.abort()
 	}
 	s.wg.Wait()
-	s.work.close()
+	s.work.Close()
+	s.watch.Close()
 	return nil
 }
 
@@ -293,7 +297,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		s.work.close()
+		s.work.Close()
+		s.watch.Close()
 		return nil
 	case <-ctx.Done():
 		s.Close()
@@ -373,6 +378,7 @@ type conn struct {
 	handlers sync.WaitGroup
 	readDone chan struct{} // closed when reading has ended
 	readFn   func()        // c.readRole, made once: a method value allocates
+	inline   *serve.Handoff[*task]
 
 	wmu     sync.Mutex // held while writing a response
 	waiters atomic.Int32
@@ -390,6 +396,7 @@ func (s *Server) newConn(ctx context.Context, nc net.Conn) *conn {
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.readFn = c.readRole
+	c.inline = serve.NewHandoff(s.watch, c.run, func() { c.s.work.Run(c.readFn) })
 	return c
 }
 
@@ -402,16 +409,33 @@ func (c *conn) abort() {
 // stopReading makes the reader stop at the next header (graceful close).
 func (c *conn) stopReading() { c.nc.SetReadDeadline(time.Now()) }
 
-// readRole reads requests until one needs its handler, then passes
-// reading on to another goroutine and serves that request itself: the
-// request goes to its handler without waiting for a goroutine to wake up,
-// which on a loaded machine costs more than the handler. Exactly one
-// goroutine holds the role; the one that finds the stream ended closes
-// readDone.
+// inlineTick is the period of the server's Watch: a request served on
+// the reader (the only one in flight) holds up reading for one to two
+// ticks at most before reading passes to another goroutine.
+const inlineTick = time.Millisecond
+
+// readRole reads requests until one needs its handler and serves that
+// request itself: it goes to its handler without waiting for a goroutine
+// to wake up, which on a loaded machine costs more than the handler.
+// Reading passes to another goroutine first, unless the request is the
+// only one in flight with nothing more read (the client waits for it, so
+// reading meanwhile would find nothing) and has been for a while
+// (serve.Handoff.Inline); then only if it turns out slow. Exactly one goroutine holds the role; the one that finds
+// the stream ended closes readDone.
 func (c *conn) readRole() {
-	if t := c.readUntilTask(); t != nil {
-		c.s.work.run(c.readFn)
-		c.run(t)
+	for {
+		t := c.readUntilTask()
+		if t == nil {
+			return
+		}
+		if !c.inline.Inline(len(c.sem) == 1 && c.br.Buffered() == 0) {
+			c.s.work.Run(c.readFn)
+			c.run(t)
+			return
+		}
+		if !c.inline.Run(t) {
+			return
+		}
 	}
 }
 

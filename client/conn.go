@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -358,6 +359,7 @@ func (c *Conn) readLoop() {
 		}
 	}()
 	br := bufio.NewReaderSize(c.nc, 64<<10)
+	lowat := sockopt.NewLowat(c.nc) // raised while a large payload is read
 	var hdr [proto.HeaderSize]byte
 	for {
 		claimed = nil
@@ -404,7 +406,7 @@ func (c *Conn) readLoop() {
 			} else {
 				data = make([]byte, n)
 			}
-			if _, err := io.ReadFull(br, data); err != nil {
+			if _, err := lowat.ReadFull(br, data); err != nil {
 				c.fail(err)
 				return // the deferred finish fails the call
 			}

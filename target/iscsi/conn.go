@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/target/internal/serve"
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
@@ -119,6 +120,7 @@ type conn struct {
 	readDone chan struct{} // closed when reading has ended
 	readFn   func()        // c.readRole, made once: a method value allocates
 	inline   *serve.Handoff[*task]
+	lowat    sockopt.Lowat
 }
 
 func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
@@ -136,6 +138,7 @@ func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
 		readDone: make(chan struct{}),
 	}
 	c.readFn = c.readRole
+	c.lowat = sockopt.NewLowat(nc)
 	c.inline = serve.NewHandoff(s.watch, (*task).run, func() { c.srv.work.Run(c.readFn) })
 	return c
 }
@@ -346,6 +349,19 @@ func (c *conn) sendReject(reason byte, bad *pdu.Header) error {
 	return c.write(func() error { return c.writePDU(&h, bad[:], true) })
 }
 
+// readData reads a data segment (with padding and digest) into dst; a
+// large one with the receive low-water mark raised, so the reader wakes
+// once rather than per loopback segment.
+func (c *conn) readData(dst []byte) error {
+	if _, err := c.lowat.ReadFull(c.br, dst); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	return pdu.ReadDataTrailer(c.br, c.lim, dst)
+}
+
 // readOne reads and handles one full-feature-phase PDU. Data segments are
 // read once the header says where they go: Data-Out straight into its
 // command's buffer, a command's immediate data into a pooled buffer the
@@ -364,7 +380,7 @@ func (c *conn) readOne() error {
 		} else {
 			p.Data = make([]byte, n)
 		}
-		if err := pdu.ReadData(c.br, c.lim, p.Data); err != nil {
+		if err := c.readData(p.Data); err != nil {
 			return err
 		}
 	}

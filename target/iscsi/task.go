@@ -197,7 +197,7 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 	if !direct {
 		dst = c.srv.bufs.get(int(n))
 	}
-	err := pdu.ReadData(c.br, c.lim, dst)
+	err := c.readData(dst)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if direct {
@@ -240,7 +240,7 @@ func (c *conn) discardData(n uint32) error {
 		return nil
 	}
 	b := c.srv.bufs.get(int(n))
-	err := pdu.ReadData(c.br, c.lim, b)
+	err := c.readData(b)
 	c.srv.bufs.put(b)
 	return err
 }

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/target/internal/serve"
@@ -379,6 +380,7 @@ type conn struct {
 	readDone chan struct{} // closed when reading has ended
 	readFn   func()        // c.readRole, made once: a method value allocates
 	inline   *serve.Handoff[*task]
+	lowat    sockopt.Lowat // raised while a large payload is read
 
 	wmu     sync.Mutex // held while writing a response
 	waiters atomic.Int32
@@ -396,6 +398,7 @@ func (s *Server) newConn(ctx context.Context, nc net.Conn) *conn {
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.readFn = c.readRole
+	c.lowat = sockopt.NewLowat(nc)
 	c.inline = serve.NewHandoff(s.watch, c.run, func() { c.s.work.Run(c.readFn) })
 	return c
 }
@@ -504,7 +507,7 @@ func (c *conn) admit(t *task) (run, ok bool) {
 	}
 	if payload {
 		t.data, t.dh = c.s.bufs.get(int(req.DataLength))
-		if _, err := io.ReadFull(c.br, t.data); err != nil {
+		if _, err := c.lowat.ReadFull(c.br, t.data); err != nil {
 			c.s.log.Debug("native: read payload", "remote", c.nc.RemoteAddr(), "req", req.String(), "err", err)
 			t.release()
 			<-c.sem

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/volume"
 )
 
@@ -44,6 +45,7 @@ type tx struct {
 	budget  *semaphore.Weighted // payload bytes in flight
 	workers sync.WaitGroup
 	work    chan *request // to idle workers
+	lowat   sockopt.Lowat // raised while a large payload is read
 
 	wmu     sync.Mutex // one reply on the wire at a time
 	werr    error      // first write error; guarded by wmu
@@ -63,6 +65,7 @@ func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 		slots:  semaphore.NewWeighted(int64(c.s.cfg.MaxInflight)),
 		budget: semaphore.NewWeighted(c.s.cfg.MaxInflightBytes),
 		work:   make(chan *request),
+		lowat:  sockopt.NewLowat(c.nc),
 	}
 
 	clean := false
@@ -139,7 +142,7 @@ func (t *tx) readLoop() error {
 				return err
 			}
 			r.data = t.s.bufs.get(int(r.length))
-			if _, err := io.ReadFull(t.br, *r.data); err != nil {
+			if _, err := t.lowat.ReadFull(t.br, *r.data); err != nil {
 				t.s.bufs.put(r.data)
 				t.budget.Release(r.hold)
 				t.slots.Release(1)

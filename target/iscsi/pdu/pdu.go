@@ -238,6 +238,15 @@ func ReadData(r io.Reader, lim Limits, dst []byte) error {
 	if _, err := io.ReadFull(r, dst); err != nil {
 		return noEOF(err)
 	}
+	return ReadDataTrailer(r, lim, dst)
+}
+
+// ReadDataTrailer reads what follows a data segment already read into
+// dst: its padding and, when negotiated, its digest, which it checks.
+func ReadDataTrailer(r io.Reader, lim Limits, dst []byte) error {
+	if len(dst) == 0 {
+		return nil // an empty segment has neither
+	}
 	var pad [4]byte
 	pl := pad[:pad4(uint32(len(dst)))]
 	if len(pl) > 0 {

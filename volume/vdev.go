@@ -30,7 +30,7 @@ type vdev struct {
 	stale  bool
 	closed bool
 
-	idxLocks [256]sync.Mutex // serialise allocation/COW per object index
+	locks rangeLocks // orders writes, allocation and COW per object index
 }
 
 // load installs row v and its index.
@@ -302,10 +302,10 @@ func (d *vdev) owner(idx uint32) uint32 {
 	return 0
 }
 
+// lockIdx holds object index idx alone (allocation, copy-on-write,
+// discard).
 func (d *vdev) lockIdx(idx uint32) func() {
-	m := &d.idxLocks[idx%uint32(len(d.idxLocks))]
-	m.Lock()
-	return m.Unlock
+	return d.locks.lock(idx, 0, ^uint32(0), true)
 }
 
 // setIndex persists data_vdi_id[idx] = val in the inode, then the cache.
@@ -332,6 +332,24 @@ func (d *vdev) writePiece(ctx context.Context, v *cluster.VDI, pc piece, data []
 	if err := d.writable(v); err != nil {
 		return err
 	}
+	obj := dataObject(v, v.VID, pc.idx)
+	if d.owner(pc.idx) == v.VID {
+		// Our own object: writes to other ranges of it go on meanwhile;
+		// only overlapping ones wait, so every copy applies them in the
+		// same order.
+		unlock := d.locks.lock(pc.idx, pc.inner, pc.inner+uint32(len(data)), false)
+		if d.owner(pc.idx) == v.VID {
+			err := d.m.cfg.Objects.Write(ctx, obj, pc.inner, data, fua)
+			unlock()
+			if !errors.Is(err, proto.ResNoObj) {
+				return err
+			}
+			// Discarded by another device since we cached the entry: the
+			// path below looks again and allocates.
+		} else {
+			unlock()
+		}
+	}
 	unlock := d.lockIdx(pc.idx)
 	defer unlock()
 	owner := d.owner(pc.idx)
@@ -342,7 +360,6 @@ func (d *vdev) writePiece(ctx context.Context, v *cluster.VDI, pc piece, data []
 		}
 		owner = d.owner(pc.idx)
 	}
-	obj := dataObject(v, v.VID, pc.idx)
 	if owner == v.VID {
 		err := d.m.cfg.Objects.Write(ctx, obj, pc.inner, data, fua)
 		if !errors.Is(err, proto.ResNoObj) {

@@ -99,6 +99,7 @@ const (
 type call struct {
 	req   proto.Request
 	wdata []byte
+	wtail []byte // sent after wdata (DoTail)
 	rbuf  []byte
 	limit uint32 // largest response payload accepted
 
@@ -186,6 +187,12 @@ func (c *Conn) Close() error {
 // either direction cannot be cut short, so the connection is closed then.
 // Do does not use wdata or rbuf after it returns.
 func (c *Conn) Do(ctx context.Context, req proto.Request, wdata []byte, rbuf []byte) (proto.Response, []byte, error) {
+	return c.DoTail(ctx, req, wdata, nil, rbuf)
+}
+
+// DoTail is Do with a payload of wdata followed by tail, sent without
+// joining them.
+func (c *Conn) DoTail(ctx context.Context, req proto.Request, wdata, tail []byte, rbuf []byte) (proto.Response, []byte, error) {
 	if err := ctx.Err(); err != nil {
 		return proto.Response{}, nil, err
 	}
@@ -195,16 +202,16 @@ func (c *Conn) Do(ctx context.Context, req proto.Request, wdata []byte, rbuf []b
 			req.ProtoVer = proto.SheepProtoVer
 		}
 	}
-	if len(wdata) > 0 || req.Flags&proto.FlagWrite != 0 {
-		if uint64(len(wdata)) > math.MaxUint32 {
-			return proto.Response{}, nil, fmt.Errorf("client: %s payload of %d bytes: %w", req.Opcode, len(wdata), proto.ResInvalidParms)
+	if n := uint64(len(wdata)) + uint64(len(tail)); n > 0 || req.Flags&proto.FlagWrite != 0 {
+		if n > math.MaxUint32 {
+			return proto.Response{}, nil, fmt.Errorf("client: %s payload of %d bytes: %w", req.Opcode, n, proto.ResInvalidParms)
 		}
 		req.Flags |= proto.FlagWrite
-		req.DataLength = uint32(len(wdata))
+		req.DataLength = uint32(n)
 	} else if req.DataLength == 0 {
 		req.DataLength = uint32(min(uint64(len(rbuf)), math.MaxUint32))
 	}
-	cl := &call{req: req, wdata: wdata, rbuf: rbuf, limit: req.ReplyLimit(),
+	cl := &call{req: req, wdata: wdata, wtail: tail, rbuf: rbuf, limit: req.ReplyLimit(),
 		wdone: make(chan struct{}), done: make(chan struct{})}
 
 	if err := c.register(cl); err != nil {
@@ -497,15 +504,16 @@ func (c *Conn) encode(buf []byte, cl *call) ([]byte, error) {
 	var h [proto.HeaderSize]byte
 	cl.req.MarshalTo(h[:])
 	buf = append(buf, h[:]...)
-	if len(cl.wdata) <= smallPayload {
+	if len(cl.wdata)+len(cl.wtail) <= smallPayload {
 		buf = append(buf, cl.wdata...)
+		buf = append(buf, cl.wtail...)
 		if len(buf) >= flushAt {
 			_, err := c.nc.Write(buf)
 			return buf[:0], err
 		}
 		return buf, nil
 	}
-	bufs := net.Buffers{buf, cl.wdata}
+	bufs := net.Buffers{buf, cl.wdata, cl.wtail}
 	_, err := bufs.WriteTo(c.nc)
 	return buf[:0], err
 }

@@ -82,6 +82,14 @@ func TestDoReadWrite(t *testing.T) {
 	if err != nil || rsp.Obj().Offset != sum(w) {
 		t.Fatalf("write: %+v %v", rsp, err)
 	}
+	// A payload in two parts arrives as one, small (copied) or large.
+	for _, n := range []int{100, 100000} {
+		head, tail := pattern(8, 8, n), pattern(9, 9, 1000)
+		rsp, _, err = c.DoTail(ctx, proto.Request{Opcode: proto.OpWriteObj}, head, tail, nil)
+		if want := sum(append(append([]byte(nil), head...), tail...)); err != nil || rsp.Obj().Offset != want {
+			t.Fatalf("write of %d+%d bytes in two parts: %+v %v", n, len(tail), rsp, err)
+		}
+	}
 	// Peer ops carry the internal protocol version (the handler checks).
 	if _, err := c.ReadPeer(ctx, ObjReq{OID: oid, Epoch: 3}, rbuf[:10]); err != nil {
 		t.Fatal(err)

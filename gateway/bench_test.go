@@ -18,10 +18,12 @@ type nopPeer struct{}
 func (nopPeer) Create(context.Context, uint32, store.Key, uint32, uint32, []byte, bool, bool) error {
 	return nil
 }
-func (nopPeer) Write(context.Context, uint32, store.Key, uint32, []byte, bool) error { return nil }
-func (nopPeer) Read(context.Context, uint32, store.Key, uint32, []byte) error        { return nil }
-func (nopPeer) Remove(context.Context, uint32, store.Key) error                      { return nil }
-func (nopPeer) Zero(context.Context, uint32, store.Key, uint32, uint32, bool) error  { return nil }
+func (nopPeer) Write(context.Context, uint32, store.Key, uint32, []byte, []uint32, bool) error {
+	return nil
+}
+func (nopPeer) Read(context.Context, uint32, store.Key, uint32, []byte) error       { return nil }
+func (nopPeer) Remove(context.Context, uint32, store.Key) error                     { return nil }
+func (nopPeer) Zero(context.Context, uint32, store.Key, uint32, uint32, bool) error { return nil }
 func (nopPeer) ECWrite(context.Context, uint32, Object, ECOp, uint32, uint32, []byte, bool) error {
 	return nil
 }

@@ -287,7 +287,7 @@ func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Nod
 		case op == ECCreate:
 			errs[i] = p.Create(pctx, v.Epoch, k, stripSize, soff, chunks[i], sync, false)
 		default:
-			errs[i] = p.Write(pctx, v.Epoch, k, soff, chunks[i], sync)
+			errs[i] = p.Write(pctx, v.Epoch, k, soff, chunks[i], nil, sync)
 		}
 		return errs[i]
 	})

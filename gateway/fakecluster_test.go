@@ -258,11 +258,11 @@ func (p *fakePeer) Create(ctx context.Context, epoch uint32, k store.Key, size, 
 	return p.n.st.Create(ctx, k, size, off, data, store.WriteOpts{Sync: sync, Epoch: epoch, Exclusive: excl})
 }
 
-func (p *fakePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+func (p *fakePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error {
 	if err := p.check(epoch, "write", k); err != nil {
 		return err
 	}
-	return p.n.st.Write(ctx, k, off, data, store.WriteOpts{Sync: sync, Epoch: epoch})
+	return p.n.st.Write(ctx, k, off, data, store.WriteOpts{Sync: sync, Epoch: epoch, Sums: sums})
 }
 
 func (p *fakePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, b []byte) error {

@@ -45,7 +45,9 @@ type Peer interface {
 	// Create makes the object (zero-filled) with data at off, replacing
 	// any copy; with excl it fails with proto.ResOIDExist if one exists.
 	Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync, excl bool) error
-	Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error
+	// Write writes data at off into the existing object; sums, if not nil,
+	// are store.BlockSums of data (see store.WriteOpts.Sums).
+	Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error
 	Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error
 	Remove(ctx context.Context, epoch uint32, k store.Key) error
 	Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error
@@ -362,16 +364,20 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 	if o.Red.IsEC() {
 		return g.ecRoute(ctx, o, ECWrite, off, uint32(len(data)), data, sync)
 	}
+	var sums []uint32 // computed once for all copies, when there are several
 	return g.retry(ctx, opName{op: "write", oid: o.OID}, func(ctx context.Context, v *View) error {
 		var tb tbuf
 		ts, err := g.writeTargets(tb[:0], v, o)
 		if err != nil {
 			return err
 		}
+		if sums == nil && len(ts) > 1 && off%store.SumBlock == 0 && len(data) >= store.SumBlock {
+			sums = store.BlockSums(make([]uint32, 0, len(data)/store.SumBlock), data)
+		}
 		err = fanout(ts, func(_ int, n placement.Node) error {
 			pctx, cancel := g.nodeCtx(ctx, n)
 			defer cancel()
-			return g.cfg.Peers.Peer(n).Write(pctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sync)
+			return g.cfg.Peers.Peer(n).Write(pctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
 		})
 		if err == nil {
 			g.markDirty(ts...)

@@ -78,6 +78,12 @@ const (
 	OpZeroPeer Opcode = 0xe6
 	// OpListObjs returns this node's objects (live and stale) as JSON, for recovery.
 	OpListObjs Opcode = 0xe7
+	// OpWritePeerSums is WRITE_PEER with the data's block checksums after
+	// it: the payload is n×4096 data bytes, then n little-endian CRC32C
+	// (store.BlockSums), and the offset is 4096-aligned. A separate opcode,
+	// so a node without it refuses the request instead of writing the sums
+	// as data.
+	OpWritePeerSums Opcode = 0xe8
 )
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
@@ -116,7 +122,7 @@ var opNames = map[Opcode]string{
 	OpReweight: "REWEIGHT", OpStat: "STAT", OpExist: "EXIST", OpClusterInfo: "CLUSTER_INFO",
 	OpRepairReplica: "REPAIR_REPLICA", OpOIDsExist: "OIDS_EXIST", OpGetRecovery: "GET_RECOVERY",
 	OpSetRecovery: "SET_RECOVERY", OpMeta: "META", OpSyncPeer: "SYNC_PEER",
-	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS",
+	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS",
 }
 
 func (o Opcode) String() string {

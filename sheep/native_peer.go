@@ -2,6 +2,7 @@ package sheep
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -74,6 +75,13 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		err = h.guarded(ctx, k, func() error { return h.store.Create(ctx, k, size, a.Offset, data, opts) })
 	case proto.OpWritePeer:
 		err = h.guarded(ctx, k, func() error { return h.store.Write(ctx, k, a.Offset, data, opts) })
+	case proto.OpWritePeerSums:
+		var sums []uint32
+		if data, sums, err = splitSums(data, a.Offset); err != nil {
+			return h.errRsp(req, fmt.Errorf("peer write of %s: %w", k.OID, err))
+		}
+		opts.Sums = sums
+		err = h.guarded(ctx, k, func() error { return h.store.Write(ctx, k, a.Offset, data, opts) })
 	case proto.OpReadPeer:
 		out = native.Alloc(ctx, int(req.DataLength))
 		if req.Flags&proto.FlagRecovery != 0 {
@@ -94,6 +102,22 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		return h.errRsp(req, err)
 	}
 	return rsp(req, proto.ResSuccess), out
+}
+
+// splitSums parses an OpWritePeerSums payload: n blocks of data, then n
+// little-endian block checksums.
+func splitSums(p []byte, off uint32) (data []byte, sums []uint32, err error) {
+	const unit = store.SumBlock + 4
+	if len(p) == 0 || len(p)%unit != 0 || off%store.SumBlock != 0 {
+		return nil, nil, fmt.Errorf("%d payload bytes at offset %d are not whole blocks with their sums: %w", len(p), off, proto.ResInvalidParms)
+	}
+	n := len(p) / unit
+	data, raw := p[:n*store.SumBlock], p[n*store.SumBlock:]
+	sums = make([]uint32, n)
+	for i := range sums {
+		sums[i] = binary.LittleEndian.Uint32(raw[4*i:])
+	}
+	return data, sums, nil
 }
 
 func (h *handler) zeroPeer(ctx context.Context, req *proto.Request) (proto.Response, []byte) {

@@ -2,6 +2,7 @@ package sheep
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"github.com/gosheep/gosheep/api"
@@ -47,8 +48,10 @@ func (l *localPeer) Create(ctx context.Context, epoch uint32, k store.Key, size,
 	return l.h.guarded(ctx, k, func() error { return l.h.store.Create(ctx, k, size, off, data, o) })
 }
 
-func (l *localPeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
-	return l.h.guarded(ctx, k, func() error { return l.h.store.Write(ctx, k, off, data, l.opts(epoch, sync)) })
+func (l *localPeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error {
+	o := l.opts(epoch, sync)
+	o.Sums = sums
+	return l.h.guarded(ctx, k, func() error { return l.h.store.Write(ctx, k, off, data, o) })
 }
 
 func (l *localPeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
@@ -90,6 +93,11 @@ func peerReq(op proto.Opcode, epoch uint32, k store.Key, off uint32, sync bool) 
 }
 
 func (r *remotePeer) do(ctx context.Context, req proto.Request, w, rbuf []byte) error {
+	return r.doVec(ctx, req, w, nil, rbuf)
+}
+
+// doVec sends w then tail as one payload.
+func (r *remotePeer) doVec(ctx context.Context, req proto.Request, w, tail, rbuf []byte) error {
 	c, err := r.pool.Get(ctx, r.addr)
 	if err != nil {
 		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
@@ -97,7 +105,7 @@ func (r *remotePeer) do(ctx context.Context, req proto.Request, w, rbuf []byte) 
 	if w != nil {
 		req.Flags |= proto.FlagWrite
 	}
-	_, _, err = c.Do(ctx, req, w, rbuf)
+	_, _, err = c.DoTail(ctx, req, w, tail, rbuf)
 	return err
 }
 
@@ -113,8 +121,21 @@ func (r *remotePeer) Create(ctx context.Context, epoch uint32, k store.Key, size
 	return r.do(ctx, req, data, nil)
 }
 
-func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+// Write sends the block checksums along when it has them for whole
+// blocks, so the peer stores them instead of computing its own.
+func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error {
+	if n := len(data) / store.SumBlock; n > 0 && len(sums) == n && len(data) == n*store.SumBlock && off%store.SumBlock == 0 {
+		return r.doVec(ctx, peerReq(proto.OpWritePeerSums, epoch, k, off, sync), data, sumBytes(sums), nil)
+	}
 	return r.do(ctx, peerReq(proto.OpWritePeer, epoch, k, off, sync), data, nil)
+}
+
+func sumBytes(sums []uint32) []byte {
+	b := make([]byte, 4*len(sums))
+	for i, s := range sums {
+		binary.LittleEndian.PutUint32(b[4*i:], s)
+	}
+	return b
 }
 
 func (r *remotePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {

@@ -326,14 +326,21 @@ func (d *Disk) mutateLocked(o *object, off, n uint32, data []byte, wo WriteOpts)
 			return err
 		}
 	}
+	given := wo.Sums
+	if off%SumBlock != 0 || h.bs != SumBlock {
+		given = nil
+	}
 	for b := f0; b < f1; b++ {
 		// trusted: the block holds what cur says (prepareLocked ensured it).
 		_, cur := pairAt(o.sums, b)
 		var c uint32
-		if zero {
+		s := h.blockStart(b) - uint64(off)
+		switch i := s / SumBlock; {
+		case zero:
 			c = d.zeroCRCFor(h.blockLen(b))
-		} else {
-			s := h.blockStart(b) - uint64(off)
+		case i < uint64(len(given)) && h.blockLen(b) == SumBlock:
+			c = given[i]
+		default:
 			c = crc32.Checksum(data[s:s+uint64(h.blockLen(b))], d.tab)
 		}
 		putPair(pairs[int(b-b0)*pairLen:], cur, c)

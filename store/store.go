@@ -7,6 +7,7 @@ package store
 
 import (
 	"context"
+	"hash/crc32"
 
 	"github.com/gosheep/gosheep/proto"
 )
@@ -49,7 +50,28 @@ type WriteOpts struct {
 	// Exclusive makes Create fail with ErrExists when the object exists
 	// (allocation by two gateways at once must not wipe either's data).
 	Exclusive bool
+	// Sums, if not nil, are BlockSums of a Write's data, computed once by
+	// the gateway for every copy; they are used when the write starts on a
+	// block boundary. The store keeps them as given: a wrong one makes its
+	// block read as corrupt, so data damaged on its way to this copy is
+	// found by the next read or scrub instead of being checksummed as is.
+	Sums []uint32
 }
+
+// SumBlock is the unit BlockSums checksums.
+const SumBlock = blockSize
+
+// BlockSums appends to dst the store's checksum (CRC32C) of each whole
+// SumBlock-sized block of data, in order; a short tail is left out.
+func BlockSums(dst []uint32, data []byte) []uint32 {
+	for len(data) >= SumBlock {
+		dst = append(dst, crc32.Checksum(data[:SumBlock], castagnoli))
+		data = data[SumBlock:]
+	}
+	return dst
+}
+
+var castagnoli = crcTable() // read-only after init
 
 // ObjInfo describes a stored object.
 type ObjInfo struct {

@@ -176,11 +176,6 @@ func (c *conn) serve() {
 	}
 }
 
-// inlineTick is the period of the server's Watch: a command running on
-// the reader (see alone) holds up reading for one to two ticks at most
-// before reading passes to another goroutine.
-const inlineTick = time.Millisecond
-
 // readRole reads PDUs until a SCSI command is ready to run and runs that
 // command itself: it starts without waiting for a goroutine to wake up,
 // which on a loaded machine costs more than a small read or write. Reading

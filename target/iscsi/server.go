@@ -176,7 +176,7 @@ func New(cfg Config) *Server {
 		rec:       cfg.Recorder,
 		budget:    newBudget(cfg.MaxBufferBytes),
 		work:      serve.NewWorkers(),
-		watch:     serve.NewWatch(inlineTick),
+		watch:     serve.NewWatch(serve.Tick),
 		targets:   map[string]*target{},
 		byIQN:     map[string]*target{},
 		listeners: map[net.Listener]struct{}{},

@@ -112,7 +112,7 @@ func NewServer(cfg Config) *Server {
 		listeners:   make(map[*net.Listener]struct{}),
 		conns:       make(map[*conn]struct{}),
 		work:        serve.NewWorkers(),
-		watch:       serve.NewWatch(inlineTick),
+		watch:       serve.NewWatch(serve.Tick),
 	}
 	if s.maxPayload == 0 {
 		s.maxPayload = DefaultMaxPayload
@@ -411,11 +411,6 @@ func (c *conn) abort() {
 
 // stopReading makes the reader stop at the next header (graceful close).
 func (c *conn) stopReading() { c.nc.SetReadDeadline(time.Now()) }
-
-// inlineTick is the period of the server's Watch: a request served on
-// the reader (the only one in flight) holds up reading for one to two
-// ticks at most before reading passes to another goroutine.
-const inlineTick = time.Millisecond
 
 // readRole reads requests until one needs its handler and serves that
 // request itself: it goes to its handler without waiting for a goroutine

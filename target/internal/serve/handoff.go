@@ -120,6 +120,10 @@ type Watch struct {
 
 const idleTicks = 100
 
+// Tick is the front ends' Watch period: a request that turns out slow holds
+// up its connection's reading for one to two ticks.
+const Tick = time.Millisecond
+
 // NewWatch starts a Watch ticking every tick; Close stops it.
 func NewWatch(tick time.Duration) *Watch {
 	w := &Watch{tick: tick, hs: map[watched]struct{}{}, wake: make(chan struct{}, 1), quit: make(chan struct{})}

@@ -64,14 +64,13 @@ const SumBlock = blockSize
 // BlockSums appends to dst the store's checksum (CRC32C) of each whole
 // SumBlock-sized block of data, in order; a short tail is left out.
 func BlockSums(dst []uint32, data []byte) []uint32 {
+	tab := crcTable() // the standard library's cached Castagnoli table
 	for len(data) >= SumBlock {
-		dst = append(dst, crc32.Checksum(data[:SumBlock], castagnoli))
+		dst = append(dst, crc32.Checksum(data[:SumBlock], tab))
 		data = data[SumBlock:]
 	}
 	return dst
 }
-
-var castagnoli = crcTable() // read-only after init
 
 // ObjInfo describes a stored object.
 type ObjInfo struct {

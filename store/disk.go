@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/store/vfs"
 )
 
@@ -56,7 +56,6 @@ type Disk struct {
 	noSync                bool
 	capacity, reserve     uint64
 	maxOpen               int
-	tab                   *crc32.Table
 	zeroCRC               uint32 // CRC32C of a zero block of blockSize bytes
 	zeros                 []byte // blockSize zero bytes; never written
 	lock                  io.Closer
@@ -149,7 +148,6 @@ func Open(dir string, opts Options) (*Disk, error) {
 		capacity: opts.Capacity,
 		reserve:  opts.Reserve,
 		maxOpen:  opts.MaxOpenFiles,
-		tab:      crcTable(),
 		zeros:    make([]byte, blockSize),
 		objs:     make(map[Key]*object),
 		unsynced: make(map[Key]int64),
@@ -168,7 +166,7 @@ func Open(dir string, opts Options) (*Disk, error) {
 		d.rescanInterval = time.Hour
 	}
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
-	d.zeroCRC = crc32.Checksum(d.zeros, d.tab)
+	d.zeroCRC = crc32c.Checksum(d.zeros)
 	d.lru.next, d.lru.prev = &d.lru, &d.lru
 	d.blocks.New = func() any { b := make([]byte, blockSize); return &b }
 	d.scratch.New = func() any { return new(writeScratch) }

@@ -3,9 +3,9 @@ package store
 import (
 	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"strconv"
 
+	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -49,8 +49,6 @@ const (
 )
 
 var magic = [8]byte{'G', 'S', 'H', 'E', 'E', 'P', 'O', 'B'}
-
-func crcTable() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }
 
 // record is the mutable part of the header.
 type record struct {
@@ -103,7 +101,7 @@ func encodeFixed(b []byte, h *header) {
 	le.PutUint32(b[20:], sumOff)
 	le.PutUint32(b[24:], h.dataOff)
 	le.PutUint64(b[32:], uint64(h.key.OID))
-	le.PutUint32(b[60:], crc32.Checksum(b[:60], crcTable()))
+	le.PutUint32(b[60:], crc32c.Checksum(b[:60]))
 }
 
 // encodeRecord writes r into b[:recordLen].
@@ -114,7 +112,7 @@ func encodeRecord(b []byte, r record) {
 	le.PutUint32(b[0:], r.seq)
 	le.PutUint32(b[4:], r.epoch)
 	le.PutUint32(b[8:], r.flags)
-	le.PutUint32(b[28:], crc32.Checksum(b[:28], crcTable()))
+	le.PutUint32(b[28:], crc32c.Checksum(b[:28]))
 }
 
 // recordSlot is where record seq goes.
@@ -131,7 +129,7 @@ var (
 
 func parseRecord(b []byte) (record, bool) {
 	le := binary.LittleEndian
-	if le.Uint32(b[28:]) != crc32.Checksum(b[:28], crcTable()) {
+	if le.Uint32(b[28:]) != crc32c.Checksum(b[:28]) {
 		return record{}, false
 	}
 	for _, c := range b[12:28] {
@@ -156,7 +154,7 @@ func parseHeader(b []byte) (header, error) {
 	if [8]byte(b[0:8]) != magic {
 		return header{}, errMagic
 	}
-	if le.Uint32(b[60:]) != crc32.Checksum(b[:60], crcTable()) {
+	if le.Uint32(b[60:]) != crc32c.Checksum(b[:60]) {
 		return header{}, errHeaderCRC
 	}
 	if le.Uint16(b[8:]) != fmtVersion {

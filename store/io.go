@@ -5,10 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 
+	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/store/vfs"
 )
 
@@ -55,7 +55,7 @@ func (d *Disk) zeroCRCFor(n uint32) uint32 {
 	if n == blockSize {
 		return d.zeroCRC
 	}
-	return crc32.Checksum(d.zeros[:n], d.tab)
+	return crc32c.Checksum(d.zeros[:n])
 }
 
 func (o *object) isKnown(b uint32) bool { return o.known[b/64]&(1<<(b%64)) != 0 }
@@ -126,13 +126,13 @@ func (d *Disk) Create(ctx context.Context, k Key, size uint32, off uint32, data 
 		case len(data) == 0 || be <= uint64(off) || bs >= end:
 			c = d.zeroCRCFor(h.blockLen(b))
 		case bs >= uint64(off) && be <= end:
-			c = crc32.Checksum(data[bs-uint64(off):be-uint64(off)], d.tab)
+			c = crc32c.Checksum(data[bs-uint64(off) : be-uint64(off)])
 		default:
 			blk := sc.head[:be-bs]
 			clear(blk)
 			lo, hi := max(bs, uint64(off)), min(be, end)
 			copy(blk[lo-bs:hi-bs], data[lo-uint64(off):hi-uint64(off)])
-			c = crc32.Checksum(blk, d.tab)
+			c = crc32c.Checksum(blk)
 		}
 		putPair(sums[int(b)*pairLen:], c, c)
 	}
@@ -341,7 +341,7 @@ func (d *Disk) mutateLocked(o *object, off, n uint32, data []byte, wo WriteOpts)
 		case i < uint64(len(given)) && h.blockLen(b) == SumBlock:
 			c = given[i]
 		default:
-			c = crc32.Checksum(data[s:s+uint64(h.blockLen(b))], d.tab)
+			c = crc32c.Checksum(data[s : s+uint64(h.blockLen(b))])
 		}
 		putPair(pairs[int(b-b0)*pairLen:], cur, c)
 	}
@@ -453,7 +453,7 @@ func (d *Disk) rmwLocked(o *object, b uint32, off uint32, end uint64, data []byt
 		}
 		return ioError("read", o.key, err)
 	}
-	c := crc32.Checksum(blk, d.tab)
+	c := crc32c.Checksum(blk)
 	prev, cur := pairAt(o.sums, b)
 	if c != cur && c != prev {
 		return &CorruptError{Key: o.key, Offsets: []uint64{bs}, Count: 1}
@@ -464,7 +464,7 @@ func (d *Disk) rmwLocked(o *object, b uint32, off uint32, end uint64, data []byt
 	} else {
 		copy(blk[lo-bs:hi-bs], data[lo-uint64(off):hi-uint64(off)])
 	}
-	putPair(pair, c, crc32.Checksum(blk, d.tab))
+	putPair(pair, c, crc32c.Checksum(blk))
 	return nil
 }
 
@@ -511,7 +511,7 @@ func (d *Disk) scrubLocked(o *object) error {
 		for i := uint32(0); i < cnt; i++ {
 			bb := b + i
 			bs := h.blockStart(bb) - s
-			c := crc32.Checksum(chunk[bs:bs+uint64(h.blockLen(bb))], d.tab)
+			c := crc32c.Checksum(chunk[bs : bs+uint64(h.blockLen(bb))])
 			prev, cur := pairAt(o.sums, bb)
 			if c != cur && c == prev {
 				putPair(o.sums[int(bb)*pairLen:], prev, prev)
@@ -576,7 +576,7 @@ func (d *Disk) readVerify(f vfs.File, h *header, sums []byte, off uint32, p []by
 	bs := uint64(h.bs)
 	end := uint64(off) + uint64(len(p))
 	verify := func(b uint32, blk []byte) error {
-		c := crc32.Checksum(blk, d.tab)
+		c := crc32c.Checksum(blk)
 		prev, cur := pairAt(sums, b)
 		if c == cur {
 			return nil

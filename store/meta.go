@@ -6,13 +6,13 @@ import (
 	"crypto/sha1"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/store/vfs"
 )
 
@@ -248,7 +248,7 @@ func (d *Disk) verifyFile(ctx context.Context, f vfs.File, h *header, sums []byt
 		}
 		for q := uint64(0); q < n; q += bs {
 			b := uint32((off + q) / bs)
-			c := crc32.Checksum(chunk[q:min(q+bs, n)], d.tab)
+			c := crc32c.Checksum(chunk[q:min(q+bs, n)])
 			prev, cur := pairAt(sums, b)
 			switch c {
 			case cur:

@@ -7,8 +7,8 @@ package store
 
 import (
 	"context"
-	"hash/crc32"
 
+	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -64,9 +64,8 @@ const SumBlock = blockSize
 // BlockSums appends to dst the store's checksum (CRC32C) of each whole
 // SumBlock-sized block of data, in order; a short tail is left out.
 func BlockSums(dst []uint32, data []byte) []uint32 {
-	tab := crcTable() // the standard library's cached Castagnoli table
 	for len(data) >= SumBlock {
-		dst = append(dst, crc32.Checksum(data[:SumBlock], tab))
+		dst = append(dst, crc32c.Checksum(data[:SumBlock]))
 		data = data[SumBlock:]
 	}
 	return dst

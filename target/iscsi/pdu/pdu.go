@@ -9,8 +9,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
+
+	"github.com/gosheep/gosheep/internal/crc32c"
 )
 
 // Opcodes (RFC 7143 §11.1.1). Initiator opcodes are < 0x20.
@@ -167,13 +168,11 @@ type Limits struct {
 	DataDigest   bool   // CRC32C after the data segment
 }
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // CRC32C is the iSCSI digest function (RFC 7143 §13.1).
 func CRC32C(parts ...[]byte) uint32 {
 	var c uint32
 	for _, p := range parts {
-		c = crc32.Update(c, castagnoli, p)
+		c = crc32c.Update(c, p)
 	}
 	return c
 }

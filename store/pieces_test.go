@@ -30,10 +30,10 @@ func TestWritePiecesStayInsideFolioBounds(t *testing.T) {
 		want int // writes
 	}{
 		{0, 4096, 1},
-		{12288, 4 << 20, 33},    // a whole object after its header
-		{0, pieceSize, 1},       // exactly one piece
-		{pieceSize - 1, 2, 2},   // straddles one boundary
-		{pieceSize, 1 << 20, 8}, // aligned 1 MiB
+		{12288, 4 << 20, 4<<20/pieceSize + 1},     // a whole object after its header
+		{0, pieceSize, 1},                         // exactly one piece
+		{pieceSize - 1, 2, 2},                     // straddles one boundary
+		{pieceSize, 1 << 20, 1 << 20 / pieceSize}, // aligned 1 MiB
 		{12288, 0, 0},
 	} {
 		data := make([]byte, tc.n)

@@ -5,9 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"github.com/gosheep/gosheep/api"
 	"net/netip"
 
+	"github.com/gosheep/gosheep/api"
 	"github.com/gosheep/gosheep/client"
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
@@ -125,7 +125,14 @@ func (r *remotePeer) Create(ctx context.Context, epoch uint32, k store.Key, size
 // blocks, so the peer stores them instead of computing its own.
 func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error {
 	if n := len(data) / store.SumBlock; n > 0 && len(sums) == n && len(data) == n*store.SumBlock && off%store.SumBlock == 0 {
-		return r.doVec(ctx, peerReq(proto.OpWritePeerSums, epoch, k, off, sync), data, sumBytes(sums), nil)
+		err := r.doVec(ctx, peerReq(proto.OpWritePeerSums, epoch, k, off, sync), data, sumBytes(sums), nil)
+		if proto.ResultOf(err) != proto.ResInvalidParms {
+			return err
+		}
+		// A node from before WRITE_PEER_SUMS answers it as an unknown
+		// opcode, having written nothing: send the data alone, so a
+		// cluster keeps writing through a rolling upgrade. Any other
+		// invalid request fails again below, as it should.
 	}
 	return r.do(ctx, peerReq(proto.OpWritePeer, epoch, k, off, sync), data, nil)
 }

@@ -51,13 +51,23 @@ func (l Lowat) ReadFull(r *bufio.Reader, p []byte) (int, error) {
 	if l.rc == nil || len(p)-r.Buffered() < MinLowat {
 		return io.ReadFull(r, p)
 	}
-	n, raised := 0, false
+	n, raised, mark := 0, false, 0
 	for n < len(p) {
+		// A read that only drained r's buffer leaves the bytes to come,
+		// and so the mark, as they were: no second setsockopt for it.
 		if rem := len(p) - n - r.Buffered(); rem >= MinLowat {
-			raised = l.set(rem) || raised
+			if rem != mark {
+				if l.set(rem) {
+					raised, mark = true, rem
+				} else if raised {
+					// The old, higher mark must not stay.
+					l.set(1)
+					raised, mark = false, 0
+				}
+			}
 		} else if raised {
 			l.set(1)
-			raised = false
+			raised, mark = false, 0
 		}
 		k, err := r.Read(p[n:])
 		n += k

@@ -116,8 +116,8 @@ func TestGoals(t *testing.T) {
 	one, three, ec := r.Settings.Copies[0], r.Settings.Copies[1], r.Settings.Copies[2]
 	seq := patterns()[0]
 	rnd := patterns()[2]
-	r.add(one, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 120, IOPS: 120})
-	r.add(one, pathISCSI, srvTgt, seq, 32, sample{MiBps: 100, IOPS: 100})
+	r.add(one, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 120, IOPS: 120, MachineCPU: 400})
+	r.add(one, pathISCSI, srvTgt, seq, 32, sample{MiBps: 100, IOPS: 100, MachineCPU: 300})
 	r.add(one, pathISCSI, srvGosheep, rnd, 32, sample{MiBps: 9, IOPS: 9 * 256})
 	r.add(one, pathISCSI, srvTgt, rnd, 32, sample{MiBps: 10, IOPS: 10 * 256})
 	r.add(three, pathISCSI, srvGosheep, seq, 32, sample{MiBps: 60, IOPS: 60})
@@ -134,6 +134,12 @@ func TestGoals(t *testing.T) {
 	if len(r.Goals) != 2 {
 		t.Fatalf("goals: %+v", r.Goals)
 	}
+	if c := r.Comparisons[0]; c.MachineCPU != 400 || c.PeerMachineCPU != 300 || c.CPURatio != 0.75 {
+		t.Errorf("CPU per request: %+v", c)
+	}
+	if c := r.Comparisons[1]; c.CPURatio != 0 {
+		t.Errorf("CPU ratio without CPU samples: %+v", c)
+	}
 	if g := r.Goals[0]; g.Met || g.Tests != 2 || len(g.Missed) != 1 || !strings.HasPrefix(g.Missed[0], "rand-read 4k QD32") {
 		t.Errorf("1-copy goal: %+v", g)
 	}
@@ -145,7 +151,9 @@ func TestGoals(t *testing.T) {
 	if !strings.Contains(buf.String(), "PARTIAL") || !strings.Contains(buf.String(), "NOT MET in 1 of 2 tests") ||
 		!strings.Contains(buf.String(), "storage: 192 MiB on disk for 64 MiB of data: 3.00x") || !strings.Contains(buf.String(), "c=4:2") ||
 		!regexp.MustCompile(`storage overhead +- +3\.00x +1\.50x`).MatchString(buf.String()) ||
-		!regexp.MustCompile(`iscsi +seq-read 1M +32 +120\.0 +60\.0 +50\.0`).MatchString(buf.String()) {
+		!regexp.MustCompile(`iscsi +seq-read 1M +32 +120\.0 +60\.0 +50\.0`).MatchString(buf.String()) ||
+		!regexp.MustCompile(`iscsi +seq-read 1M +32 +120\.0 +120 +400 +tgt +100\.0 +100 +300 +1\.20 +0\.75`).MatchString(buf.String()) ||
+		!regexp.MustCompile(`iscsi +rand-read 4k +32 +9\.0 +2304 +- +tgt +10\.0 +2560 +- +0\.90 +-`).MatchString(buf.String()) {
 		t.Errorf("table:\n%s", buf.String())
 	}
 	path := filepath.Join(t.TempDir(), "r.json")

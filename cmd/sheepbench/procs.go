@@ -76,6 +76,14 @@ func (p *procs) startEnv(logName string, env []string, name string, args ...stri
 	return pr, nil
 }
 
+// pid is the process id, 0 for none.
+func (pr *proc) pid() int {
+	if pr == nil || pr.cmd.Process == nil {
+		return 0
+	}
+	return pr.cmd.Process.Pid
+}
+
 // exited reports whether the process has ended.
 func (pr *proc) exited() bool {
 	select {

@@ -69,15 +69,18 @@ type storageUse struct {
 
 // result is every sample of one server, pattern and queue depth.
 type result struct {
-	Copies  shape    `json:"copies"` // the cluster measured next to it (peers too)
-	Path    string   `json:"path"`
-	Server  string   `json:"server"`
-	Pattern string   `json:"pattern"`
-	BS      int      `json:"block_size"`
-	QD      int      `json:"qd"`
-	MiBps   float64  `json:"mib_s"` // medians
-	IOPS    float64  `json:"iops"`
-	Runs    []sample `json:"runs"`
+	Copies  shape   `json:"copies"` // the cluster measured next to it (peers too)
+	Path    string  `json:"path"`
+	Server  string  `json:"server"`
+	Pattern string  `json:"pattern"`
+	BS      int     `json:"block_size"`
+	QD      int     `json:"qd"`
+	MiBps   float64 `json:"mib_s"` // medians
+	IOPS    float64 `json:"iops"`
+	// Medians of CPU microseconds per request (0: not measured).
+	ServerCPU  float64  `json:"server_cpu_us_per_op,omitempty"`
+	MachineCPU float64  `json:"machine_cpu_us_per_op,omitempty"`
+	Runs       []sample `json:"runs"`
 }
 
 // comparison is gosheep against its peer on one test.
@@ -92,6 +95,11 @@ type comparison struct {
 	PeerMiBps float64 `json:"peer_mib_s"`
 	PeerIOPS  float64 `json:"peer_iops"`
 	Ratio     float64 `json:"ratio"` // ours / peer
+	// Machine CPU microseconds per request, ours and the peer's, and
+	// peer / ours: like Ratio, above 1 when we do better.
+	MachineCPU     float64 `json:"machine_cpu_us_per_op,omitempty"`
+	PeerMachineCPU float64 `json:"peer_machine_cpu_us_per_op,omitempty"`
+	CPURatio       float64 `json:"cpu_ratio,omitempty"`
 }
 
 // goal is one of the project's iSCSI targets: at least tgt's throughput
@@ -130,6 +138,8 @@ func (r *report) add(copies shape, path, server string, p pattern, qd int, s sam
 	res.Runs = append(res.Runs, s)
 	res.MiBps = median(res.Runs, func(s sample) float64 { return s.MiBps })
 	res.IOPS = median(res.Runs, func(s sample) float64 { return s.IOPS })
+	res.ServerCPU = median(res.Runs, func(s sample) float64 { return s.ServerCPU })
+	res.MachineCPU = median(res.Runs, func(s sample) float64 { return s.MachineCPU })
 }
 
 func (r *report) addStorage(copies shape, data, stored uint64) {
@@ -193,6 +203,10 @@ func (r *report) summarize() {
 			if peer.MiBps > 0 {
 				c.Ratio = ours.MiBps / peer.MiBps
 			}
+			c.MachineCPU, c.PeerMachineCPU = ours.MachineCPU, peer.MachineCPU
+			if ours.MachineCPU > 0 {
+				c.CPURatio = peer.MachineCPU / ours.MachineCPU
+			}
 			r.Comparisons = append(r.Comparisons, c)
 		}
 	}
@@ -250,12 +264,15 @@ func (r *report) printTable(w io.Writer) {
 				fmt.Fprintf(w, "storage: %d MiB on disk for %d MiB of data: %.2fx\n", u.Stored>>20, u.Data>>20, u.Overhead)
 			}
 		}
-		fmt.Fprintf(w, "%-7s %-14s %3s %10s %9s   %-9s %10s %9s %7s\n", "path", "pattern", "QD", "MiB/s", "IOPS", "peer", "MiB/s", "IOPS", "ratio")
-		fmt.Fprintln(w, strings.Repeat("-", 87))
+		fmt.Fprintf(w, "%-7s %-14s %3s %10s %9s %8s   %-9s %10s %9s %8s %7s %7s\n",
+			"path", "pattern", "QD", "MiB/s", "IOPS", "cpu/op", "peer", "MiB/s", "IOPS", "cpu/op", "ratio", "cpu")
+		fmt.Fprintln(w, strings.Repeat("-", 113))
 		for _, c := range rows {
-			fmt.Fprintf(w, "%-7s %-14s %3d %10.1f %9.0f   %-9s %10.1f %9.0f %7.2f\n",
-				c.Path, c.Pattern, c.QD, c.MiBps, c.IOPS, c.Peer, c.PeerMiBps, c.PeerIOPS, c.Ratio)
+			fmt.Fprintf(w, "%-7s %-14s %3d %10.1f %9.0f %8s   %-9s %10.1f %9.0f %8s %7.2f %7s\n",
+				c.Path, c.Pattern, c.QD, c.MiBps, c.IOPS, cpuCell(c.MachineCPU), c.Peer, c.PeerMiBps, c.PeerIOPS,
+				cpuCell(c.PeerMachineCPU), c.Ratio, ratioCell(c.CPURatio))
 		}
+		fmt.Fprintln(w, "cpu/op: machine CPU microseconds per request (all processes and the kernel); cpu: peer's / ours")
 	}
 	r.printAcross(w)
 	if len(r.Goals) > 0 {
@@ -341,6 +358,20 @@ func (r *report) writeJSON(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func cpuCell(us float64) string {
+	if us <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", us)
+}
+
+func ratioCell(r float64) string {
+	if r <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", r)
 }
 
 func readTrim(p string) string {

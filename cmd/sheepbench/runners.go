@@ -53,10 +53,15 @@ func patterns() []pattern {
 type sample struct {
 	MiBps float64 `json:"mib_s"`
 	IOPS  float64 `json:"iops"`
+	Ops   float64 `json:"ops"` // requests completed
+	// CPU microseconds per request (cpu.go): the serving processes, and
+	// the whole machine.
+	ServerCPU  float64 `json:"server_cpu_us_per_op,omitempty"`
+	MachineCPU float64 `json:"machine_cpu_us_per_op,omitempty"`
 }
 
 func rate(bytes, ops uint64, secs float64) sample {
-	return sample{MiBps: float64(bytes) / secs / (1 << 20), IOPS: float64(ops) / secs}
+	return sample{MiBps: float64(bytes) / secs / (1 << 20), IOPS: float64(ops) / secs, Ops: float64(ops)}
 }
 
 // qemuBench runs `qemu-img bench`, which counts requests rather than

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/gosheep/gosheep/client"
@@ -36,7 +37,19 @@ func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, pe
 	}
 	type side struct {
 		server string
+		pids   []int // the serving processes, for CPU per request (none: raw disk)
 		run    func() (sample, error)
+	}
+	var ourPids []int
+	for _, n := range cl.nodes {
+		ourPids = append(ourPids, n.pid())
+	}
+	var tgtPids, nbdkitPids []int
+	if peers.tgt != nil {
+		tgtPids = []int{peers.tgt.p.pid()}
+	}
+	if peers.nbdkit != nil {
+		nbdkitPids = []int{peers.nbdkit.pid()}
 	}
 	type pair struct {
 		path  string
@@ -48,30 +61,30 @@ func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, pe
 				var pairs []pair
 				if o.paths[pathISCSI] {
 					pairs = append(pairs, pair{pathISCSI, [2]side{
-						{srvGosheep, func() (sample, error) {
+						{srvGosheep, ourPids, func() (sample, error) {
 							return qb.run(ctx, "ours"+p.Name+fmt.Sprint(qd), cl.iscsiURL(), o.size, p, qd, o.seconds)
 						}},
-						{srvTgt, func() (sample, error) {
+						{srvTgt, tgtPids, func() (sample, error) {
 							return qb.run(ctx, "tgt"+p.Name+fmt.Sprint(qd), peers.tgt.url, o.size, p, qd, o.seconds)
 						}},
 					}})
 				}
 				if o.paths[pathNBD] {
 					pairs = append(pairs, pair{pathNBD, [2]side{
-						{srvGosheep, func() (sample, error) {
+						{srvGosheep, ourPids, func() (sample, error) {
 							return runFio(ctx, o.dir, fioTarget{uri: cl.nbdURI()}, p, qd, o.seconds)
 						}},
-						{srvNbdkit, func() (sample, error) {
+						{srvNbdkit, nbdkitPids, func() (sample, error) {
 							return runFio(ctx, o.dir, fioTarget{uri: peers.nbdURI}, p, qd, o.seconds)
 						}},
 					}})
 				}
 				if o.paths[pathNative] {
 					pairs = append(pairs, pair{pathNative, [2]side{
-						{srvGosheep, func() (sample, error) {
+						{srvGosheep, ourPids, func() (sample, error) {
 							return runNative(ctx, v, o.size, p, qd, o.seconds)
 						}},
-						{srvRaw, func() (sample, error) {
+						{srvRaw, nil, func() (sample, error) {
 							return runFio(ctx, o.dir, fioTarget{raw: peers.raw, size: o.size}, p, qd, o.seconds)
 						}},
 					}})
@@ -84,9 +97,19 @@ func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, pe
 					var got [2]sample
 					for _, k := range order {
 						sd := pr.sides[k]
+						before, cerr := readCPU(sd.pids)
 						s, err := sd.run()
 						if err != nil {
 							return fmt.Errorf("copies=%s %s %s QD%d on %s: %w", copies, pr.path, p, qd, sd.server, err)
+						}
+						after, cerr2 := readCPU(sd.pids)
+						if s.Ops == 0 { // fio reports rates only; its runs are time-based
+							s.Ops = s.IOPS * o.seconds
+						}
+						if cerr == nil && cerr2 == nil {
+							s.perOp(before, after, len(sd.pids) > 0)
+						} else {
+							logf(o, "CPU per request not measured: %v", errors.Join(cerr, cerr2))
 						}
 						got[k] = s
 						rep.add(copies, pr.path, sd.server, p, qd, s)

@@ -24,19 +24,12 @@ const _ = uint(minFast - 256)
 var hasFast = cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL &&
 	cpu.X86.HasAVX512VPCLMULQDQ && cpu.X86.HasPCLMULQDQ && cpu.X86.HasSSE42
 
-// useFast selects the folding path. It equals hasFast except while a test
-// has switched it off with setFastPath.
-var useFast = hasFast
+func update(crc uint32, p []byte) uint32 { return updateWith(hasFast, crc, p) }
 
-// setFastPath turns the folding path off (false) or back on if the CPU
-// supports it (true). For tests only; not safe for concurrent use with Update.
-func setFastPath(on bool) { useFast = on && hasFast }
-
-// fastPathEnabled reports whether Update uses the folding path.
-func fastPathEnabled() bool { return useFast }
-
-func update(crc uint32, p []byte) uint32 {
-	if useFast && len(p) >= minFast {
+// updateWith is update with the folding path on or off (tests run both;
+// fast must only be true where hasFast is).
+func updateWith(fast bool, crc uint32, p []byte) uint32 {
+	if fast && len(p) >= minFast {
 		return updateAVX512(crc, p)
 	}
 	return crc32.Update(crc, castagnoli, p)

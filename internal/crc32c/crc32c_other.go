@@ -8,10 +8,7 @@ import "hash/crc32"
 // architecture.
 const hasFast = false
 
-func update(crc uint32, p []byte) uint32 { return crc32.Update(crc, castagnoli, p) }
+func update(crc uint32, p []byte) uint32 { return updateWith(false, crc, p) }
 
-// setFastPath is a test hook; there is no fast path here.
-func setFastPath(bool) {}
-
-// fastPathEnabled reports whether Update uses the folding path.
-func fastPathEnabled() bool { return false }
+// updateWith is update with the folding path on or off; there is none here.
+func updateWith(_ bool, crc uint32, p []byte) uint32 { return crc32.Update(crc, castagnoli, p) }

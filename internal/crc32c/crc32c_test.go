@@ -13,24 +13,19 @@ import (
 // ref is the reference implementation.
 func ref(crc uint32, p []byte) uint32 { return crc32.Update(crc, castagnoli, p) }
 
-// forEachPath runs f once with the folding path forced off ("fallback")
-// and once with it on where the CPU has it ("fast"). On a CPU without
-// the features the "fast" subtest says so and runs the fallback again.
-func forEachPath(t *testing.T, f func(t *testing.T)) {
-	t.Cleanup(func() { setFastPath(true) })
+// forEachPath runs f once with the folding path off ("fallback") and
+// once with it on where the CPU has it ("fast"), passing the Update to
+// test. On a CPU without the features the "fast" subtest says so and runs
+// the fallback again.
+func forEachPath(t *testing.T, f func(t *testing.T, update func(uint32, []byte) uint32)) {
 	t.Run("fallback", func(t *testing.T) {
-		setFastPath(false)
-		if fastPathEnabled() {
-			t.Fatal("setFastPath(false) did not disable the fast path")
-		}
-		f(t)
+		f(t, func(crc uint32, p []byte) uint32 { return updateWith(false, crc, p) })
 	})
 	t.Run("fast", func(t *testing.T) {
-		setFastPath(true)
-		if !fastPathEnabled() {
+		if !hasFast {
 			t.Log("CPU lacks AVX-512/VPCLMULQDQ (or not amd64): testing the fallback path")
 		}
-		f(t)
+		f(t, func(crc uint32, p []byte) uint32 { return updateWith(hasFast, crc, p) })
 	})
 }
 
@@ -50,7 +45,7 @@ func TestUpdateMatchesHashCRC32(t *testing.T) {
 		buf[i] = byte(rng.Uint32())
 	}
 	offsets := []int{0, 1, 3, 7, 8, 15, 31, 63}
-	forEachPath(t, func(t *testing.T) {
+	forEachPath(t, func(t *testing.T, update func(uint32, []byte) uint32) {
 		for _, off := range offsets {
 			for _, n := range testLengths() {
 				p := buf[off : off+n]
@@ -58,13 +53,13 @@ func TestUpdateMatchesHashCRC32(t *testing.T) {
 				if n%7 == 0 {
 					crc = 0
 				}
-				if got, want := Update(crc, p), ref(crc, p); got != want {
+				if got, want := update(crc, p), ref(crc, p); got != want {
 					t.Fatalf("Update(%#08x, buf[%d:%d]) = %#08x, want %#08x", crc, off, off+n, got, want)
 				}
 			}
 		}
 		for n := range 600 {
-			if got, want := Checksum(buf[:n]), crc32.Checksum(buf[:n], castagnoli); got != want {
+			if got, want := update(0, buf[:n]), crc32.Checksum(buf[:n], castagnoli); got != want {
 				t.Fatalf("Checksum(%d bytes) = %#08x, want %#08x", n, got, want)
 			}
 		}
@@ -75,31 +70,31 @@ func TestUpdateMatchesHashCRC32(t *testing.T) {
 func TestSpecialInputs(t *testing.T) {
 	zeros := make([]byte, 1<<16)
 	ones := bytes.Repeat([]byte{0xff}, 1<<16)
-	forEachPath(t, func(t *testing.T) {
+	forEachPath(t, func(t *testing.T, update func(uint32, []byte) uint32) {
 		for _, p := range [][]byte{zeros, ones} {
 			for _, n := range []int{0, 1, 255, 256, 257, 4096, 4097, 1 << 16} {
 				for _, crc := range []uint32{0, 0xffffffff, 0x80000000, 1} {
-					if got, want := Update(crc, p[:n]), ref(crc, p[:n]); got != want {
+					if got, want := update(crc, p[:n]), ref(crc, p[:n]); got != want {
 						t.Fatalf("Update(%#08x, %d x %#02x) = %#08x, want %#08x", crc, n, p[0], got, want)
 					}
 				}
 			}
 		}
 		// Known answer: CRC-32C("123456789") = 0xE3069283.
-		if got := Checksum([]byte("123456789")); got != 0xE3069283 {
+		if got := update(0, []byte("123456789")); got != 0xE3069283 {
 			t.Fatalf("Checksum(123456789) = %#08x", got)
 		}
 	})
 }
 
-// TestSplit checks Update(Update(c, a), b) == Update(c, a||b).
+// TestSplit checks update(update(c, a), b) == update(c, a||b).
 func TestSplit(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	buf := make([]byte, 1<<17)
 	for i := range buf {
 		buf[i] = byte(rng.Uint32())
 	}
-	forEachPath(t, func(t *testing.T) {
+	forEachPath(t, func(t *testing.T, update func(uint32, []byte) uint32) {
 		for range 3000 {
 			n := rng.IntN(len(buf) + 1)
 			if rng.IntN(2) == 0 {
@@ -109,8 +104,8 @@ func TestSplit(t *testing.T) {
 			p := buf[off : off+n]
 			k := rng.IntN(n + 1)
 			c := rng.Uint32()
-			whole := Update(c, p)
-			if split := Update(Update(c, p[:k]), p[k:]); split != whole {
+			whole := update(c, p)
+			if split := update(update(c, p[:k]), p[k:]); split != whole {
 				t.Fatalf("n=%d split at %d: %#08x != %#08x", n, k, split, whole)
 			}
 			if want := ref(c, p); whole != want {

@@ -184,7 +184,12 @@ func runFio(ctx context.Context, dir string, t fioTarget, p pattern, qd int, sec
 	if err != nil {
 		return sample{}, err
 	}
-	return parseFio(b)
+	sm, err := parseFio(b)
+	if err != nil {
+		return sample{}, err
+	}
+	sm.Ops = sm.IOPS * secs // fio reports rates; its runs are time-based
+	return sm, nil
 }
 
 // parseFio sums read and write rates of the (single, or grouped) job.

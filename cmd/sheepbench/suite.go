@@ -103,9 +103,6 @@ func runSuite(ctx context.Context, o *options, rep *report, cl *localCluster, pe
 							return fmt.Errorf("copies=%s %s %s QD%d on %s: %w", copies, pr.path, p, qd, sd.server, err)
 						}
 						after, cerr2 := readCPU(sd.pids)
-						if s.Ops == 0 { // fio reports rates only; its runs are time-based
-							s.Ops = s.IOPS * o.seconds
-						}
 						if cerr == nil && cerr2 == nil {
 							s.perOp(before, after, len(sd.pids) > 0)
 						} else {

@@ -418,8 +418,9 @@ func (c *conn) stopReading() { c.nc.SetReadDeadline(time.Now()) }
 // Reading passes to another goroutine first, unless the request is the
 // only one in flight with nothing more read (the client waits for it, so
 // reading meanwhile would find nothing) and has been for a while
-// (serve.Handoff.Inline); then only if it turns out slow. Exactly one goroutine holds the role; the one that finds
-// the stream ended closes readDone.
+// (serve.Handoff.Inline); then only if it turns out slow. Exactly one
+// goroutine holds the role; the one that finds the stream ended closes
+// readDone.
 func (c *conn) readRole() {
 	for {
 		t := c.readUntilTask()

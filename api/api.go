@@ -17,6 +17,10 @@ type MetaRequest struct {
 	Forward *cluster.Command `json:"forward,omitempty"`
 	Volume  *VolumeOp        `json:"volume,omitempty"`
 	Propose *cluster.Command `json:"propose,omitempty"`
+	// WaitApplied asks the node to answer once its metadata has applied
+	// this Raft index (and its watchers ran): a reservation change is
+	// enforced by every node before its requester gets GOOD.
+	WaitApplied uint64 `json:"wait_applied,omitempty"`
 }
 
 // Volume operations (VolumeOp.Op).

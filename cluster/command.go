@@ -7,6 +7,8 @@ import (
 	"sort"
 
 	"github.com/gosheep/gosheep/proto"
+
+	"github.com/gosheep/gosheep/cluster/resv"
 )
 
 // Command kinds.
@@ -27,6 +29,9 @@ const (
 	CmdReclaimed     = "reclaimed"
 	CmdRecoveryDone  = "recovery_done"
 	CmdSetRedundancy = "set_redundancy"
+	// CmdResv applies a SCSI reservation change (Command.Resv) to the
+	// reservations of VDI VID (its root VID).
+	CmdResv = "resv"
 	// CmdSync changes nothing: a proposer that sees it applied locally has
 	// applied everything committed before it (a linearisable read point).
 	CmdSync = "sync"
@@ -62,6 +67,7 @@ type Command struct {
 	Throttle       Throttle `json:"throttle,omitempty"`
 	Epoch          uint32   `json:"epoch,omitempty"`
 	NodeID         string   `json:"node_id,omitempty"`
+	Resv           *resv.Op `json:"resv,omitempty"`
 }
 
 // Result is what applying a Command produced.
@@ -74,6 +80,10 @@ type Result struct {
 	Index   uint64       `json:"index,omitempty"` // Raft index the command committed at
 	// Changed lists VDIs whose inode header must be rewritten to match the table.
 	Changed []uint32 `json:"changed,omitempty"`
+	// Resv is the reservation state a CmdResv produced, Outcome the
+	// requester's outcome.
+	Resv    *resv.State   `json:"resv,omitempty"`
+	Outcome *resv.Outcome `json:"outcome,omitempty"`
 }
 
 // Err returns the result as an error (nil on success).
@@ -164,6 +174,20 @@ func (s *State) Apply(c *Command) *Result {
 			}
 		}
 		return &Result{Epoch: c.Epoch}
+	case CmdResv:
+		if c.Resv == nil || c.VID == 0 {
+			return fail(proto.ResInvalidParms, "reservation change without an operation or vdi")
+		}
+		if s.Resv == nil {
+			s.Resv = map[uint32]*resv.State{}
+		}
+		st := s.Resv[c.VID]
+		if st == nil {
+			st = &resv.State{}
+			s.Resv[c.VID] = st
+		}
+		o := resv.Apply(st, *c.Resv)
+		return &Result{VID: c.VID, Resv: st.Clone(), Outcome: &o}
 	case CmdSetRedundancy:
 		v, ok := s.VDIs[c.VID]
 		if !ok || v.Deleted {

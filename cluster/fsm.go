@@ -15,6 +15,7 @@ type FSM struct {
 	mu       sync.RWMutex
 	state    *State
 	applied  uint64
+	watched  uint64 // last index whose watchers have returned
 	watchers []func(old, cur *State, c *Command, r *Result)
 	changed  *sync.Cond
 }
@@ -63,6 +64,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if err := json.Unmarshal(l.Data, &c); err != nil {
 		f.mu.Lock()
 		f.applied = l.Index
+		f.watched = max(f.watched, l.Index) // no watcher runs for it
 		f.changed.Broadcast()
 		f.mu.Unlock()
 		return fail(1, "undecodable command: %v", err)
@@ -91,11 +93,30 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 	for _, w := range watchers {
 		w(old, view, c, r)
 	}
+	f.markWatched(index)
 	return r
+}
+
+func (f *FSM) markWatched(index uint64) {
+	f.mu.Lock()
+	f.watched = max(f.watched, index)
+	f.changed.Broadcast()
+	f.mu.Unlock()
 }
 
 // WaitApplied blocks until index has been applied or done is closed.
 func (f *FSM) WaitApplied(index uint64, done <-chan struct{}) bool {
+	return f.wait(func() bool { return f.applied >= index }, done)
+}
+
+// WaitWatched blocks until index has been applied and every watcher has
+// returned from it, or done is closed: what the watchers do with a command
+// (a node's targets installing reservations) has happened.
+func (f *FSM) WaitWatched(index uint64, done <-chan struct{}) bool {
+	return f.wait(func() bool { return f.watched >= index }, done)
+}
+
+func (f *FSM) wait(ok func() bool, done <-chan struct{}) bool {
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -109,7 +130,7 @@ func (f *FSM) WaitApplied(index uint64, done <-chan struct{}) bool {
 	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for f.applied < index {
+	for !ok() {
 		select {
 		case <-done:
 			return false
@@ -166,6 +187,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for _, w := range watchers {
 		w(old, view, nil, &Result{})
 	}
+	f.markWatched(doc.Applied)
 	return nil
 }
 

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"testing"
+	"time"
 
+	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/hashicorp/raft"
 )
 
@@ -28,7 +30,8 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 	}
 	apply(1, Command{Op: CmdFormat, Format: &Format{Copies: 2, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9})
 	apply(2, Command{Op: CmdCreateVDI, Name: "v", Size: 1 << 30, Time: 2e9})
-	if r := f.Apply(&raft.Log{Index: 3, Data: []byte("{not json")}).(*Result); r.Err() == nil {
+	apply(3, Command{Op: CmdResv, VID: 7, Resv: &resv.Op{Kind: resv.OpReserve6, Nexus: "a@n1"}})
+	if r := f.Apply(&raft.Log{Index: 4, Data: []byte("{not json")}).(*Result); r.Err() == nil {
 		t.Fatal("garbage command applied")
 	}
 	snap, err := f.Snapshot()
@@ -56,7 +59,52 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 	if err := g.Restore(io.NopCloser(bytes.NewReader([]byte("garbage")))); err == nil {
 		t.Fatal("garbage snapshot restored")
 	}
-	if f.AppliedIndex() != 3 {
+	if g.State().Resv[7].Reserve6 != "a@n1" {
+		t.Fatal("reservations not in the snapshot")
+	}
+	if f.AppliedIndex() != 4 {
 		t.Fatalf("applied index %d", f.AppliedIndex())
+	}
+}
+
+// A reservation change is applied by every FSM alike, and WaitWatched
+// returns only once the watchers (a node's targets installing it) have.
+func TestFSMResvAndWaitWatched(t *testing.T) {
+	f := NewFSM()
+	release := make(chan struct{})
+	var installed *resv.State
+	f.Watch(func(old, cur *State, c *Command, r *Result) {
+		if c != nil && c.Op == CmdResv {
+			<-release
+			installed = cur.Resv[c.VID]
+		}
+	})
+	f.ApplyCommand(1, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9})
+	go f.ApplyCommand(2, &Command{Op: CmdResv, VID: 9, Resv: &resv.Op{Kind: resv.OpPROut, Nexus: "x", SAKey: 5}})
+	done := make(chan bool)
+	go func() { done <- f.WaitWatched(2, nil) }()
+	if !f.WaitApplied(2, nil) {
+		t.Fatal("WaitApplied")
+	}
+	select {
+	case <-done:
+		t.Fatal("WaitWatched returned before the watcher did")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if !<-done {
+		t.Fatal("WaitWatched failed")
+	}
+	if installed == nil || installed.Reg("x") == nil || installed.Seq != 1 {
+		t.Fatalf("watcher saw %+v", installed)
+	}
+	stop := make(chan struct{})
+	close(stop)
+	if f.WaitWatched(3, stop) {
+		t.Fatal("WaitWatched of a future index returned true after done closed")
+	}
+	r := f.ApplyCommand(3, &Command{Op: CmdResv, VID: 9})
+	if r.Err() == nil {
+		t.Fatal("reservation command without an operation applied")
 	}
 }

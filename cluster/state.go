@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/gosheep/gosheep/proto"
+
+	"github.com/gosheep/gosheep/cluster/resv"
 )
 
 // Member is a data node as recorded in an epoch.
@@ -142,6 +144,9 @@ type State struct {
 	Throttle         Throttle         `json:"throttle"`
 	// Recovered records, per epoch, the node IDs that finished recovery for it.
 	Recovered map[uint32][]string `json:"recovered,omitempty"`
+	// Resv holds the SCSI reservations of each exported VDI (by root VID):
+	// every node's target enforces the same ones.
+	Resv map[uint32]*resv.State `json:"resv,omitempty"`
 }
 
 // NewState returns the state of a never-formatted cluster.
@@ -168,6 +173,12 @@ func (s *State) Clone() *State {
 	for k, l := range s.Locks {
 		lc := *l
 		c.Locks[k] = &lc
+	}
+	if s.Resv != nil {
+		c.Resv = make(map[uint32]*resv.State, len(s.Resv))
+		for k, r := range s.Resv {
+			c.Resv[k] = r.Clone()
+		}
 	}
 	if s.Recovered != nil {
 		c.Recovered = make(map[uint32][]string, len(s.Recovered))

@@ -286,7 +286,13 @@ func (c *conn) endSession() {
 	se.conn = nil
 	se.mu.Unlock()
 	if se.tgt != nil {
-		se.tgt.lu.Detach(se.nexus)
+		// Bounded: a nexus holding an SPC-2 reservation releases it
+		// through the cluster.
+		ctx, cancel := context.WithTimeout(context.Background(), resvTimeout)
+		if err := se.tgt.lu.Detach(ctx, se.nexus); err != nil {
+			c.srv.log.Warn("iscsi: releasing the reservation of an ended session failed", "target", se.tgt.name, "initiator", se.nexus.InitiatorPort(), "err", err)
+		}
+		cancel()
 		se.tgt.mu.Lock()
 		delete(se.tgt.sessions, se)
 		se.tgt.mu.Unlock()

@@ -590,6 +590,11 @@ func (ls *loginState) enterFullFeature(p *pdu.PDU) error {
 	if ls.tgt != nil {
 		se.nexus = &scsi.Nexus{InitiatorName: ls.initiator, ISID: ls.isid, RelPort: 1}
 		se.nexus.ID = se.nexus.InitiatorPort()
+		if s.cfg.PortID != "" {
+			// The same initiator port reaching another node is another
+			// I_T nexus.
+			se.nexus.ID += "@" + s.cfg.PortID
+		}
 		// Session reinstatement: an old session of the same initiator
 		// port on this target is closed first.
 		ls.tgt.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/target/internal/serve"
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
@@ -65,6 +66,13 @@ type Config struct {
 	WriteTimeout time.Duration
 	Recorder     metrics.Recorder
 	Logger       *slog.Logger
+	// PortID names this target port (the node) in I_T nexus IDs, which
+	// must be unique across every node exporting a VDI when Reservations
+	// is set.
+	PortID string
+	// Reservations orders SCSI reservation changes with the other nodes
+	// exporting the same VDIs; nil keeps them per target.
+	Reservations scsi.Reservations
 }
 
 func (c *Config) fill() {
@@ -314,7 +322,7 @@ func (s *Server) AddTarget(spec TargetSpec) error {
 		lu: scsi.New(scsi.Config{
 			Device: spec.Device, ReadOnly: spec.ReadOnly, VID: spec.VID,
 			Name: spec.Name, TargetIQN: iqn, MaxTransfer: s.cfg.MaxTransfer,
-			PhysicalBlockSize: s.cfg.PhysicalBlockSize,
+			PhysicalBlockSize: s.cfg.PhysicalBlockSize, Reservations: s.cfg.Reservations,
 		}),
 		sessions: map[*session]struct{}{},
 	}
@@ -332,6 +340,25 @@ func (s *Server) AddTarget(spec TargetSpec) error {
 	s.targets[spec.Name] = t
 	s.byIQN[iqn] = t
 	return nil
+}
+
+// InstallResv gives the targets of VDI vid their reservation state, as
+// the cluster applied it (see scsi.LU.Install).
+func (s *Server) InstallResv(vid uint32, st *resv.State) {
+	if st == nil {
+		return
+	}
+	s.mu.Lock()
+	var lus []*scsi.LU
+	for _, t := range s.targets {
+		if t.lu.VID() == vid {
+			lus = append(lus, t.lu)
+		}
+	}
+	s.mu.Unlock()
+	for _, lu := range lus {
+		lu.Install(st)
+	}
 }
 
 // RemoveTarget stops exporting a target: new logins are refused, its

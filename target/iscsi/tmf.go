@@ -1,6 +1,9 @@
 package iscsi
 
 import (
+	"context"
+	"time"
+
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 )
 
@@ -44,6 +47,22 @@ func (c *conn) abortAll() {
 	}
 }
 
+// resvTimeout bounds a reservation change made outside a command (session
+// end, reset), which goes through the cluster.
+const resvTimeout = 10 * time.Second
+
+// resetLU resets the session's LU on every target port; false when the
+// cluster could not be reached.
+func (c *conn) resetLU(se *session) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), resvTimeout)
+	defer cancel()
+	if err := se.tgt.lu.Reset(ctx); err != nil {
+		c.srv.log.Warn("iscsi: LU reset failed", "target", se.tgt.name, "err", err)
+		return false
+	}
+	return true
+}
+
 func (c *conn) taskMgmt(p *pdu.PDU) error {
 	se := c.sess
 	fn := p.Flags() & 0x7f
@@ -72,10 +91,14 @@ func (c *conn) taskMgmt(p *pdu.PDU) error {
 			break
 		}
 		c.abortAll()
-		se.tgt.lu.Reset()
+		if !c.resetLU(se) {
+			resp = tmfRejected
+		}
 	case tmfWarmReset, tmfColdReset:
 		c.abortAll()
-		se.tgt.lu.Reset()
+		if !c.resetLU(se) {
+			resp = tmfRejected
+		}
 		cold = fn == tmfColdReset
 	case tmfClearACA, tmfReassign:
 		resp = tmfNotSupported

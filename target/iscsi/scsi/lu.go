@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/gosheep/gosheep/volume"
 )
 
@@ -41,11 +42,15 @@ type Config struct {
 	PhysicalBlockSize uint32
 	// MaxTransfer caps one command's data (bytes, a multiple of BlockSize).
 	MaxTransfer uint32
+	// Reservations, when set, orders reservation changes with the other
+	// target ports exporting the VDI; nil keeps them in this LU alone.
+	Reservations Reservations
 }
 
 // Nexus identifies one I_T nexus (initiator port to target port). The
 // transport creates one per session and passes it to Attach, Prepare and
-// Detach. ID must be unique per nexus and stable across reconnects of the
+// Detach. ID must be unique per nexus across every target port that
+// exports the VDI (it names the port) and stable across reconnects of the
 // same initiator port (PR registrations are keyed by it).
 type Nexus struct {
 	ID            string
@@ -70,11 +75,10 @@ type LU struct {
 	order   []*opDesc // for REPORT SUPPORTED OPERATION CODES
 	locks   rangeLock
 
-	mu       sync.Mutex
-	nexuses  map[string]*nexusState
-	swp      bool   // software write protect (control mode page)
-	reserve6 string // SPC-2 reservation holder (nexus ID), "" if none
-	pr       prState
+	mu      sync.Mutex
+	nexuses map[string]*nexusState
+	swp     bool        // software write protect (control mode page)
+	rs      *resv.State // reservations; replaced whole, never changed in place
 }
 
 type nexusState struct {
@@ -101,11 +105,14 @@ func New(cfg Config) *LU {
 		bs:      uint64(cfg.BlockSize),
 		maxXfer: cfg.MaxTransfer,
 		nexuses: map[string]*nexusState{},
-		pr:      prState{regs: map[string]*prReg{}},
+		rs:      &resv.State{},
 	}
 	lu.buildOps()
 	return lu
 }
+
+// VID is the VDI id the LU was configured with.
+func (lu *LU) VID() uint32 { return lu.cfg.VID }
 
 // BlockSize is the logical block size in bytes.
 func (lu *LU) BlockSize() uint32 { return uint32(lu.bs) }
@@ -126,13 +133,16 @@ func (lu *LU) Attach(n *Nexus) {
 
 // Detach forgets an I_T nexus (session gone): its SPC-2 reservation and
 // PREVENT MEDIUM REMOVAL state go with it; PR registrations persist.
-func (lu *LU) Detach(n *Nexus) {
+func (lu *LU) Detach(ctx context.Context, n *Nexus) error {
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
 	delete(lu.nexuses, n.ID)
-	if lu.reserve6 == n.ID {
-		lu.reserve6 = ""
+	held := lu.rs.Reserve6 == n.ID
+	lu.mu.Unlock()
+	if !held {
+		return nil
 	}
+	_, err := lu.change(ctx, resv.Op{Kind: resv.OpNexusLost, Nexus: n.ID})
+	return err
 }
 
 // Resized establishes CAPACITY DATA HAS CHANGED on every I_T nexus.
@@ -145,16 +155,17 @@ func (lu *LU) Resized() {
 }
 
 // Reset performs a LOGICAL UNIT RESET: SPC-2 reservations and prevent
-// state are cleared and every I_T nexus, the requester's included, gets
-// BUS DEVICE RESET FUNCTION OCCURRED (SAM-5 §6.3.3).
-func (lu *LU) Reset() {
+// state are cleared and every I_T nexus, the requester's included and
+// those of other target ports, gets BUS DEVICE RESET FUNCTION OCCURRED
+// (SAM-5 §6.3.3).
+func (lu *LU) Reset(ctx context.Context) error {
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	lu.reserve6 = ""
 	for _, ns := range lu.nexuses {
 		ns.prevent = false
-		ns.addUA(ascLogicalUnitReset)
 	}
+	lu.mu.Unlock()
+	_, err := lu.change(ctx, resv.Op{Kind: resv.OpReset})
+	return err
 }
 
 func (ns *nexusState) addUA(a ascq) {
@@ -287,7 +298,7 @@ func (lu *LU) admit(c *Cmd) *Result {
 		r := check(KeyUnitAttention, a)
 		return &r
 	}
-	if lu.reserve6 != "" && lu.reserve6 != c.nexus.ID {
+	if lu.rs.Reserve6 != "" && lu.rs.Reserve6 != c.nexus.ID {
 		switch c.desc.class {
 		case classAllowed, classReserve:
 		default:
@@ -296,7 +307,7 @@ func (lu *LU) admit(c *Cmd) *Result {
 		}
 	}
 	if c.desc.class == classRead || c.desc.class == classWrite {
-		if lu.pr.conflicts(c.nexus.ID, c.desc.class == classWrite) {
+		if lu.rs.Conflicts(c.nexus.ID, c.desc.class == classWrite) {
 			r := conflict()
 			return &r
 		}

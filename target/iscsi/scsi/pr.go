@@ -1,157 +1,152 @@
 package scsi
 
 import (
+	"context"
 	"encoding/binary"
-	"sort"
+	"errors"
+	"fmt"
 
+	"github.com/gosheep/gosheep/cluster/resv"
 	gotgtscsi "github.com/gostor/gotgt/pkg/scsi"
 )
 
-// SPC-3 persistent reservations (gotgt's constant names).
-var (
-	prWE   = gotgtscsi.PR_TYPE_WRITE_EXCLUSIVE
-	prEA   = gotgtscsi.PR_TYPE_EXCLUSIVE_ACCESS
-	prWERO = gotgtscsi.PR_TYPE_WRITE_EXCLUSIVE_REGONLY
-	prEARO = gotgtscsi.PR_TYPE_EXCLUSIVE_ACCESS_REGONLY
-	prWEAR = gotgtscsi.PR_TYPE_WRITE_EXCLUSIVE_ALLREG
-	prEAAR = gotgtscsi.PR_TYPE_EXCLUSIVE_ACCESS_ALLREG
-)
-
-const maxRegistrations = 256
-
-type prReg struct {
-	key  uint64
-	port string // initiator port name, for READ FULL STATUS
-	rel  uint16
+// Reservations orders the reservation changes of LUs that more than one
+// target port exports (every node exports every VDI): Do applies op to
+// the LU of VDI vid in the one order every port agrees on, and returns
+// the state it produced and the requester's outcome once every port that
+// may run commands for the LU enforces that state (or can no longer
+// serve I/O). Every port then gets the state through LU.Install.
+type Reservations interface {
+	Do(ctx context.Context, vid uint32, op resv.Op) (*resv.State, resv.Outcome, error)
 }
 
-type prState struct {
-	regs   map[string]*prReg // by nexus ID
-	gen    uint32
-	active bool
-	holder string // nexus ID; unused for all-registrants types
-	typ    byte
+// ErrReservations wraps a failure to reach the reservation coordinator.
+var ErrReservations = fmt.Errorf("scsi: reservations unavailable")
+
+// change applies a reservation operation: through the coordinator when
+// there is one, else on this LU alone.
+func (lu *LU) change(ctx context.Context, op resv.Op) (resv.Outcome, error) {
+	if lu.cfg.Reservations == nil {
+		lu.mu.Lock()
+		defer lu.mu.Unlock()
+		st := lu.rs.Clone()
+		o := resv.Apply(st, op)
+		lu.installLocked(st)
+		return o, nil
+	}
+	st, o, err := lu.cfg.Reservations.Do(ctx, lu.cfg.VID, op)
+	if err != nil {
+		return o, fmt.Errorf("%w: %w", ErrReservations, err)
+	}
+	lu.Install(st)
+	return o, nil
 }
 
-func (s *prState) allRegs() bool { return s.typ == prWEAR || s.typ == prEAAR }
-
-func (s *prState) isHolder(id string) bool {
-	if !s.active {
-		return false
-	}
-	if s.allRegs() {
-		return s.regs[id] != nil
-	}
-	return s.holder == id
+// Install makes st the LU's reservation state and raises its unit
+// attentions on this port's nexuses, once: a state no newer than the
+// current one (by Seq) is ignored.
+func (lu *LU) Install(st *resv.State) {
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	lu.installLocked(st)
 }
 
-// conflicts reports whether a command of the given kind from nexus id
-// conflicts with the persistent reservation (SPC-3 Table 31, simplified
-// to read/write classes).
-func (s *prState) conflicts(id string, write bool) bool {
-	if !s.active || s.isHolder(id) {
-		return false
-	}
-	registered := s.regs[id] != nil
-	switch s.typ {
-	case prWE:
-		return write
-	case prEA:
-		return true
-	case prWERO, prWEAR:
-		return !registered && write
-	case prEARO, prEAAR:
-		return !registered
-	}
-	return false
-}
-
-func validType(t byte) bool {
-	switch t {
-	case prWE, prEA, prWERO, prEARO, prWEAR, prEAAR:
-		return true
-	}
-	return false
-}
-
-// release drops the reservation; registrants other than id get
-// RESERVATIONS RELEASED for the registrants-only/all-registrants types.
-func (lu *LU) prRelease(id string) {
-	s := &lu.pr
-	if s.typ == prWERO || s.typ == prEARO || s.typ == prWEAR || s.typ == prEAAR {
-		lu.uaOthers(id, ascReservationsReleased, func(n string) bool { return s.regs[n] != nil })
-	}
-	s.active, s.holder, s.typ = false, "", 0
-}
-
-// unregister removes id's registration, releasing the reservation when it
-// goes with it.
-func (lu *LU) prUnregister(id string) {
-	s := &lu.pr
-	delete(s.regs, id)
-	if !s.active {
+func (lu *LU) installLocked(st *resv.State) {
+	if st == nil || st.Seq <= lu.rs.Seq {
 		return
 	}
-	if s.allRegs() {
-		if len(s.regs) == 0 {
-			s.active, s.typ = false, 0
+	lu.rs = st.Clone()
+	for _, u := range st.UAs {
+		a, ok := uaSense[u.Kind]
+		if !ok {
+			continue
 		}
-		return
+		if u.All {
+			for _, ns := range lu.nexuses {
+				ns.addUA(a)
+			}
+		} else if ns := lu.nexuses[u.Nexus]; ns != nil {
+			ns.addUA(a)
+		}
 	}
-	if s.holder == id {
-		lu.prRelease(id)
+}
+
+var uaSense = map[uint8]ascq{
+	resv.UAReservationsReleased:   ascReservationsReleased,
+	resv.UARegistrationsPreempted: ascRegistrationsPreempted,
+	resv.UAReservationsPreempted:  ascReservationsPreempted,
+	resv.UAReset:                  ascLogicalUnitReset,
+}
+
+// resvResult maps a reservation outcome to the command's result.
+func resvResult(o resv.Outcome, err error) Result {
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return check(KeyAbortedCommand, ascNone)
+		}
+		return check(KeyHardwareError, ascInternalFailure)
 	}
+	switch o.Status {
+	case resv.OK:
+		return good(nil)
+	case resv.Conflict:
+		return conflict()
+	case resv.InvalidCDB:
+		return invalidCDB(int(o.Field), int(o.Bit))
+	case resv.InvalidParam:
+		return invalidParam(int(o.Field), int(o.Bit))
+	case resv.NoResources:
+		return check(KeyIllegalRequest, ascInsufficientRegRes)
+	case resv.InvalidRelease:
+		return check(KeyIllegalRequest, ascInvalidReleasePR)
+	}
+	return invalidCDB(1, 4)
 }
 
 func execPRIn(ctx ctxT, c *Cmd, _ []byte) Result {
 	alloc := be16(c.CDB[7:])
 	lu := c.lu
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	s := &lu.pr
+	s := lu.rs.Clone()
+	lu.mu.Unlock()
 	out := make([]byte, 8)
-	binary.BigEndian.PutUint32(out, s.gen)
-	ids := make([]string, 0, len(s.regs))
-	for id := range s.regs {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
+	binary.BigEndian.PutUint32(out, s.Gen)
 	switch c.CDB[1] & 0x1f {
 	case 0: // READ KEYS
-		for _, id := range ids {
-			out = binary.BigEndian.AppendUint64(out, s.regs[id].key)
+		for _, r := range s.Regs {
+			out = binary.BigEndian.AppendUint64(out, r.Key)
 		}
 	case 1: // READ RESERVATION
-		if s.active {
+		if s.Active {
 			var d [16]byte
-			if !s.allRegs() {
-				if r := s.regs[s.holder]; r != nil {
-					binary.BigEndian.PutUint64(d[:], r.key)
+			if !s.AllRegistrants() {
+				if r := s.Reg(s.Holder); r != nil {
+					binary.BigEndian.PutUint64(d[:], r.Key)
 				}
 			}
-			d[13] = s.typ // scope LU (0)
+			d[13] = s.Type // scope LU (0)
 			out = append(out, d[:]...)
 		}
 	case 2: // REPORT CAPABILITIES
 		out = make([]byte, 8)
 		out[1] = 8
-		out[2] = 0x10 | 0x04 // CRH, ATP_C
-		out[3] = 0x80        // TMV
+		// CRH; no ATP_C: a registration holds for the target port
+		// (node) it came through, and ALL_TG_PT is refused.
+		out[2] = 0x10
+		out[3] = 0x80 // TMV
 		out[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02
 		out[5] = 0x01
 		return good(truncate(out, alloc))
 	case 3: // READ FULL STATUS
-		for _, id := range ids {
-			r := s.regs[id]
+		for _, r := range s.Regs {
 			var d [24]byte
-			binary.BigEndian.PutUint64(d[:], r.key)
-			d[12] = 0x02 // ALL_TG_PT: we have one target port
-			if s.isHolder(id) {
+			binary.BigEndian.PutUint64(d[:], r.Key)
+			if s.IsHolder(r.Nexus) {
 				d[12] |= 0x01
-				d[13] = s.typ
+				d[13] = s.Type
 			}
-			binary.BigEndian.PutUint16(d[18:], r.rel)
-			tid := transportID(r.port)
+			binary.BigEndian.PutUint16(d[18:], r.Rel)
+			tid := transportID(r.Port)
 			binary.BigEndian.PutUint32(d[20:], uint32(len(tid)))
 			out = append(out, d[:]...)
 			out = append(out, tid...)
@@ -175,162 +170,25 @@ func transportID(port string) []byte {
 
 func execPROut(ctx ctxT, c *Cmd, p []byte) Result {
 	cdb := c.CDB
-	sa := cdb[1] & 0x1f
-	scope, typ := cdb[2]>>4, cdb[2]&0x0f
 	if len(p) != 24 || be32(cdb[5:]) != 24 {
 		return check(KeyIllegalRequest, ascParamListLen)
 	}
-	key, saKey := be64(p[0:]), be64(p[8:])
 	flags := p[20]
 	if flags&0x08 != 0 { // SPEC_I_PT: not supported
 		return invalidParam(20, 3)
 	}
-	if flags&0x01 != 0 { // APTPL: no persistence through power loss
+	if flags&0x04 != 0 { // ALL_TG_PT: not supported (no ATP_C)
+		return invalidParam(20, 2)
+	}
+	if flags&0x01 != 0 { // APTPL: not offered (REPORT CAPABILITIES says so)
 		return invalidParam(20, 0)
 	}
-	lu := c.lu
-	id := c.nexus.ID
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	s := &lu.pr
-	reg := s.regs[id]
-	switch sa {
-	case 0, 6: // REGISTER, REGISTER AND IGNORE EXISTING KEY
-		if reg == nil {
-			if sa == 0 && key != 0 {
-				return conflict()
-			}
-			if saKey == 0 {
-				return good(nil)
-			}
-			if len(s.regs) >= maxRegistrations {
-				return check(KeyIllegalRequest, ascInsufficientRegRes)
-			}
-			s.regs[id] = &prReg{key: saKey, port: c.nexus.InitiatorPort(), rel: max(c.nexus.RelPort, 1)}
-			s.gen++
-			return good(nil)
-		}
-		if sa == 0 && key != reg.key {
-			return conflict()
-		}
-		if saKey == 0 {
-			lu.prUnregister(id)
-		} else {
-			reg.key = saKey
-		}
-		s.gen++
-		return good(nil)
+	if sa := cdb[1] & 0x1f; sa > 6 {
+		return invalidCDB(1, 4)
 	}
-	if reg == nil || reg.key != key {
-		return conflict()
-	}
-	switch sa {
-	case 1: // RESERVE
-		if scope != 0 {
-			return invalidCDB(2, 7)
-		}
-		if !validType(typ) {
-			return invalidCDB(2, 3)
-		}
-		if s.active {
-			if s.isHolder(id) && s.typ == typ {
-				return good(nil)
-			}
-			return conflict()
-		}
-		s.active, s.holder, s.typ = true, id, typ
-		return good(nil)
-	case 2: // RELEASE
-		if !s.active || !s.isHolder(id) {
-			return good(nil)
-		}
-		if s.typ != typ || scope != 0 {
-			return check(KeyIllegalRequest, ascInvalidReleasePR)
-		}
-		lu.prRelease(id)
-		return good(nil)
-	case 3: // CLEAR
-		for n := range s.regs {
-			if n != id {
-				if ns := lu.nexuses[n]; ns != nil {
-					ns.addUA(ascReservationsPreempted)
-				}
-			}
-		}
-		s.regs = map[string]*prReg{}
-		s.active, s.holder, s.typ = false, "", 0
-		s.gen++
-		return good(nil)
-	case 4, 5: // PREEMPT, PREEMPT AND ABORT
-		return lu.prPreempt(id, saKey, scope, typ)
-	}
-	return invalidCDB(1, 4)
-}
-
-func (lu *LU) prPreempt(id string, saKey uint64, scope, typ byte) Result {
-	s := &lu.pr
-	removeKey := func(k uint64, all bool) int {
-		n := 0
-		for rid, r := range s.regs {
-			if rid == id || (!all && r.key != k) {
-				continue
-			}
-			delete(s.regs, rid)
-			if ns := lu.nexuses[rid]; ns != nil {
-				ns.addUA(ascRegistrationsPreempted)
-			}
-			n++
-		}
-		return n
-	}
-	newReservation := func() *Result {
-		if scope != 0 {
-			r := invalidCDB(2, 7)
-			return &r
-		}
-		if !validType(typ) {
-			r := invalidCDB(2, 3)
-			return &r
-		}
-		s.active, s.holder, s.typ = true, id, typ
-		return nil
-	}
-	switch {
-	case !s.active:
-		if saKey == 0 {
-			return invalidParam(8, -1)
-		}
-		if removeKey(saKey, false) == 0 {
-			return conflict()
-		}
-	case s.allRegs():
-		if saKey == 0 {
-			removeKey(0, true)
-			if r := newReservation(); r != nil {
-				return *r
-			}
-		} else if removeKey(saKey, false) == 0 {
-			return conflict()
-		}
-	default:
-		holderKey := uint64(0)
-		if r := s.regs[s.holder]; r != nil {
-			holderKey = r.key
-		}
-		if saKey == holderKey {
-			removeKey(saKey, false)
-			if r := newReservation(); r != nil {
-				return *r
-			}
-		} else {
-			if saKey == 0 {
-				return invalidParam(8, -1)
-			}
-			if removeKey(saKey, false) == 0 {
-				return conflict()
-			}
-		}
-	}
-	s.gen++
-	return good(nil)
+	return resvResult(c.lu.change(ctx, resv.Op{
+		Kind: resv.OpPROut, Nexus: c.nexus.ID, Port: c.nexus.InitiatorPort(), Rel: max(c.nexus.RelPort, 1),
+		SA: cdb[1] & 0x1f, Scope: cdb[2] >> 4, Type: cdb[2] & 0x0f,
+		Key: be64(p[0:]), SAKey: be64(p[8:]),
+	}))
 }

@@ -70,7 +70,7 @@ func TestIdentityStable(t *testing.T) {
 
 func TestWriteReadUnmapCompare(t *testing.T) {
 	lu, dev, n := newLU(t)
-	lu.Detach(n)
+	lu.Detach(context.Background(), n)
 	n = &Nexus{ID: "x"} // never attached: no UA
 	data := bytes.Repeat([]byte{0xa5}, 1024)
 	// WRITE(10) 2 blocks at LBA 4 with FUA.

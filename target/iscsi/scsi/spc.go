@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	gotgtscsi "github.com/gostor/gotgt/pkg/scsi"
+
+	"github.com/gosheep/gosheep/cluster/resv"
 )
 
 // Identity strings reported by INQUIRY.
@@ -390,30 +392,11 @@ func execReserve6(ctx ctxT, c *Cmd, _ []byte) Result {
 	if c.CDB[0] == opReserve6 && c.CDB[1]&0x1f != 0 { // 3rd party/extents
 		return invalidCDB(1, 0)
 	}
-	lu := c.lu
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	if lu.pr.active || len(lu.pr.regs) > 0 {
-		return conflict()
-	}
-	if lu.reserve6 != "" && lu.reserve6 != c.nexus.ID {
-		return conflict()
-	}
-	lu.reserve6 = c.nexus.ID
-	return good(nil)
+	return resvResult(c.lu.change(ctx, resv.Op{Kind: resv.OpReserve6, Nexus: c.nexus.ID}))
 }
 
 func execRelease6(ctx ctxT, c *Cmd, _ []byte) Result {
-	lu := c.lu
-	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	if lu.pr.active {
-		return conflict()
-	}
-	if lu.reserve6 == c.nexus.ID {
-		lu.reserve6 = ""
-	}
-	return good(nil)
+	return resvResult(c.lu.change(ctx, resv.Op{Kind: resv.OpRelease6, Nexus: c.nexus.ID}))
 }
 
 func execRSOC(ctx ctxT, c *Cmd, _ []byte) Result {

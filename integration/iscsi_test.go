@@ -91,10 +91,10 @@ func TestISCSIOnCluster(t *testing.T) {
 
 // TestISCSIComplianceOnCluster runs libiscsi's iscsi-test-cu against a VDI
 // of a 3-node cluster and fails on any failure outside
-// target/iscsi/testdata/iscsi-test-cu.expected. A second run puts the two
-// multipath paths on different nodes for the MultipathIO suite;
-// integration/testdata/iscsi-cluster.expected lists what needs state
-// shared between nodes' targets.
+// target/iscsi/testdata/iscsi-test-cu.expected. Two more runs put the two
+// multipath paths on different nodes: the MultipathIO suite, and the
+// reservation suites, which need reservations and unit attentions shared
+// by every node's target.
 func TestISCSIComplianceOnCluster(t *testing.T) {
 	needTool(t, "iscsi-test-cu")
 	c := newCluster(t, 3)
@@ -104,15 +104,30 @@ func TestISCSIComplianceOnCluster(t *testing.T) {
 	// untouched by earlier tests.
 	createVDI(t, c.nodes[0], "cu", 128<<20)
 	createVDI(t, c.nodes[0], "mp", 128<<20)
-	for _, n := range c.nodes[:2] {
+	createVDI(t, c.nodes[0], "rs", 128<<20)
+	for _, n := range c.nodes {
 		waitFor(t, "targets on "+n.ip, 60*time.Second, func() bool {
-			return exec.Command("iscsi-inq", iscsiURL(n, "cu")).Run() == nil && exec.Command("iscsi-inq", iscsiURL(n, "mp")).Run() == nil
+			for _, v := range []string{"cu", "mp", "rs"} {
+				if exec.Command("iscsi-inq", iscsiURL(n, v)).Run() != nil {
+					return false
+				}
+			}
+			return true
 		})
 	}
 	runCompliance(t, "ALL", "", iscsiURL(c.nodes[0], "cu"), iscsiURL(c.nodes[0], "cu"))
-	runCompliance(t, "ALL.MultipathIO", filepath.Join(mustAbs(t, "testdata"), "iscsi-cluster.expected"),
-		iscsiURL(c.nodes[0], "mp"), iscsiURL(c.nodes[1], "mp"))
+	// The second path on another node: data, COMPARE AND WRITE and
+	// resets across nodes; then reservations, whose tests take the
+	// second initiator through that path, so a reservation made through
+	// one node must hold through the other.
+	runCompliance(t, "ALL.MultipathIO", "", iscsiURL(c.nodes[0], "mp"), iscsiURL(c.nodes[1], "mp"))
+	runCompliance(t, reservationSuites, "", iscsiURL(c.nodes[2], "rs"), iscsiURL(c.nodes[1], "rs"))
 }
+
+// reservationSuites are iscsi-test-cu's SPC-2 and persistent reservation
+// suites.
+const reservationSuites = "ALL.Reserve6,ALL.ProutRegister,ALL.ProutReserve,ALL.ProutClear,ALL.ProutPreempt," +
+	"ALL.PrinReadKeys,ALL.PrinServiceactionRange,ALL.PrinReportCapabilities"
 
 func runCompliance(t testing.TB, sel, extraExpected, url, url2 string) {
 	t.Helper()

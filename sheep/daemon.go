@@ -247,6 +247,13 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 	if c == nil || c.Op == cluster.CmdRecoveryDone {
 		d.maybePurge(cur)
 	}
+	if c != nil && c.Op == cluster.CmdResv && r.Code == proto.ResSuccess {
+		d.installResv(cur, c.VID)
+	} else if c == nil {
+		for vid := range cur.Resv {
+			d.installResv(cur, vid)
+		}
+	}
 	if c != nil && c.Op == cluster.CmdReclaimed {
 		d.kickGarbage()
 	}

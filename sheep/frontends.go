@@ -32,7 +32,10 @@ func (d *Daemon) startFrontEnds() error {
 			return fmt.Errorf("iscsi listen on %s: %w", d.cfg.ISCSI, err)
 		}
 		fe.listeners = append(fe.listeners, ln)
-		fe.iscsi = iscsi.New(iscsi.Config{Logger: d.log.With("frontend", "iscsi"), Recorder: d.recorder(), AdvertiseAddrs: []string{ln.Addr().String()}})
+		fe.iscsi = iscsi.New(iscsi.Config{
+			Logger: d.log.With("frontend", "iscsi"), Recorder: d.recorder(), AdvertiseAddrs: []string{ln.Addr().String()},
+			PortID: d.node.ID(), Reservations: clusterResv{d},
+		})
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
@@ -145,6 +148,9 @@ func (d *Daemon) exportISCSI(info volume.Info) {
 	if info.CHAP != nil {
 		d.fe.iscsi.SetCHAP(info.Name, iscsiCHAP(info.CHAP))
 	}
+	// After AddTarget: a change applied meanwhile was installed by the
+	// watcher or is in this state.
+	d.node.FSM().Read(func(s *cluster.State) { d.fe.iscsi.InstallResv(info.RootVID, s.Resv[info.RootVID]) })
 }
 
 // reconcileISCSI exports every working VDI that has no target yet and

@@ -240,6 +240,11 @@ func (h *handler) serveMeta(ctx context.Context, m *api.MetaRequest) (*cluster.R
 		return h.node.Propose(ctx, m.Propose)
 	case m.Volume != nil:
 		return h.volumeOp(ctx, m.Volume)
+	case m.WaitApplied != 0:
+		if !h.node.FSM().WaitWatched(m.WaitApplied, ctx.Done()) {
+			return nil, ctx.Err()
+		}
+		return &cluster.Result{Index: m.WaitApplied}, nil
 	}
 	return nil, fmt.Errorf("empty meta request: %w", proto.ResInvalidParms)
 }

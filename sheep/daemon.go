@@ -141,7 +141,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		},
 		Settled: d.views.Settled,
 	})
-	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d.node}, Objects: d.gw, Logger: d.log})
+	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d}, Objects: d.gw, Logger: d.log})
 	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now()}
 	local.h = d.h
 	d.rec = d.newRecoverer()
@@ -208,12 +208,13 @@ func (d *Daemon) frontEndTags() map[string]string {
 }
 
 // metaOf adapts the cluster node to volume.Meta.
-type metaOf struct{ n *cluster.Node }
+type metaOf struct{ d *Daemon }
 
-func (m metaOf) Read(fn func(s *cluster.State)) { m.n.FSM().Read(fn) }
+func (m metaOf) Read(fn func(s *cluster.State)) { m.d.node.FSM().Read(fn) }
 func (m metaOf) Propose(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
-	return m.n.Propose(ctx, c)
+	return m.d.node.Propose(ctx, c)
 }
+func (m metaOf) Everywhere(ctx context.Context, index uint64) { m.d.syncMembers(ctx, index) }
 
 // watch reacts to committed metadata changes.
 func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) {

@@ -35,6 +35,10 @@ type Meta interface {
 	Read(fn func(s *cluster.State))
 	// Propose commits a command cluster-wide.
 	Propose(ctx context.Context, c *cluster.Command) (*cluster.Result, error)
+	// Everywhere returns once every member has applied Raft index, or
+	// can no longer serve I/O (bounded; best effort): what a command
+	// changed then holds for writes through any node.
+	Everywhere(ctx context.Context, index uint64)
 }
 
 // EventKind says what happened to an exported volume.
@@ -466,6 +470,13 @@ func (m *Manager) propose(ctx context.Context, c *cluster.Command) (*cluster.VDI
 	}
 	if err := r.Err(); err != nil {
 		return nil, err
+	}
+	if c.Snapshot || c.Op == cluster.CmdRollback {
+		// A node that has not applied it yet would go on writing to the
+		// VDI that just became a snapshot (or was rolled back): writes the
+		// caller issues after we return, once a guest is thawed, must
+		// not land there.
+		m.cfg.Meta.Everywhere(ctx, r.Index)
 	}
 	if err := m.Materialize(ctx, r); err != nil {
 		return nil, err

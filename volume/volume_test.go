@@ -147,6 +147,9 @@ func (f *fsmMeta) Propose(ctx context.Context, c *cluster.Command) (*cluster.Res
 	return f.fsm.ApplyCommand(f.idx, c), nil
 }
 
+// Everywhere has nothing to wait for: every manager reads this one FSM.
+func (f *fsmMeta) Everywhere(context.Context, uint64) {}
+
 func setup(t *testing.T) (*Manager, *memObjects) {
 	t.Helper()
 	meta := &fsmMeta{fsm: cluster.NewFSM()}

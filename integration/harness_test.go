@@ -226,13 +226,38 @@ func (n *node) conn(t testing.TB) *client.Conn {
 // state fetches the cluster state through node n.
 func (n *node) state(t testing.TB) *api.ClusterState {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var st api.ClusterState
-	if err := n.conn(t).Meta(ctx, proto.OpClusterState, struct{}{}, &st); err != nil {
-		t.Fatal(err)
-	}
+	n.status(t, proto.OpClusterState, &st)
 	return &st
+}
+
+// status asks n for a status document over a fresh connection, closed
+// after. A node busy recovering under -race on a loaded machine may drop
+// or stall one request: that is retried for 10 s before the test fails.
+func (n *node) status(t testing.TB, op proto.Opcode, out any) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := n.tryStatus(op, out)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s on %s: %v", op, n.ip, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (n *node) tryStatus(op proto.Opcode, out any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, n.addr())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Meta(ctx, op, struct{}{}, out)
 }
 
 func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
@@ -306,12 +331,8 @@ func (n *node) dog(t testing.TB, stdin []byte, args ...string) (string, error) {
 // info fetches a node's status.
 func (n *node) info(t testing.TB) *api.NodeInfo {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var ni api.NodeInfo
-	if err := n.conn(t).Meta(ctx, proto.OpNodeInfo, struct{}{}, &ni); err != nil {
-		t.Fatal(err)
-	}
+	n.status(t, proto.OpNodeInfo, &ni)
 	return &ni
 }
 

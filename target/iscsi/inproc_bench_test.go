@@ -23,9 +23,9 @@ func BenchmarkTarget(b *testing.B) {
 	}{{"read-4k", false, 4096}, {"write-4k", true, 4096}, {"read-1M", false, 1 << 20}, {"write-1M", true, 1 << 20}} {
 		b.Run(bc.name, func(b *testing.B) {
 			c := dial(b, ts.addr)
-			c.loginNormal(IQN("bt"), "MaxRecvDataSegmentLength=262144", "FirstBurstLength=262144", "MaxBurstLength=1048576")
-			c.drainUA()
-			nc := c.nc
+			c.LoginNormal(IQN("bt"), "MaxRecvDataSegmentLength=262144", "FirstBurstLength=262144", "MaxBurstLength=1048576")
+			c.DrainUA()
+			nc := c.NC
 			data := make([]byte, bc.bs)
 			for i := range data {
 				data[i] = byte(i)
@@ -55,11 +55,11 @@ func BenchmarkTarget(b *testing.B) {
 				binary.BigEndian.PutUint32(cdb[2:], lba)
 				binary.BigEndian.PutUint16(cdb[7:], uint16(blocks))
 				h.SetFlags(f)
-				h.SetITT(c.itt)
-				c.itt++
+				h.SetITT(c.ITT)
+				c.ITT++
 				h.SetField20(uint32(bc.bs))
-				binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-				c.cmdSN++
+				binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+				c.CmdSN++
 				if err := pdu.WritePDU(nc, &h, imm, false, false); err != nil {
 					b.Fatal(err)
 				}

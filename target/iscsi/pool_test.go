@@ -16,8 +16,8 @@ import (
 func TestDataOutAfterAbort(t *testing.T) {
 	ts := startServer(t, Config{}, "ab")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("ab"), "InitialR2T=Yes", "ImmediateData=Yes", "MaxBurstLength=65536")
-	c.drainUA()
+	c.LoginNormal(IQN("ab"), "InitialR2T=Yes", "ImmediateData=Yes", "MaxBurstLength=65536")
+	c.DrainUA()
 	const n = 64 << 10
 	stale := bytes.Repeat([]byte{0xee}, n)
 	const itt = 900
@@ -26,11 +26,11 @@ func TestDataOutAfterAbort(t *testing.T) {
 	h.SetFlags(pdu.FlagFinal | pdu.FlagWrite)
 	h.SetITT(itt)
 	h.SetField20(n)
-	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-	c.cmdSN++
+	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+	c.CmdSN++
 	copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, n / 512, 0}) // WRITE(10) LBA 0
-	c.send(&h, nil)
-	r2t := c.recv()
+	c.Send(&h, nil)
+	r2t := c.Recv()
 	if r2t.Opcode() != pdu.OpR2T || r2t.ITT() != itt {
 		t.Fatalf("want R2T, got %s", r2t.Header.String())
 	}
@@ -41,9 +41,9 @@ func TestDataOutAfterAbort(t *testing.T) {
 	tm.SetFlags(0x80 | 1)
 	tm.SetITT(901)
 	tm.SetField20(itt)
-	binary.BigEndian.PutUint32(tm[24:], c.cmdSN)
-	c.send(&tm, nil)
-	if p := c.recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != 0 {
+	binary.BigEndian.PutUint32(tm[24:], c.CmdSN)
+	c.Send(&tm, nil)
+	if p := c.Recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != 0 {
 		t.Fatalf("abort: %s response %d", p.Header.String(), p.Header[2])
 	}
 	// The Data-Out for the aborted task, late.
@@ -52,18 +52,18 @@ func TestDataOutAfterAbort(t *testing.T) {
 	d.SetFlags(0x80)
 	d.SetITT(itt)
 	d.SetField20(r2t.TTT())
-	c.send(&d, stale[:8192])
+	c.Send(&d, stale[:8192])
 	// The connection still works, and pooled buffers carry no stale data.
 	want := make([]byte, 8192)
 	for i := range want {
 		want[i] = byte(i*7 + 1)
 	}
-	if r := c.scsi([]byte{0x2a, 0, 0, 0, 0, 8, 0, 0, 16, 0}, false, 8192, want); r.status != 0 {
-		t.Fatalf("write status %#x", r.status)
+	if r := c.SCSI([]byte{0x2a, 0, 0, 0, 0, 8, 0, 0, 16, 0}, false, 8192, want); r.Status != 0 {
+		t.Fatalf("write status %#x", r.Status)
 	}
-	r := c.scsi([]byte{0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0}, true, 8192, nil)
-	if r.status != 0 || !bytes.Equal(r.data, want) {
-		t.Fatalf("read back status %#x, equal %v", r.status, bytes.Equal(r.data, want))
+	r := c.SCSI([]byte{0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0}, true, 8192, nil)
+	if r.Status != 0 || !bytes.Equal(r.Data, want) {
+		t.Fatalf("read back status %#x, equal %v", r.Status, bytes.Equal(r.Data, want))
 	}
 	got := make([]byte, n)
 	ts.devs["ab"].ReadAt(t.Context(), got, 0)

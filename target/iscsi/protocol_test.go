@@ -20,11 +20,11 @@ import (
 func readCap16(c *client) uint64 {
 	cdb := make([]byte, 16)
 	cdb[0], cdb[1], cdb[13] = 0x9e, 0x10, 32
-	r := c.scsi(cdb, true, 32, nil)
-	if r.status != 0 || len(r.data) < 12 {
-		c.t.Fatalf("READ CAPACITY(16): status %#x sense %x", r.status, r.sense)
+	r := c.SCSI(cdb, true, 32, nil)
+	if r.Status != 0 || len(r.Data) < 12 {
+		c.T.Fatalf("READ CAPACITY(16): status %#x sense %x", r.Status, r.Sense)
 	}
-	return (binary.BigEndian.Uint64(r.data) + 1) * uint64(binary.BigEndian.Uint32(r.data[8:]))
+	return (binary.BigEndian.Uint64(r.Data) + 1) * uint64(binary.BigEndian.Uint32(r.Data[8:]))
 }
 
 // TestResizeUnitAttention: Resized makes READ CAPACITY report the new size
@@ -32,11 +32,11 @@ func readCap16(c *client) uint64 {
 func TestResizeUnitAttention(t *testing.T) {
 	ts := startServer(t, Config{}, "grow", "other")
 	a, b, o := dial(t, ts.addr), dial(t, ts.addr), dial(t, ts.addr)
-	a.loginNormal(IQN("grow"))
-	b.loginAs("iqn.2026-11.test:second", IQN("grow"))
-	o.loginNormal(IQN("other"))
+	a.LoginNormal(IQN("grow"))
+	b.LoginAs("iqn.2026-11.test:second", IQN("grow"))
+	o.LoginNormal(IQN("other"))
 	for _, c := range []*client{a, b, o} {
-		if uas := c.drainUA(); len(uas) != 1 || uas[0] != 0x2900 {
+		if uas := c.DrainUA(); len(uas) != 1 || uas[0] != 0x2900 {
 			t.Fatalf("login unit attentions %x, want [2900]", uas)
 		}
 	}
@@ -48,14 +48,14 @@ func TestResizeUnitAttention(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []*client{a, b} {
-		if uas := c.drainUA(); len(uas) != 1 || uas[0] != 0x2a09 {
+		if uas := c.DrainUA(); len(uas) != 1 || uas[0] != 0x2a09 {
 			t.Fatalf("unit attentions after resize %x, want [2a09]", uas)
 		}
 		if got := readCap16(c); got != 128<<20 {
 			t.Fatalf("capacity after resize %d", got)
 		}
 	}
-	if uas := o.drainUA(); len(uas) != 0 {
+	if uas := o.DrainUA(); len(uas) != 0 {
 		t.Fatalf("other target's nexus got %x", uas)
 	}
 	if err := ts.Resized("nope"); err == nil {
@@ -69,13 +69,13 @@ func TestResizeUnitAttention(t *testing.T) {
 func TestRemoveTargetWhileActive(t *testing.T) {
 	ts := startServer(t, Config{}, "busy", "stay")
 	stay := dial(t, ts.addr)
-	stay.loginNormal(IQN("stay"))
-	stay.drainUA()
+	stay.LoginNormal(IQN("stay"))
+	stay.DrainUA()
 
 	// A raw session on the target, and qemu-img bench keeping it busy.
 	raw := dial(t, ts.addr)
-	raw.loginAs("iqn.2026-11.test:raw", IQN("busy"))
-	raw.drainUA()
+	raw.LoginAs("iqn.2026-11.test:raw", IQN("busy"))
+	raw.DrainUA()
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	bench := exec.CommandContext(ctx, tool(t, "qemu-img"), "bench", "-w", "-f", "raw", "-t", "none",
@@ -103,8 +103,8 @@ func TestRemoveTargetWhileActive(t *testing.T) {
 		t.Fatalf("%d sessions after RemoveTarget, want 1 (the other target's)", n)
 	}
 	// The raw session's connection is closed.
-	raw.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := raw.tryRecv(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+	raw.NC.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := raw.TryRecv(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("raw session still open after RemoveTarget: %v", err)
 	}
 	// qemu-img keeps trying to reconnect and cannot finish.
@@ -118,12 +118,12 @@ func TestRemoveTargetWhileActive(t *testing.T) {
 		<-benchDone
 	}
 	// The other target's session is untouched.
-	if r := stay.scsi([]byte{0}, false, 0, nil); r.status != 0 {
-		t.Fatalf("TUR on the other target: %#x", r.status)
+	if r := stay.SCSI([]byte{0}, false, 0, nil); r.Status != 0 {
+		t.Fatalf("TUR on the other target: %#x", r.Status)
 	}
 	// Logins to the removed target are refused.
 	c := dial(t, ts.addr)
-	if _, err := c.login("InitiatorName=iqn.2026-11.test:x", "TargetName="+IQN("busy"), "SessionType=Normal"); err == nil {
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:x", "TargetName="+IQN("busy"), "SessionType=Normal"); err == nil {
 		t.Fatal("login to a removed target succeeded")
 	}
 	if err := ts.RemoveTarget("busy"); err == nil {
@@ -146,18 +146,18 @@ func TestTSIHNoLeak(t *testing.T) {
 	seen := map[uint16]bool{}
 	for i := range 300 {
 		c := dial(t, ts.addr)
-		c.loginNormal(IQN("t"))
-		seen[c.tsih] = true
+		c.LoginNormal(IQN("t"))
+		seen[c.TSIH] = true
 		switch i % 3 {
 		case 0:
-			if err := c.logout(); err != nil {
+			if err := c.Logout(); err != nil {
 				t.Fatal(err)
 			}
 		case 1:
-			c.nc.Close() // connection loss
+			c.NC.Close() // connection loss
 		case 2:
-			c.drainUA()
-			c.nc.Close()
+			c.DrainUA()
+			c.NC.Close()
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -183,7 +183,7 @@ func TestTSIHNoLeak(t *testing.T) {
 func TestDiscoveryAdvertisedPortal(t *testing.T) {
 	ts := startServer(t, Config{AdvertiseAddrs: []string{"192.0.2.10:3260", "[2001:db8::1]:3260"}, PortalGroupTag: 3}, "a", "b")
 	c := dial(t, ts.addr)
-	if _, err := c.login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
 		t.Fatal(err)
 	}
 	var h pdu.Header
@@ -192,9 +192,9 @@ func TestDiscoveryAdvertisedPortal(t *testing.T) {
 	h.SetFlags(0x80)
 	h.SetITT(77)
 	h.SetField20(pdu.ReservedTag)
-	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-	c.send(&h, []byte("SendTargets=All\x00"))
-	p := c.recv()
+	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+	c.Send(&h, []byte("SendTargets=All\x00"))
+	p := c.Recv()
 	if p.Opcode() != pdu.OpTextResp || p.ITT() != 77 {
 		t.Fatalf("response %v", p.Header.String())
 	}
@@ -207,11 +207,11 @@ func TestDiscoveryAdvertisedPortal(t *testing.T) {
 	var sh pdu.Header
 	sh.SetOpcode(pdu.OpSCSICmd)
 	sh.SetFlags(0x80)
-	c.send(&sh, nil)
-	if r := c.recv(); r.Opcode() != pdu.OpReject {
+	c.Send(&sh, nil)
+	if r := c.Recv(); r.Opcode() != pdu.OpReject {
 		t.Fatalf("SCSI command in discovery: %#x", r.Opcode())
 	}
-	if err := c.logout(); err != nil {
+	if err := c.Logout(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -225,7 +225,7 @@ func TestSendTargetsContinuation(t *testing.T) {
 	}
 	ts := startServer(t, Config{}, names...)
 	c := dial(t, ts.addr)
-	if _, err := c.login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery", "MaxRecvDataSegmentLength=512"); err != nil {
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery", "MaxRecvDataSegmentLength=512"); err != nil {
 		t.Fatal(err)
 	}
 	var all []byte
@@ -241,8 +241,8 @@ func TestSendTargetsContinuation(t *testing.T) {
 		if i == 0 {
 			body = []byte("SendTargets=All\x00")
 		}
-		c.send(&h, body)
-		p := c.recv()
+		c.Send(&h, body)
+		p := c.Recv()
 		if len(p.Data) > 512 {
 			t.Fatalf("text segment of %d bytes > 512", len(p.Data))
 		}
@@ -265,8 +265,8 @@ func TestSendTargetsContinuation(t *testing.T) {
 func TestProtocolRobustness(t *testing.T) {
 	ts := startServer(t, Config{}, "r")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("r"))
-	c.drainUA()
+	c.LoginNormal(IQN("r"))
+	c.DrainUA()
 
 	// NOP-Out ping with data comes back as NOP-In with the same data.
 	var h pdu.Header
@@ -275,9 +275,9 @@ func TestProtocolRobustness(t *testing.T) {
 	h.SetFlags(0x80)
 	h.SetITT(900)
 	h.SetField20(pdu.ReservedTag)
-	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-	c.send(&h, []byte("ping"))
-	if p := c.recv(); p.Opcode() != pdu.OpNOPIn || p.ITT() != 900 || string(p.Data) != "ping" {
+	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+	c.Send(&h, []byte("ping"))
+	if p := c.Recv(); p.Opcode() != pdu.OpNOPIn || p.ITT() != 900 || string(p.Data) != "ping" {
 		t.Fatalf("NOP-In: %v %q", p.Header.String(), p.Data)
 	}
 	// SNACK (ERL 0) and an unknown opcode are rejected.
@@ -285,8 +285,8 @@ func TestProtocolRobustness(t *testing.T) {
 		var s pdu.Header
 		s.SetOpcode(op)
 		s.SetFlags(0x80)
-		c.send(&s, nil)
-		if p := c.recv(); p.Opcode() != pdu.OpReject {
+		c.Send(&s, nil)
+		if p := c.Recv(); p.Opcode() != pdu.OpReject {
 			t.Fatalf("opcode %#x answered with %#x", op, p.Opcode())
 		}
 	}
@@ -296,7 +296,7 @@ func TestProtocolRobustness(t *testing.T) {
 	d.SetFlags(0x80)
 	d.SetITT(12345)
 	d.SetField20(pdu.ReservedTag)
-	c.send(&d, make([]byte, 512))
+	c.Send(&d, make([]byte, 512))
 	// Text with an unknown key in full feature phase.
 	var tx pdu.Header
 	tx.SetOpcode(pdu.OpTextReq)
@@ -304,8 +304,8 @@ func TestProtocolRobustness(t *testing.T) {
 	tx.SetFlags(0x80)
 	tx.SetITT(901)
 	tx.SetField20(pdu.ReservedTag)
-	c.send(&tx, []byte("X-foo=bar\x00"))
-	if p := c.recv(); p.Opcode() != pdu.OpTextResp || string(p.Data) != "X-foo=NotUnderstood\x00" {
+	c.Send(&tx, []byte("X-foo=bar\x00"))
+	if p := c.Recv(); p.Opcode() != pdu.OpTextResp || string(p.Data) != "X-foo=NotUnderstood\x00" {
 		t.Fatalf("text: %v %q", p.Header.String(), p.Data)
 	}
 	// ABORT TASK of a task that does not exist.
@@ -315,40 +315,40 @@ func TestProtocolRobustness(t *testing.T) {
 	tm.SetFlags(0x80 | tmfAbortTask)
 	tm.SetITT(902)
 	tm.SetField20(4242)
-	c.send(&tm, nil)
-	if p := c.recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != tmfNoTask {
+	c.Send(&tm, nil)
+	if p := c.Recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != tmfNoTask {
 		t.Fatalf("abort: %v resp %d", p.Header.String(), p.Header[2])
 	}
 	// LUN RESET: function complete, then a reset unit attention.
 	tm.SetFlags(0x80 | tmfLUNReset)
 	tm.SetITT(903)
-	c.send(&tm, nil)
-	if p := c.recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != tmfComplete {
+	c.Send(&tm, nil)
+	if p := c.Recv(); p.Opcode() != pdu.OpTaskResp || p.Header[2] != tmfComplete {
 		t.Fatalf("LUN reset: resp %d", p.Header[2])
 	}
-	if uas := c.drainUA(); len(uas) != 1 || uas[0] != 0x2903 {
+	if uas := c.DrainUA(); len(uas) != 1 || uas[0] != 0x2903 {
 		t.Fatalf("after LUN reset: %x", uas)
 	}
 	// A 4 GiB write command with no data: refused without allocating.
 	cdb := make([]byte, 16)
 	cdb[0] = 0x8a
 	binary.BigEndian.PutUint32(cdb[10:], 0xffffffff>>9)
-	r := c.scsi(cdb, false, 0xffffffff, []byte{})
-	if r.status != scsi.StatusCheckCondition {
-		t.Fatalf("huge write: status %#x", r.status)
+	r := c.SCSI(cdb, false, 0xffffffff, []byte{})
+	if r.Status != scsi.StatusCheckCondition {
+		t.Fatalf("huge write: status %#x", r.Status)
 	}
 	// Reads honour a small MaxRecvDataSegmentLength and report residuals.
 	cdb = make([]byte, 10)
 	cdb[0], cdb[8] = 0x28, 8 // READ(10) 8 blocks
-	r = c.scsi(cdb, true, 2048, nil)
-	if r.status != 0 || len(r.data) != 2048 || r.flags&pdu.FlagOverflow == 0 || r.residual != 2048 {
-		t.Fatalf("short read: status %#x len %d flags %#x residual %d", r.status, len(r.data), r.flags, r.residual)
+	r = c.SCSI(cdb, true, 2048, nil)
+	if r.Status != 0 || len(r.Data) != 2048 || r.Flags&pdu.FlagOverflow == 0 || r.Residual != 2048 {
+		t.Fatalf("short read: status %#x len %d flags %#x residual %d", r.Status, len(r.Data), r.Flags, r.Residual)
 	}
 	// Still alive.
-	if r := c.scsi([]byte{0}, false, 0, nil); r.status != 0 {
-		t.Fatalf("TUR: %#x", r.status)
+	if r := c.SCSI([]byte{0}, false, 0, nil); r.Status != 0 {
+		t.Fatalf("TUR: %#x", r.Status)
 	}
-	if err := c.logout(); err != nil {
+	if err := c.Logout(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -380,8 +380,8 @@ func TestGarbageNeverKills(t *testing.T) {
 	}
 	// The server still serves.
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("g"))
-	c.drainUA()
+	c.LoginNormal(IQN("g"))
+	c.DrainUA()
 }
 
 // TestMaxCmdSNWindow: MaxCmdSN - ExpCmdSN + 1 equals the configured queue
@@ -389,26 +389,26 @@ func TestGarbageNeverKills(t *testing.T) {
 func TestMaxCmdSNWindow(t *testing.T) {
 	ts := startServer(t, Config{QueueDepth: 8}, "w")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("w"))
-	c.drainUA()
-	r := c.scsi([]byte{0}, false, 0, nil)
+	c.LoginNormal(IQN("w"))
+	c.DrainUA()
+	r := c.SCSI([]byte{0}, false, 0, nil)
 	_ = r
-	if got := c.maxCmd - c.cmdSN + 1; got != 8 {
+	if got := c.MaxCmd - c.CmdSN + 1; got != 8 {
 		t.Fatalf("window %d, want 8", got)
 	}
 	// A command with CmdSN = MaxCmdSN+1 gets no answer; the next valid
 	// one does.
-	saved := c.cmdSN
-	c.cmdSN = c.maxCmd + 1
+	saved := c.CmdSN
+	c.CmdSN = c.MaxCmd + 1
 	var h pdu.Header
 	h.SetOpcode(pdu.OpSCSICmd)
 	h.SetFlags(0x80)
 	h.SetITT(5000)
-	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-	c.send(&h, nil)
-	c.cmdSN = saved
-	if r := c.scsi([]byte{0}, false, 0, nil); r.status != 0 {
-		t.Fatalf("TUR after ignored command: %#x", r.status)
+	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+	c.Send(&h, nil)
+	c.CmdSN = saved
+	if r := c.SCSI([]byte{0}, false, 0, nil); r.Status != 0 {
+		t.Fatalf("TUR after ignored command: %#x", r.Status)
 	}
 }
 
@@ -417,7 +417,7 @@ func TestMaxCmdSNWindow(t *testing.T) {
 func TestDigestsNegotiated(t *testing.T) {
 	ts := startServer(t, Config{}, "d")
 	c := dial(t, ts.addr)
-	p, err := c.login("InitiatorName=iqn.2026-11.test:dig", "TargetName="+IQN("d"), "SessionType=Normal",
+	p, err := c.Login("InitiatorName=iqn.2026-11.test:dig", "TargetName="+IQN("d"), "SessionType=Normal",
 		"HeaderDigest=CRC32C,None", "DataDigest=CRC32C")
 	if err != nil {
 		t.Fatal(err)
@@ -430,16 +430,16 @@ func TestDigestsNegotiated(t *testing.T) {
 		var h pdu.Header
 		h.SetOpcode(pdu.OpSCSICmd)
 		h.SetFlags(0x80 | pdu.FlagRead)
-		h.SetITT(c.itt)
-		c.itt++
+		h.SetITT(c.ITT)
+		c.ITT++
 		h.SetField20(36)
-		binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-		c.cmdSN++
+		binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+		c.CmdSN++
 		copy(h[32:], []byte{0x12, 0, 0, 0, 36, 0})
-		if err := pdu.WritePDU(c.nc, &h, nil, true, true); err != nil {
+		if err := pdu.WritePDU(c.NC, &h, nil, true, true); err != nil {
 			t.Fatal(err)
 		}
-		p, err := pdu.ReadPDU(c.nc, lim)
+		p, err := pdu.ReadPDU(c.NC, lim)
 		if err != nil {
 			t.Fatalf("reading a digested PDU: %v", err)
 		}
@@ -456,8 +456,8 @@ func TestDigestsNegotiated(t *testing.T) {
 	pdu.WritePDU(&raw, &h, nil, true, true)
 	b := raw.Bytes()
 	b[48] ^= 0xff
-	c.nc.Write(b)
-	if _, err := pdu.ReadPDU(c.nc, lim); err == nil {
+	c.NC.Write(b)
+	if _, err := pdu.ReadPDU(c.NC, lim); err == nil {
 		t.Fatal("connection survived a header digest error")
 	}
 }
@@ -467,22 +467,22 @@ func TestDigestsNegotiated(t *testing.T) {
 func TestLogoutWithPendingWrite(t *testing.T) {
 	ts := startServer(t, Config{}, "lw")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("lw"), "InitialR2T=Yes")
-	c.drainUA()
+	c.LoginNormal(IQN("lw"), "InitialR2T=Yes")
+	c.DrainUA()
 	var h pdu.Header
 	h.SetOpcode(pdu.OpSCSICmd)
 	h.SetFlags(0x80 | pdu.FlagWrite)
-	h.SetITT(c.itt)
-	c.itt++
+	h.SetITT(c.ITT)
+	c.ITT++
 	h.SetField20(4096)
-	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-	c.cmdSN++
+	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+	c.CmdSN++
 	copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0})
-	c.send(&h, nil)
-	if p := c.recv(); p.Opcode() != pdu.OpR2T {
+	c.Send(&h, nil)
+	if p := c.Recv(); p.Opcode() != pdu.OpR2T {
 		t.Fatalf("want R2T, got %#x", p.Opcode())
 	}
-	if err := c.logout(); err != nil {
+	if err := c.Logout(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -522,11 +522,11 @@ func TestMetrics(t *testing.T) {
 	rec := &recorder{ops: map[string]int{}, bytes: map[string]int{}}
 	ts := startServer(t, Config{Recorder: rec}, "m")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("m"))
-	c.drainUA()
-	c.scsi([]byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0}, false, 4096, make([]byte, 4096))
-	c.scsi([]byte{0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, 4096, nil)
-	if err := c.logout(); err != nil {
+	c.LoginNormal(IQN("m"))
+	c.DrainUA()
+	c.SCSI([]byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0}, false, 4096, make([]byte, 4096))
+	c.SCSI([]byte{0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, 4096, nil)
+	if err := c.Logout(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -551,8 +551,8 @@ func TestMetrics(t *testing.T) {
 func TestImmediateCommandsBounded(t *testing.T) {
 	ts := startServer(t, Config{QueueDepth: 4}, "imm")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("imm"), "InitialR2T=Yes")
-	c.drainUA()
+	c.LoginNormal(IQN("imm"), "InitialR2T=Yes")
+	c.DrainUA()
 	// Writes that wait for Data-Out stay in flight.
 	n := 4 + maxImmediateTasks + 3
 	for i := range n {
@@ -562,13 +562,13 @@ func TestImmediateCommandsBounded(t *testing.T) {
 		h.SetFlags(0x80 | pdu.FlagWrite)
 		h.SetITT(uint32(1000 + i))
 		h.SetField20(512)
-		binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+		binary.BigEndian.PutUint32(h[24:], c.CmdSN)
 		copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0})
-		c.send(&h, nil)
+		c.Send(&h, nil)
 	}
 	full, r2ts := 0, 0
 	for range n {
-		p := c.recv()
+		p := c.Recv()
 		switch {
 		case p.Opcode() == pdu.OpR2T:
 			r2ts++
@@ -598,8 +598,8 @@ func TestR2TMultipleOutstanding(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := startServer(t, Config{MaxRecvDataSegmentLength: 2048}, "r2t")
 			c := dial(t, ts.addr)
-			c.loginNormal(IQN("r2t"), tc.keys...)
-			c.drainUA()
+			c.LoginNormal(IQN("r2t"), tc.keys...)
+			c.DrainUA()
 			data := make([]byte, 64<<10)
 			for i := range data {
 				data[i] = byte(i*13 + i>>9)
@@ -614,10 +614,10 @@ func TestR2TMultipleOutstanding(t *testing.T) {
 			h.SetFlags(f)
 			h.SetITT(itt)
 			h.SetField20(uint32(len(data)))
-			binary.BigEndian.PutUint32(h[24:], c.cmdSN)
-			c.cmdSN++
+			binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+			c.CmdSN++
 			copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 16, 0, 0, 128, 0}) // WRITE(10) LBA 16, 128 blocks
-			c.send(&h, data[:tc.imm])
+			c.Send(&h, data[:tc.imm])
 			sendData := func(ttt, off, n uint32) {
 				sn := uint32(0)
 				for pos := off; pos < off+n; pos += 2048 {
@@ -631,7 +631,7 @@ func TestR2TMultipleOutstanding(t *testing.T) {
 					d.SetField20(ttt)
 					d.SetDataSN(sn)
 					d.SetBufferOffset(pos)
-					c.send(&d, data[pos:pos+l])
+					c.Send(&d, data[pos:pos+l])
 					sn++
 				}
 			}
@@ -646,9 +646,9 @@ func TestR2TMultipleOutstanding(t *testing.T) {
 			for {
 				// Collect what the target sends before answering: several
 				// R2Ts may be outstanding.
-				c.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-				p, err := c.tryRecv()
-				c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+				c.NC.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				p, err := c.TryRecv()
+				c.NC.SetReadDeadline(time.Now().Add(10 * time.Second))
 				if err == nil {
 					if p.Opcode() == pdu.OpSCSIResp {
 						if p.Header[3] != 0 {
@@ -700,19 +700,19 @@ func TestR2TMultipleOutstanding(t *testing.T) {
 func TestDataInSegments(t *testing.T) {
 	ts := startServer(t, Config{}, "din")
 	c := dial(t, ts.addr)
-	c.loginNormal(IQN("din"), "MaxRecvDataSegmentLength=4096", "MaxBurstLength=16384", "FirstBurstLength=16384")
-	c.drainUA()
+	c.LoginNormal(IQN("din"), "MaxRecvDataSegmentLength=4096", "MaxBurstLength=16384", "FirstBurstLength=16384")
+	c.DrainUA()
 	var h pdu.Header
 	h.SetOpcode(pdu.OpSCSICmd)
 	h.SetFlags(0x80 | pdu.FlagRead)
 	h.SetITT(77)
 	h.SetField20(64 << 10)
-	binary.BigEndian.PutUint32(h[24:], c.cmdSN)
+	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
 	copy(h[32:], []byte{0x28, 0, 0, 0, 0, 0, 0, 0, 128, 0})
-	c.send(&h, nil)
+	c.Send(&h, nil)
 	off := uint32(0)
 	for sn := uint32(0); ; sn++ {
-		p := c.recv()
+		p := c.Recv()
 		if p.Opcode() != pdu.OpDataIn || p.DataSN() != sn || p.BufferOffset() != off || len(p.Data) > 4096 {
 			t.Fatalf("PDU %d: %s sn %d off %d len %d", sn, p.Header.String(), p.DataSN(), p.BufferOffset(), len(p.Data))
 		}
@@ -734,18 +734,18 @@ func TestDataInSegments(t *testing.T) {
 func TestMaxConnections(t *testing.T) {
 	ts := startServer(t, Config{MaxConnections: 2}, "mc")
 	a, b := dial(t, ts.addr), dial(t, ts.addr)
-	a.loginNormal(IQN("mc"))
-	b.loginAs("iqn.2026-11.test:b", IQN("mc"))
+	a.LoginNormal(IQN("mc"))
+	b.LoginAs("iqn.2026-11.test:b", IQN("mc"))
 	c := dial(t, ts.addr)
-	if _, err := c.login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("mc"), "SessionType=Normal"); err == nil {
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("mc"), "SessionType=Normal"); err == nil {
 		t.Fatal("third connection logged in")
 	}
-	a.logout()
-	a.nc.Close()
+	a.Logout()
+	a.NC.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		d := dial(t, ts.addr)
-		if _, err := d.login("InitiatorName=iqn.2026-11.test:d", "TargetName="+IQN("mc"), "SessionType=Normal"); err == nil {
+		if _, err := d.Login("InitiatorName=iqn.2026-11.test:d", "TargetName="+IQN("mc"), "SessionType=Normal"); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -761,15 +761,15 @@ func TestMaxConnections(t *testing.T) {
 func TestSessionReinstatement(t *testing.T) {
 	ts := startServer(t, Config{}, "re")
 	a := dial(t, ts.addr)
-	a.loginNormal(IQN("re"))
-	a.drainUA()
+	a.LoginNormal(IQN("re"))
+	a.DrainUA()
 	b := dial(t, ts.addr)
-	b.loginNormal(IQN("re")) // same name and ISID
-	a.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := a.tryRecv(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+	b.LoginNormal(IQN("re")) // same name and ISID
+	a.NC.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := a.TryRecv(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("old session still open: %v", err)
 	}
-	if uas := b.drainUA(); len(uas) != 1 {
+	if uas := b.DrainUA(); len(uas) != 1 {
 		t.Fatalf("new session unit attentions %x", uas)
 	}
 	if n := ts.SessionCount(); n != 1 {
@@ -781,8 +781,8 @@ func TestSessionReinstatement(t *testing.T) {
 	h[0] |= 0x40
 	h.SetFlags(0x80 | 1<<2 | 3)
 	binary.BigEndian.PutUint16(h[14:], 999) // TSIH of no session
-	c.send(&h, []byte("InitiatorName=iqn.2026-11.test:z\x00TargetName="+IQN("re")+"\x00"))
-	if p := c.recv(); p.Opcode() != pdu.OpLoginResp || p.Header[36] != 2 || p.Header[37] != 0x0a {
+	c.Send(&h, []byte("InitiatorName=iqn.2026-11.test:z\x00TargetName="+IQN("re")+"\x00"))
+	if p := c.Recv(); p.Opcode() != pdu.OpLoginResp || p.Header[36] != 2 || p.Header[37] != 0x0a {
 		t.Fatalf("login with unknown TSIH: status %#02x%02x", p.Header[36], p.Header[37])
 	}
 }

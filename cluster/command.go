@@ -32,6 +32,9 @@ const (
 	// CmdResv applies a SCSI reservation change (Command.Resv) to the
 	// reservations of VDI VID (its root VID).
 	CmdResv = "resv"
+	// CmdMetaVersion raises the cluster's metadata version (never lowers
+	// it): the leader proposes it once every live member runs it.
+	CmdMetaVersion = "meta_version"
 	// CmdSync changes nothing: a proposer that sees it applied locally has
 	// applied everything committed before it (a linearisable read point).
 	CmdSync = "sync"
@@ -68,6 +71,9 @@ type Command struct {
 	Epoch          uint32   `json:"epoch,omitempty"`
 	NodeID         string   `json:"node_id,omitempty"`
 	Resv           *resv.Op `json:"resv,omitempty"`
+	// MetaVersion: for CmdMetaVersion, and for CmdFormat the version the
+	// cluster starts at (the lowest its live members run).
+	MetaVersion uint32 `json:"meta_version,omitempty"`
 }
 
 // Result is what applying a Command produced.
@@ -174,7 +180,13 @@ func (s *State) Apply(c *Command) *Result {
 			}
 		}
 		return &Result{Epoch: c.Epoch}
+	case CmdMetaVersion:
+		s.MetaVersion = max(s.MetaVersion, c.MetaVersion)
+		return &Result{}
 	case CmdResv:
+		if s.MetaVersion < 2 {
+			return fail(proto.ResNoSupport, "SCSI reservations need every node at metadata version 2 (the cluster is at %d): finish upgrading every node", s.MetaVersion)
+		}
 		if c.Resv == nil || c.VID == 0 {
 			return fail(proto.ResInvalidParms, "reservation change without an operation or vdi")
 		}
@@ -229,6 +241,8 @@ func (s *State) applyFormat(c *Command) *Result {
 	s.Locks = map[uint32]*Lock{}
 	s.Recovered = nil
 	s.RecoveryDisabled = false
+	s.Resv = nil
+	s.MetaVersion = max(s.MetaVersion, c.MetaVersion)
 	next := s.Epoch() + 1
 	s.Epochs = []EpochLog{{Epoch: next, Time: c.Time, Members: sortedMembers(c.Members)}}
 	return &Result{Epoch: next}

@@ -28,7 +28,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 			t.Fatal(r.Err())
 		}
 	}
-	apply(1, Command{Op: CmdFormat, Format: &Format{Copies: 2, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9})
+	apply(1, Command{Op: CmdFormat, Format: &Format{Copies: 2, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9, MetaVersion: MetaVersion})
 	apply(2, Command{Op: CmdCreateVDI, Name: "v", Size: 1 << 30, Time: 2e9})
 	apply(3, Command{Op: CmdResv, VID: 7, Resv: &resv.Op{Kind: resv.OpReserve6, Nexus: "a@n1"}})
 	if r := f.Apply(&raft.Log{Index: 4, Data: []byte("{not json")}).(*Result); r.Err() == nil {
@@ -79,7 +79,7 @@ func TestFSMResvAndWaitWatched(t *testing.T) {
 			installed = cur.Resv[c.VID]
 		}
 	})
-	f.ApplyCommand(1, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9})
+	f.ApplyCommand(1, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9, MetaVersion: MetaVersion})
 	go f.ApplyCommand(2, &Command{Op: CmdResv, VID: 9, Resv: &resv.Op{Kind: resv.OpPROut, Nexus: "x", SAKey: 5}})
 	done := make(chan bool)
 	go func() { done <- f.WaitWatched(2, nil) }()

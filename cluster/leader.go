@@ -47,8 +47,25 @@ func (n *Node) leaderLoop(ctx context.Context) {
 
 func (n *Node) reconcile(ctx context.Context) {
 	members := n.serf.Members()
-	n.reconcileRaft(members)
-	n.reconcileEpoch(ctx, members)
+	n.reconcileMetaVersion(ctx, members)
+	// A member older than the cluster's metadata version would apply the
+	// log differently: it joins neither Raft nor the epoch.
+	var version uint32
+	n.fsm.Read(func(s *State) { version = s.MetaVersion })
+	fit := members[:0:0]
+	for _, m := range members {
+		if m.Status != serf.StatusAlive || !n.tooOld(m, version) {
+			fit = append(fit, m)
+			continue
+		}
+		// Back from before the upgrade, still in the configuration: out
+		// of Raft, so it neither votes nor applies commands it does not know.
+		if m.Name != n.cfg.ID && inConfiguration(n.raft, m.Name) {
+			n.raft.RemoveServer(raft.ServerID(m.Name), 0, 0)
+		}
+	}
+	n.reconcileRaft(fit)
+	n.reconcileEpoch(ctx, fit)
 }
 
 // voterTarget is how many live Raft voters the cluster keeps when alive
@@ -238,4 +255,17 @@ func fingerprint(ms []Member) string {
 		fmt.Fprintf(&b, "%s@%s/%d/%d;", m.ID, m.Addr, m.Zone, m.Space)
 	}
 	return b.String()
+}
+
+func inConfiguration(r *raft.Raft, id string) bool {
+	cf := r.GetConfiguration()
+	if cf.Error() != nil {
+		return false
+	}
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == id {
+			return true
+		}
+	}
+	return false
 }

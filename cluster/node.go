@@ -76,8 +76,10 @@ type Node struct {
 	mu      sync.Mutex
 	closed  bool
 	pending map[string]time.Time // desired-member-set fingerprint -> first seen
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	// warnedOld: members already reported as too old for the cluster.
+	warnedOld map[string]bool
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // LoadOrCreateID returns the node id stored in dir, creating one if absent.
@@ -238,10 +240,11 @@ func (n *Node) startSerf() error {
 	sc := serf.DefaultConfig()
 	sc.NodeName = n.cfg.ID
 	sc.Tags = map[string]string{
-		"addr":  n.cfg.Addr.String(),
-		"raft":  n.cfg.RaftAddr.String(),
-		"zone":  fmt.Sprint(n.cfg.Zone),
-		"space": fmt.Sprint(n.cfg.Space),
+		"addr":         n.cfg.Addr.String(),
+		"raft":         n.cfg.RaftAddr.String(),
+		"zone":         fmt.Sprint(n.cfg.Zone),
+		"space":        fmt.Sprint(n.cfg.Space),
+		metaVersionTag: fmt.Sprint(MetaVersion),
 	}
 	for k, v := range n.cfg.Tags {
 		sc.Tags[k] = v

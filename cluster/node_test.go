@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -41,7 +42,7 @@ func freePort(t *testing.T) uint16 {
 	return uint16(l.Addr().(*net.TCPAddr).Port)
 }
 
-func startNode(t *testing.T, fw *localForwarder, dir string, id string, join []string) (*Node, Config) {
+func startNode(t *testing.T, fw *localForwarder, dir string, id string, join []string, opts ...func(*Config)) (*Node, Config) {
 	t.Helper()
 	lo := netip.MustParseAddr("127.0.0.1")
 	cfg := Config{
@@ -51,6 +52,9 @@ func startNode(t *testing.T, fw *localForwarder, dir string, id string, join []s
 		GossipAddr: netip.AddrPortFrom(lo, freePort(t)),
 		Join:       join, Zone: uint32(len(fw.nodes) + 1), Space: 1 << 30,
 		Forwarder: fw, EpochDelay: 200 * time.Millisecond,
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	n, err := Start(context.Background(), cfg)
 	if err != nil {
@@ -97,7 +101,7 @@ func TestThreeNodesFormatCreateAndFailover(t *testing.T) {
 	defer cancel()
 	// Format through a follower: the command is forwarded to the leader.
 	ms := []Member{a.Self(), b.Self(), c.Self()}
-	r, err := b.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 3, BlockSizeShift: 22}, Members: ms})
+	r, err := b.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 3, BlockSizeShift: 22}, Members: ms, MetaVersion: MetaVersion})
 	if err != nil || r.Err() != nil {
 		t.Fatalf("format: %v %v", err, r)
 	}
@@ -167,7 +171,7 @@ func TestSingleNodeRestartKeepsState(t *testing.T) {
 	waitFor(t, "leader", 10*time.Second, a.IsLeader)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if r, err := a.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{a.Self()}}); err != nil || r.Err() != nil {
+	if r, err := a.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{a.Self()}, MetaVersion: MetaVersion}); err != nil || r.Err() != nil {
 		t.Fatal(err, r)
 	}
 	r, err := a.Propose(ctx, &Command{Op: CmdCreateVDI, Name: "test", Size: 4 << 20})
@@ -240,6 +244,84 @@ func TestVoterTarget(t *testing.T) {
 		n := &Node{cfg: Config{Voters: tc.configured}}
 		if got := n.voterTarget(tc.alive); got != tc.want {
 			t.Errorf("voters %d, %d alive: target %d, want %d", tc.configured, tc.alive, got, tc.want)
+		}
+	}
+}
+
+// oldBuild makes a node advertise metadata version 1 (a build from before
+// SCSI reservations); it runs this build's code otherwise.
+func oldBuild(c *Config) { c.Tags = map[string]string{metaVersionTag: "1"} }
+
+func inRaft(n *Node, id string) bool { return inConfiguration(n.raft, id) }
+
+// A rolling upgrade: while an old build is a live member the cluster stays
+// at its version and refuses reservations; once every live member runs
+// this build the leader raises the version, and an old build that shows
+// up afterwards is kept out of Raft and of the epoch.
+func TestMetaVersionRollingUpgrade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node raft test")
+	}
+	fw := &localForwarder{nodes: map[netip.AddrPort]*Node{}}
+	a, acfg := startNode(t, fw, t.TempDir(), "a", nil)
+	defer a.Close()
+	waitFor(t, "a to lead", 10*time.Second, a.IsLeader)
+	join := []string{acfg.GossipAddr.String()}
+	// Three voters, so that metadata keeps its quorum when b goes.
+	d, _ := startNode(t, fw, t.TempDir(), "d", join)
+	defer d.Close()
+	b, _ := startNode(t, fw, t.TempDir(), "b", join, oldBuild)
+	bClosed := false
+	defer func() {
+		if !bClosed {
+			b.Close()
+		}
+	}()
+	waitFor(t, "3 gossip members", 10*time.Second, func() bool { return len(a.Members()) == 3 })
+	if v := a.AliveMetaVersion(); v != 1 {
+		t.Fatalf("alive metadata version %d with an old build up, want 1", v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := a.Propose(ctx, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22},
+		Members: []Member{a.Self(), d.Self(), b.Self()}, MetaVersion: a.AliveMetaVersion()})
+	if err != nil || r.Err() != nil {
+		t.Fatalf("format: %v %v", err, r)
+	}
+	resvCmd := func() *Command {
+		return &Command{Op: CmdResv, VID: 7, Resv: &resv.Op{Kind: resv.OpReserve6, Nexus: "x"}}
+	}
+	time.Sleep(3 * a.cfg.Reconcile) // reconcile rounds with the old build alive
+	if r, err := a.Propose(ctx, resvCmd()); err != nil || r.Code != proto.ResNoSupport {
+		t.Fatalf("reservation with an old build alive: %v %v, want NO_SUPPORT", err, r)
+	}
+	b.Close()
+	bClosed = true
+	waitFor(t, "metadata version 2 once the old build is gone", 30*time.Second, func() bool {
+		var v uint32
+		a.FSM().Read(func(s *State) { v = s.MetaVersion })
+		return v == MetaVersion
+	})
+	if r, err := a.Propose(ctx, resvCmd()); err != nil || r.Err() != nil {
+		t.Fatalf("reservation after the upgrade: %v %v", err, r)
+	}
+	c, _ := startNode(t, fw, t.TempDir(), "c", join, oldBuild)
+	defer c.Close()
+	waitFor(t, "c gossips", 10*time.Second, func() bool {
+		for _, m := range a.Members() {
+			if m.Member.ID == "c" && m.Status == "alive" {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(5 * a.cfg.Reconcile)
+	if inRaft(a, "c") {
+		t.Fatal("an old build joined Raft after the cluster moved to a newer metadata version")
+	}
+	for _, m := range a.FSM().State().Current().Members {
+		if m.ID == "c" {
+			t.Fatal("an old build joined the epoch")
 		}
 	}
 }

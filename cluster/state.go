@@ -147,6 +147,9 @@ type State struct {
 	// Resv holds the SCSI reservations of each exported VDI (by root VID):
 	// every node's target enforces the same ones.
 	Resv map[uint32]*resv.State `json:"resv,omitempty"`
+	// MetaVersion is the metadata version every member runs (see
+	// MetaVersion, the constant); 0 for a cluster formatted before it.
+	MetaVersion uint32 `json:"meta_version,omitempty"`
 }
 
 // NewState returns the state of a never-formatted cluster.
@@ -156,7 +159,7 @@ func NewState() *State {
 
 // Clone deep-copies the state.
 func (s *State) Clone() *State {
-	c := &State{Status: s.Status, RecoveryDisabled: s.RecoveryDisabled, Throttle: s.Throttle}
+	c := &State{Status: s.Status, RecoveryDisabled: s.RecoveryDisabled, Throttle: s.Throttle, MetaVersion: s.MetaVersion}
 	if s.Format != nil {
 		f := *s.Format
 		c.Format = &f

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/gosheep/gosheep/proto"
 )
 
@@ -271,5 +272,43 @@ func TestCloneIsDeep(t *testing.T) {
 	c.Epochs[0].Members[0].ID = "zz"
 	if string(s.VDIs[vid].Attrs["k"]) != "1" || s.VDIs[vid].Name != "v" || s.Epochs[0].Members[0].ID != "a" {
 		t.Fatal("Clone shares memory with the original")
+	}
+}
+
+// Reservations work only once every node applies them: a cluster
+// formatted by an older build (version 0) refuses them until the leader
+// raises the version, which never goes down; a format starts at the
+// version it is given and drops the reservations of the old format.
+func TestMetaVersionGatesReservations(t *testing.T) {
+	resvOp := &resv.Op{Kind: resv.OpReserve6, Nexus: "n"}
+	s := runScenario(t, []step{
+		format(3),
+		{c: Command{Op: CmdResv, VID: 1, Resv: resvOp}, code: proto.ResNoSupport},
+		{c: Command{Op: CmdMetaVersion, MetaVersion: 1}, code: proto.ResSuccess},
+		{c: Command{Op: CmdResv, VID: 1, Resv: resvOp}, code: proto.ResNoSupport},
+		{c: Command{Op: CmdMetaVersion, MetaVersion: 2}, code: proto.ResSuccess},
+		{c: Command{Op: CmdMetaVersion, MetaVersion: 1}, code: proto.ResSuccess,
+			check: func(t *testing.T, s *State, r *Result) {
+				if s.MetaVersion != 2 {
+					t.Fatalf("metadata version went down to %d", s.MetaVersion)
+				}
+			}},
+		{c: Command{Op: CmdResv, VID: 1, Resv: resvOp}, code: proto.ResSuccess,
+			check: func(t *testing.T, s *State, r *Result) {
+				if s.Resv[1].Reserve6 != "n" || r.Resv == nil || r.Outcome == nil {
+					t.Fatalf("reservation not applied: %+v", r)
+				}
+			}},
+		{c: Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: oneMember}, code: proto.ResSuccess},
+	})
+	if s.Resv != nil || s.MetaVersion != 2 {
+		t.Fatalf("after a new format: resv %v, version %d", s.Resv, s.MetaVersion)
+	}
+	s = runScenario(t, []step{
+		{c: Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: oneMember, MetaVersion: MetaVersion}},
+		{c: Command{Op: CmdResv, VID: 1, Resv: resvOp}, code: proto.ResSuccess},
+	})
+	if c := s.Clone(); c.MetaVersion != MetaVersion {
+		t.Fatal("Clone drops the metadata version")
 	}
 }

@@ -389,7 +389,8 @@ func (d *Daemon) embeddedDefaults(ctx context.Context) error {
 			return fmt.Errorf("--format: %w", err)
 		}
 		f := &cluster.Format{Copies: red.NrCopies(), CopyPolicy: red.Policy(), BlockSizeShift: proto.DefaultBSS}
-		r, err := d.node.Propose(ctx, &cluster.Command{Op: cluster.CmdFormat, Format: f, Members: []cluster.Member{d.node.Self()}})
+		r, err := d.node.Propose(ctx, &cluster.Command{Op: cluster.CmdFormat, Format: f, Members: []cluster.Member{d.node.Self()},
+			MetaVersion: cluster.MetaVersion})
 		if err != nil {
 			return fmt.Errorf("format: %w", err)
 		}

@@ -61,7 +61,7 @@ func (h *handler) makeFS(ctx context.Context, req *proto.Request) (proto.Respons
 			members = append(members, m.Member)
 		}
 	}
-	return h.propose(ctx, req, &cluster.Command{Op: cluster.CmdFormat, Format: f, Members: members})
+	return h.propose(ctx, req, &cluster.Command{Op: cluster.CmdFormat, Format: f, Members: members, MetaVersion: h.node.AliveMetaVersion()})
 }
 
 func (h *handler) statSheep(req *proto.Request) (proto.Response, []byte) {

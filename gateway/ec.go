@@ -276,8 +276,9 @@ func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Nod
 	soff := a / d
 	stripSize := o.Size / d
 	errs := make([]error, len(ts))
+	lctx := legsCtx(ctx)
 	fanout(ts, func(i int, node placement.Node) error {
-		pctx, cancel := g.peerCtx(ctx)
+		pctx, cancel := g.peerCtx(lctx)
 		defer cancel()
 		p := g.cfg.Peers.Peer(node)
 		k := store.StripKey(o.OID, uint8(i))

@@ -207,7 +207,10 @@ type fakePeer struct {
 	n *fakeNode
 }
 
-func (p *fakePeer) check(epoch uint32, op string, k store.Key) error {
+// check is what a real peer call goes through before it acts: the node
+// up, the epoch, the test's hook, and the caller's context (a request
+// whose caller gave up before it was sent never reaches the node).
+func (p *fakePeer) check(ctx context.Context, epoch uint32, op string, k store.Key) error {
 	if p.n.down.Load() {
 		return fmt.Errorf("fake %s down: %w", p.n.n.ID, proto.ResNetworkError)
 	}
@@ -225,6 +228,9 @@ func (p *fakePeer) check(epoch uint32, op string, k store.Key) error {
 		if err := hook(p.n, op, k); err != nil {
 			return err
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if p.c.recoverOnDemand && op != "create" {
 		p.recover(k)
@@ -252,21 +258,21 @@ func (p *fakePeer) recover(k store.Key) {
 }
 
 func (p *fakePeer) Create(ctx context.Context, epoch uint32, k store.Key, size, off uint32, data []byte, sync, excl bool) error {
-	if err := p.check(epoch, "create", k); err != nil {
+	if err := p.check(ctx, epoch, "create", k); err != nil {
 		return err
 	}
 	return p.n.st.Create(ctx, k, size, off, data, store.WriteOpts{Sync: sync, Epoch: epoch, Exclusive: excl})
 }
 
 func (p *fakePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error {
-	if err := p.check(epoch, "write", k); err != nil {
+	if err := p.check(ctx, epoch, "write", k); err != nil {
 		return err
 	}
 	return p.n.st.Write(ctx, k, off, data, store.WriteOpts{Sync: sync, Epoch: epoch, Sums: sums})
 }
 
 func (p *fakePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, b []byte) error {
-	if err := p.check(epoch, "read", k); err != nil {
+	if err := p.check(ctx, epoch, "read", k); err != nil {
 		return err
 	}
 	p.c.readBytes.Add(int64(len(b)))
@@ -274,14 +280,14 @@ func (p *fakePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint
 }
 
 func (p *fakePeer) Remove(ctx context.Context, epoch uint32, k store.Key) error {
-	if err := p.check(epoch, "remove", k); err != nil {
+	if err := p.check(ctx, epoch, "remove", k); err != nil {
 		return err
 	}
 	return p.n.st.Remove(ctx, k)
 }
 
 func (p *fakePeer) Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error {
-	if err := p.check(epoch, "zero", k); err != nil {
+	if err := p.check(ctx, epoch, "zero", k); err != nil {
 		return err
 	}
 	return p.n.st.Zero(ctx, k, off, n, store.WriteOpts{Sync: sync, Epoch: epoch})

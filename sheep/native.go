@@ -241,8 +241,12 @@ func (h *handler) serveMeta(ctx context.Context, m *api.MetaRequest) (*cluster.R
 	case m.Volume != nil:
 		return h.volumeOp(ctx, m.Volume)
 	case m.WaitApplied != 0:
+		// Bounded: the asker gives up after everywhereTimeout anyway, and
+		// an index that never comes must not hold a handler forever.
+		ctx, cancel := context.WithTimeout(ctx, 2*everywhereTimeout)
+		defer cancel()
 		if !h.node.FSM().WaitWatched(m.WaitApplied, ctx.Done()) {
-			return nil, ctx.Err()
+			return nil, fmt.Errorf("index %d not applied here: %w: %w", m.WaitApplied, ctx.Err(), proto.ResAgain)
 		}
 		return &cluster.Result{Index: m.WaitApplied}, nil
 	}

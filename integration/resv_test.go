@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/binary"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,6 +106,24 @@ func TestReservationsFenceAcrossNodes(t *testing.T) {
 		t.Fatalf("READ RESERVATION through the returned node: % x, want key 0xb type %d", rr.Data, prWERO)
 	}
 	mustSCSI(t, "A writes through the returned node", write1(a0, 3), statusResv)
+
+	// The administrator's override: B's host is gone for good.
+	out, err := c.nodes[1].dog(t, nil, "vdi", "reservation", "show", "fence")
+	if err != nil || !strings.Contains(out, "registrants only") || !strings.Contains(out, "0x000000000000000b") {
+		t.Fatalf("dog vdi reservation show: %v\n%s", err, out)
+	}
+	if out, err := c.nodes[1].dog(t, nil, "vdi", "reservation", "clear", "fence"); err != nil {
+		t.Fatalf("dog vdi reservation clear: %v\n%s", err, out)
+	}
+	mustSCSI(t, "A writes through node 0 after dog cleared the reservations", write1(a0, 3), statusGood)
+	r = write1(b1, 1)
+	if k, asc := iscsitest.SenseKey(r.Sense); r.Status != 0x02 || k != 6 || asc != 0x2a03 {
+		t.Fatalf("B's first command after the clear: status %#x sense %x/%04x, want RESERVATIONS PREEMPTED", r.Status, k, asc)
+	}
+	out, err = c.nodes[2].dog(t, nil, "vdi", "reservation", "show", "fence")
+	if err != nil || !strings.Contains(out, "no reservations") {
+		t.Fatalf("dog vdi reservation show after clear: %v\n%s", err, out)
+	}
 }
 
 // tryISCSI reports whether n's target for vdi answers an INQUIRY.

@@ -142,7 +142,8 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		Settled: d.views.Settled,
 	})
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d}, Objects: d.gw, Logger: d.log})
-	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now()}
+	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now(),
+		everywhere: d.syncMembers}
 	local.h = d.h
 	d.rec = d.newRecoverer()
 	d.h.guard = d.rec.Guard

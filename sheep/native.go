@@ -39,7 +39,9 @@ type handler struct {
 	ready func() bool
 	// recoveryStatus reports this node's recovery progress.
 	recoveryStatus func() recovery.Status
-	started        time.Time
+	// everywhere waits until every member applied a Raft index.
+	everywhere func(ctx context.Context, index uint64)
+	started    time.Time
 }
 
 func rsp(req *proto.Request, res proto.Result) proto.Response {
@@ -237,7 +239,13 @@ func (h *handler) serveMeta(ctx context.Context, m *api.MetaRequest) (*cluster.R
 	case m.Forward != nil:
 		return h.node.ApplyAsLeader(ctx, m.Forward)
 	case m.Propose != nil:
-		return h.node.Propose(ctx, m.Propose)
+		r, err := h.node.Propose(ctx, m.Propose)
+		if err == nil && m.Propose.Op == cluster.CmdResv && h.everywhere != nil {
+			// dog vdi reservation clear: in force on every node when dog
+			// returns, as a PERSISTENT RESERVE OUT is.
+			h.everywhere(ctx, r.Index)
+		}
+		return r, err
 	case m.Volume != nil:
 		return h.volumeOp(ctx, m.Volume)
 	case m.WaitApplied != 0:

@@ -155,6 +155,10 @@ const (
 	OpRelease6  = "release6"   // SPC-2 RELEASE
 	OpNexusLost = "nexus-lost" // the nexus's session ended: its SPC-2 reservation goes
 	OpReset     = "reset"      // LOGICAL UNIT RESET (or target reset)
+	// OpAdminClear is an administrator's override (dog vdi reservation
+	// clear): every registration and reservation, persistent or SPC-2,
+	// goes, as when a host that held one is gone for good.
+	OpAdminClear = "admin-clear"
 )
 
 // Op is one reservation change.
@@ -231,6 +235,18 @@ func Apply(s *State, op Op) Outcome {
 		// SPC-2 reservations end with a reset; persistent ones do not.
 		s.Reserve6 = ""
 		s.UAs = []UA{{All: true, Kind: UAReset}}
+		return Outcome{}
+	case OpAdminClear:
+		// As a CLEAR by nobody: every registrant hears of it.
+		for _, r := range s.Regs {
+			s.ua(r.Nexus, UAReservationsPreempted)
+		}
+		if len(s.Regs) > 0 || s.Active {
+			s.Gen++
+		}
+		s.Regs = nil
+		s.Active, s.Holder, s.Type = false, "", 0
+		s.Reserve6 = ""
 		return Outcome{}
 	}
 	return Outcome{Status: Unsupported}

@@ -206,3 +206,24 @@ func TestCloneIsDeep(t *testing.T) {
 		t.Fatal("nil clone")
 	}
 }
+
+func TestAdminClear(t *testing.T) {
+	s := &State{}
+	run(t, s, []step{
+		{op: register("a", 1), status: OK},
+		{op: register("b", 2), status: OK},
+		{op: reserve("a", 1, ExclusiveAccess), status: OK},
+		{op: Op{Kind: OpAdminClear}, status: OK,
+			uas: []UA{{Nexus: "a", Kind: UAReservationsPreempted}, {Nexus: "b", Kind: UAReservationsPreempted}}},
+	})
+	if s.Active || len(s.Regs) != 0 || s.Conflicts("x", true) {
+		t.Fatalf("after an admin clear: %+v", s)
+	}
+	run(t, s, []step{
+		{op: Op{Kind: OpReserve6, Nexus: "c"}, status: OK},
+		{op: Op{Kind: OpAdminClear}, status: OK},
+	})
+	if s.Reserve6 != "" {
+		t.Fatal("an admin clear kept the SPC-2 reservation")
+	}
+}

@@ -27,7 +27,7 @@ func (a *app) vdiCmd() *cobra.Command {
 		a.vdiCreateCmd(), a.vdiListCmd(), a.vdiDeleteCmd(), a.vdiSnapshotCmd(), a.vdiCloneCmd(),
 		a.vdiRollbackCmd(), a.vdiResizeCmd(), a.vdiReadCmd(), a.vdiWriteCmd(), a.vdiTreeCmd(),
 		a.vdiObjectCmd(), a.vdiSetattrCmd(), a.vdiGetattrCmd(), a.vdiCheckCmd(), a.vdiBackupCmd(),
-		a.vdiRestoreCmd(), a.vdiExportCmd(), a.vdiImportCmd(), a.vdiChapCmd(),
+		a.vdiRestoreCmd(), a.vdiExportCmd(), a.vdiImportCmd(), a.vdiChapCmd(), a.vdiReservationCmd(),
 	)
 	return c
 }

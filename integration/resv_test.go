@@ -14,7 +14,7 @@ import (
 const (
 	prRegister = 0
 	prReserve  = 1
-	prPreempt  = 4
+	prPreempt  = 5 // PREEMPT AND ABORT, as fence_scsi sends
 	prWERO     = 5 // write exclusive, registrants only
 	statusGood = 0x00
 	statusResv = 0x18 // RESERVATION CONFLICT

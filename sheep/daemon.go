@@ -157,6 +157,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.h.check = d.volumeCheck
 	d.metrics = metrics.New(metrics.NewRegistry(), d)
+	// Front ends first: the metadata watcher and the native handler use
+	// the iSCSI server, which must exist before either runs.
+	if err := d.startFrontEnds(); err != nil {
+		return nil, err
+	}
 	d.node.FSM().Watch(d.watch)
 	// The FSM may have applied everything before Watch was registered.
 	st := d.node.FSM().State()
@@ -182,9 +187,6 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		}
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.scrub(d.ctx, cfg.ScrubRate, every) }()
-	}
-	if err := d.startFrontEnds(); err != nil {
-		return nil, err
 	}
 	if err := d.embeddedDefaults(ctx); err != nil {
 		return nil, err

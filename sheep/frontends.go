@@ -36,6 +36,7 @@ func (d *Daemon) startFrontEnds() error {
 			Logger: d.log.With("frontend", "iscsi"), Recorder: d.recorder(), AdvertiseAddrs: []string{ln.Addr().String()},
 			PortID: d.node.ID(), Reservations: clusterResv{d},
 		})
+		d.h.waitAborts = fe.iscsi.WaitAborts
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()

@@ -41,6 +41,8 @@ type handler struct {
 	recoveryStatus func() recovery.Status
 	// everywhere waits until every member applied a Raft index.
 	everywhere func(ctx context.Context, index uint64)
+	// waitAborts waits for this node's PREEMPT AND ABORT aborts.
+	waitAborts func(ctx context.Context) error
 	started    time.Time
 }
 
@@ -255,6 +257,13 @@ func (h *handler) serveMeta(ctx context.Context, m *api.MetaRequest) (*cluster.R
 		defer cancel()
 		if !h.node.FSM().WaitWatched(m.WaitApplied, ctx.Done()) {
 			return nil, fmt.Errorf("index %d not applied here: %w: %w", m.WaitApplied, ctx.Err(), proto.ResAgain)
+		}
+		// A PREEMPT AND ABORT is in force once the commands it aborts here
+		// have ended.
+		if h.waitAborts != nil {
+			if err := h.waitAborts(ctx); err != nil {
+				return nil, fmt.Errorf("aborts of index %d still running: %w: %w", m.WaitApplied, err, proto.ResAgain)
+			}
 		}
 		return &cluster.Result{Index: m.WaitApplied}, nil
 	}

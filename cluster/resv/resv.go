@@ -46,10 +46,13 @@ const (
 )
 
 // UA is a unit attention for one nexus, or for every nexus when All.
+// Abort says the nexus's commands in flight are to be aborted too
+// (PREEMPT AND ABORT).
 type UA struct {
 	Nexus string `json:"nexus,omitempty"`
 	All   bool   `json:"all,omitempty"`
 	Kind  uint8  `json:"kind"`
+	Abort bool   `json:"abort,omitempty"`
 }
 
 // State is a logical unit's reservation state.
@@ -252,13 +255,14 @@ func Apply(s *State, op Op) Outcome {
 	return Outcome{Status: Unsupported}
 }
 
-func (s *State) ua(nexus string, kind uint8) {
-	for _, u := range s.UAs {
-		if u.Nexus == nexus && u.Kind == kind {
-			return
+func (s *State) ua(nexus string, kind uint8) *UA {
+	for i := range s.UAs {
+		if u := &s.UAs[i]; u.Nexus == nexus && u.Kind == kind {
+			return u
 		}
 	}
 	s.UAs = append(s.UAs, UA{Nexus: nexus, Kind: kind})
+	return &s.UAs[len(s.UAs)-1]
 }
 
 func (s *State) prOut(op Op) Outcome {
@@ -331,7 +335,7 @@ func (s *State) prOut(op Op) Outcome {
 		s.Gen++
 		return Outcome{}
 	case 4, 5: // PREEMPT, PREEMPT AND ABORT
-		return s.preempt(id, op.SAKey, op.Scope, op.Type)
+		return s.preempt(id, op.SAKey, op.Scope, op.Type, op.SA == 5)
 	}
 	return bad(InvalidCDB, 1, 4)
 }
@@ -370,7 +374,7 @@ func (s *State) unregister(id string) {
 	}
 }
 
-func (s *State) preempt(id string, saKey uint64, scope, typ byte) Outcome {
+func (s *State) preempt(id string, saKey uint64, scope, typ byte, abort bool) Outcome {
 	removeKey := func(k uint64, all bool) int {
 		n := 0
 		kept := s.Regs[:0]
@@ -379,7 +383,7 @@ func (s *State) preempt(id string, saKey uint64, scope, typ byte) Outcome {
 				kept = append(kept, r)
 				continue
 			}
-			s.ua(r.Nexus, UARegistrationsPreempted)
+			s.ua(r.Nexus, UARegistrationsPreempted).Abort = abort
 			n++
 		}
 		clear(s.Regs[len(kept):])

@@ -227,3 +227,17 @@ func TestAdminClear(t *testing.T) {
 		t.Fatal("an admin clear kept the SPC-2 reservation")
 	}
 }
+
+func TestPreemptAndAbortMarksAborts(t *testing.T) {
+	s := &State{}
+	run(t, s, []step{
+		{op: register("a", 1), status: OK},
+		{op: register("b", 2), status: OK},
+		{op: register("c", 2), status: OK},
+		{op: Op{Kind: OpPROut, Nexus: "a", SA: 4, Key: 1, SAKey: 2}, status: OK, // PREEMPT: no abort
+			uas: []UA{{Nexus: "b", Kind: UARegistrationsPreempted}, {Nexus: "c", Kind: UARegistrationsPreempted}}},
+		{op: register("b", 3), status: OK},
+		{op: Op{Kind: OpPROut, Nexus: "a", SA: 5, Key: 1, SAKey: 3}, status: OK,
+			uas: []UA{{Nexus: "b", Kind: UARegistrationsPreempted, Abort: true}}},
+	})
+}

@@ -316,16 +316,17 @@ func (s *Server) AddTarget(spec TargetSpec) error {
 		return fmt.Errorf("%w: name longer than 223 bytes", ErrBadTargetSpec)
 	}
 	t := &target{
-		name: spec.Name,
-		iqn:  iqn,
-		dev:  spec.Device,
-		lu: scsi.New(scsi.Config{
-			Device: spec.Device, ReadOnly: spec.ReadOnly, VID: spec.VID,
-			Name: spec.Name, TargetIQN: iqn, MaxTransfer: s.cfg.MaxTransfer,
-			PhysicalBlockSize: s.cfg.PhysicalBlockSize, Reservations: s.cfg.Reservations,
-		}),
+		name:     spec.Name,
+		iqn:      iqn,
+		dev:      spec.Device,
 		sessions: map[*session]struct{}{},
 	}
+	t.lu = scsi.New(scsi.Config{
+		Device: spec.Device, ReadOnly: spec.ReadOnly, VID: spec.VID,
+		Name: spec.Name, TargetIQN: iqn, MaxTransfer: s.cfg.MaxTransfer,
+		PhysicalBlockSize: s.cfg.PhysicalBlockSize, Reservations: s.cfg.Reservations,
+		Abort: t.abortNexus,
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -339,6 +340,44 @@ func (s *Server) AddTarget(spec TargetSpec) error {
 	}
 	s.targets[spec.Name] = t
 	s.byIQN[iqn] = t
+	return nil
+}
+
+// abortNexus aborts the commands in flight of the target's sessions of
+// one I_T nexus (PREEMPT AND ABORT) and waits for them, without status
+// (TAS 0).
+func (t *target) abortNexus(id string) {
+	t.mu.Lock()
+	var conns []*conn
+	for se := range t.sessions {
+		if se.nexus != nil && se.nexus.ID == id {
+			se.mu.Lock()
+			if se.conn != nil {
+				conns = append(conns, se.conn)
+			}
+			se.mu.Unlock()
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.abortAll()
+	}
+}
+
+// WaitAborts returns once the PREEMPT AND ABORT aborts running on every
+// target have ended, or with ctx's error.
+func (s *Server) WaitAborts(ctx context.Context) error {
+	s.mu.Lock()
+	lus := make([]*scsi.LU, 0, len(s.targets))
+	for _, t := range s.targets {
+		lus = append(lus, t.lu)
+	}
+	s.mu.Unlock()
+	for _, lu := range lus {
+		if err := lu.WaitAborts(ctx); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -143,7 +143,9 @@ type Result struct {
 	Data     []byte
 }
 
-func (c *Conn) SCSI(cdb []byte, read bool, edtl uint32, out []byte) Result {
+// Start sends a SCSI command (its write data as immediate data, at most
+// 64 KiB) without waiting for the answer, and returns its task tag.
+func (c *Conn) Start(cdb []byte, read bool, edtl uint32, out []byte) uint32 {
 	c.T.Helper()
 	itt := c.ITT
 	c.ITT++
@@ -167,6 +169,13 @@ func (c *Conn) SCSI(cdb []byte, read bool, edtl uint32, out []byte) Result {
 		c.T.Fatal("test client: writes above 64 KiB are not supported")
 	}
 	c.Send(&h, out)
+	return itt
+}
+
+// SCSI sends a SCSI command and waits for its status, sense and Data-In.
+func (c *Conn) SCSI(cdb []byte, read bool, edtl uint32, out []byte) Result {
+	c.T.Helper()
+	c.Start(cdb, read, edtl, out)
 	var res Result
 	for {
 		p := c.Recv()

@@ -45,6 +45,9 @@ type Config struct {
 	// Reservations, when set, orders reservation changes with the other
 	// target ports exporting the VDI; nil keeps them in this LU alone.
 	Reservations Reservations
+	// Abort aborts the commands in flight of an I_T nexus of this port
+	// and returns once they have ended (PREEMPT AND ABORT); nil: none.
+	Abort func(nexus string)
 }
 
 // Nexus identifies one I_T nexus (initiator port to target port). The
@@ -79,6 +82,8 @@ type LU struct {
 	nexuses map[string]*nexusState
 	swp     bool        // software write protect (control mode page)
 	rs      *resv.State // reservations; replaced whole, never changed in place
+
+	aborts pending // PREEMPT AND ABORT aborts still running
 }
 
 type nexusState struct {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/gosheep/gosheep/cluster/resv"
 	gotgtscsi "github.com/gostor/gotgt/pkg/scsi"
@@ -15,7 +16,8 @@ import (
 // the LU of VDI vid in the one order every port agrees on, and returns
 // the state it produced and the requester's outcome once every port that
 // may run commands for the LU enforces that state (or can no longer
-// serve I/O). Every port then gets the state through LU.Install.
+// serve I/O), and the commands it aborts there have ended. Every port
+// gets the state through LU.Install and its aborts through LU.WaitAborts.
 type Reservations interface {
 	Do(ctx context.Context, vid uint32, op resv.Op) (*resv.State, resv.Outcome, error)
 }
@@ -24,38 +26,45 @@ type Reservations interface {
 var ErrReservations = fmt.Errorf("scsi: reservations unavailable")
 
 // change applies a reservation operation: through the coordinator when
-// there is one, else on this LU alone.
+// there is one, else on this LU alone. It returns once the commands in
+// flight that the operation aborts on this port have ended.
 func (lu *LU) change(ctx context.Context, op resv.Op) (resv.Outcome, error) {
 	if lu.cfg.Reservations == nil {
 		lu.mu.Lock()
-		defer lu.mu.Unlock()
 		st := lu.rs.Clone()
 		o := resv.Apply(st, op)
-		lu.installLocked(st)
-		return o, nil
+		ids := lu.installLocked(st)
+		lu.mu.Unlock()
+		lu.abort(ids)
+		return o, lu.WaitAborts(ctx)
 	}
 	st, o, err := lu.cfg.Reservations.Do(ctx, lu.cfg.VID, op)
 	if err != nil {
 		return o, fmt.Errorf("%w: %w", ErrReservations, err)
 	}
 	lu.Install(st)
-	return o, nil
+	return o, lu.WaitAborts(ctx)
 }
 
 // Install makes st the LU's reservation state and raises its unit
 // attentions on this port's nexuses, once: a state no newer than the
-// current one (by Seq) is ignored.
+// current one (by Seq) is ignored. Commands in flight of nexuses it
+// preempted with ABORT are aborted in the background (WaitAborts).
 func (lu *LU) Install(st *resv.State) {
 	lu.mu.Lock()
-	defer lu.mu.Unlock()
-	lu.installLocked(st)
+	ids := lu.installLocked(st)
+	lu.mu.Unlock()
+	lu.abort(ids)
 }
 
-func (lu *LU) installLocked(st *resv.State) {
+// installLocked installs st and returns the attached nexuses whose
+// commands it aborts.
+func (lu *LU) installLocked(st *resv.State) []string {
 	if st == nil || st.Seq <= lu.rs.Seq {
-		return
+		return nil
 	}
 	lu.rs = st.Clone()
+	var aborts []string
 	for _, u := range st.UAs {
 		a, ok := uaSense[u.Kind]
 		if !ok {
@@ -67,7 +76,71 @@ func (lu *LU) installLocked(st *resv.State) {
 			}
 		} else if ns := lu.nexuses[u.Nexus]; ns != nil {
 			ns.addUA(a)
+			if u.Abort {
+				aborts = append(aborts, u.Nexus)
+			}
 		}
+	}
+	return aborts
+}
+
+// abort runs the aborts in the background: Install may run in the
+// metadata's apply path, and a command being aborted may wait on it.
+func (lu *LU) abort(ids []string) {
+	if len(ids) == 0 || lu.cfg.Abort == nil {
+		return
+	}
+	lu.aborts.add()
+	go func() {
+		defer lu.aborts.done()
+		for _, id := range ids {
+			lu.cfg.Abort(id)
+		}
+	}()
+}
+
+// WaitAborts returns once the aborts started by Install have ended, or
+// with ctx's error.
+func (lu *LU) WaitAborts(ctx context.Context) error { return lu.aborts.wait(ctx) }
+
+// pending counts background work that can be waited for with a context.
+type pending struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0
+}
+
+func (p *pending) add() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		p.idle = make(chan struct{})
+	}
+	p.n++
+}
+
+func (p *pending) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n--
+	if p.n == 0 {
+		close(p.idle)
+	}
+}
+
+func (p *pending) wait(ctx context.Context) error {
+	p.mu.Lock()
+	if p.n == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	idle := p.idle
+	p.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/gosheep/gosheep/volume/voltest"
@@ -13,8 +14,8 @@ import (
 
 // fakeCluster is an in-process Reservations for LUs standing for the same
 // VDI on several nodes: one state per VID, changed in call order and
-// installed on every LU before Do returns, as the sheep's Raft-backed one
-// guarantees. fail makes Do fail (metadata quorum lost).
+// installed on every LU, with the aborts it causes ended, before Do
+// returns, as the sheep's Raft-backed one guarantees. fail makes Do fail (metadata quorum lost).
 type fakeCluster struct {
 	mu   sync.Mutex
 	st   map[uint32]*resv.State
@@ -39,6 +40,11 @@ func (f *fakeCluster) Do(ctx context.Context, vid uint32, op resv.Op) (*resv.Sta
 	for _, lu := range lus {
 		if lu.VID() == vid {
 			lu.Install(s)
+		}
+	}
+	for _, lu := range lus {
+		if err := lu.WaitAborts(ctx); err != nil {
+			return nil, o, err
 		}
 	}
 	return s.Clone(), o, nil
@@ -171,4 +177,62 @@ func TestInstallOnce(t *testing.T) {
 	lu[0].Install(&resv.State{})
 	mustUA(t, "first", do(t, lu[0], n[0], make([]byte, 6), nil), ascLogicalUnitReset)
 	mustStatus(t, "second", do(t, lu[0], n[0], make([]byte, 6), nil), StatusGood)
+}
+
+// PREEMPT AND ABORT aborts the preempted nexus's commands on the port
+// that has them, and completes only once they ended; PREEMPT aborts
+// nothing.
+func TestPreemptAndAbortWaitsForAborts(t *testing.T) {
+	f := &fakeCluster{st: map[uint32]*resv.State{}}
+	dev := voltest.NewMemDevice(16<<20, 1<<20)
+	var (
+		mu      sync.Mutex
+		aborted []string
+		hold    = make(chan struct{})
+	)
+	var lus [2]*LU
+	var ns [2]*Nexus
+	for i, node := range []string{"n1", "n2"} {
+		lus[i] = New(Config{Device: dev, VID: 42, Name: "v", MaxTransfer: 1 << 20, Reservations: f,
+			Abort: func(id string) {
+				<-hold // the aborted command takes a while to end
+				mu.Lock()
+				aborted = append(aborted, node+":"+id)
+				mu.Unlock()
+			}})
+		f.lus = append(f.lus, lus[i])
+		ns[i] = &Nexus{ID: "iqn.test:" + node + ",i,0x1@" + node, InitiatorName: "iqn.test:" + node, ISID: 1, RelPort: 1}
+		lus[i].Attach(ns[i])
+		do(t, lus[i], ns[i], make([]byte, 6), nil)
+	}
+	for i, key := range []uint64{0xa, 0xb} {
+		cdb, p := prOut(0, 0, 0, key)
+		mustStatus(t, "register", do(t, lus[i], ns[i], cdb, p), StatusGood)
+	}
+	cdb, p := prOut(4, resv.WriteExclusive, 0xa, 0xb) // plain PREEMPT of b
+	mustStatus(t, "preempt", do(t, lus[0], ns[0], cdb, p), StatusGood)
+	if len(aborted) != 0 {
+		t.Fatalf("PREEMPT aborted %v", aborted)
+	}
+	cdb, p = prOut(0, 0, 0, 0xc)               // b registers again
+	do(t, lus[1], ns[1], make([]byte, 6), nil) // its REGISTRATIONS PREEMPTED
+	mustStatus(t, "register again", do(t, lus[1], ns[1], cdb, p), StatusGood)
+
+	done := make(chan Result, 1)
+	go func() {
+		cdb, p := prOut(5, resv.WriteExclusive, 0xa, 0xc) // PREEMPT AND ABORT of b
+		done <- do(t, lus[0], ns[0], cdb, p)
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("PREEMPT AND ABORT completed (%#x) before the aborted command ended", r.Status)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(hold)
+	mustStatus(t, "preempt and abort", <-done, StatusGood)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(aborted) != 1 || aborted[0] != "n2:"+ns[1].ID {
+		t.Fatalf("aborted %v, want only b's nexus on n2", aborted)
+	}
 }

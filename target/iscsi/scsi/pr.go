@@ -35,7 +35,7 @@ func (lu *LU) change(ctx context.Context, op resv.Op) (resv.Outcome, error) {
 		o := resv.Apply(st, op)
 		ids := lu.installLocked(st)
 		lu.mu.Unlock()
-		lu.abort(ids)
+		lu.startAborts(ids)
 		return o, lu.WaitAborts(ctx)
 	}
 	st, o, err := lu.cfg.Reservations.Do(ctx, lu.cfg.VID, op)
@@ -54,17 +54,23 @@ func (lu *LU) Install(st *resv.State) {
 	lu.mu.Lock()
 	ids := lu.installLocked(st)
 	lu.mu.Unlock()
-	lu.abort(ids)
+	lu.startAborts(ids)
 }
 
 // installLocked installs st and returns the attached nexuses whose
-// commands it aborts.
-func (lu *LU) installLocked(st *resv.State) []string {
+// commands it aborts, already counted in lu.aborts: whoever installs the
+// same state a moment later (the requester after the metadata watcher)
+// then waits for them in WaitAborts.
+func (lu *LU) installLocked(st *resv.State) (aborts []string) {
 	if st == nil || st.Seq <= lu.rs.Seq {
 		return nil
 	}
+	defer func() {
+		if len(aborts) > 0 && lu.cfg.Abort != nil {
+			lu.aborts.add()
+		}
+	}()
 	lu.rs = st.Clone()
-	var aborts []string
 	for _, u := range st.UAs {
 		a, ok := uaSense[u.Kind]
 		if !ok {
@@ -84,13 +90,13 @@ func (lu *LU) installLocked(st *resv.State) []string {
 	return aborts
 }
 
-// abort runs the aborts in the background: Install may run in the
-// metadata's apply path, and a command being aborted may wait on it.
-func (lu *LU) abort(ids []string) {
+// startAborts runs the aborts installLocked counted, in the background:
+// Install may run in the metadata's apply path, and a command being
+// aborted may wait on it.
+func (lu *LU) startAborts(ids []string) {
 	if len(ids) == 0 || lu.cfg.Abort == nil {
 		return
 	}
-	lu.aborts.add()
 	go func() {
 		defer lu.aborts.done()
 		for _, id := range ids {

@@ -276,19 +276,18 @@ func (g *Gateway) ecWriteStrips(ctx context.Context, v *View, ts []placement.Nod
 	soff := a / d
 	stripSize := o.Size / d
 	errs := make([]error, len(ts))
-	lctx := legsCtx(ctx)
+	lctx, cancel := g.legsCtx(ctx)
+	defer cancel()
 	fanout(ts, func(i int, node placement.Node) error {
-		pctx, cancel := g.peerCtx(lctx)
-		defer cancel()
 		p := g.cfg.Peers.Peer(node)
 		k := store.StripKey(o.OID, uint8(i))
 		switch {
 		case zero:
-			errs[i] = p.Zero(pctx, v.Epoch, k, soff, n/d, sync)
+			errs[i] = p.Zero(lctx, v.Epoch, k, soff, n/d, sync)
 		case op == ECCreate:
-			errs[i] = p.Create(pctx, v.Epoch, k, stripSize, soff, chunks[i], sync, false)
+			errs[i] = p.Create(lctx, v.Epoch, k, stripSize, soff, chunks[i], sync, false)
 		default:
-			errs[i] = p.Write(pctx, v.Epoch, k, soff, chunks[i], nil, sync)
+			errs[i] = p.Write(lctx, v.Epoch, k, soff, chunks[i], nil, sync)
 		}
 		return errs[i]
 	})

@@ -201,14 +201,18 @@ func (g *Gateway) peerCtx(ctx context.Context) (context.Context, context.CancelF
 func nop() {}
 
 // legsCtx is what the legs of one mutation attempt run under: ctx without
-// its cancellation (or deadline). A leg dropped half way, by an
-// initiator's ABORT TASK or a session that ended, while the others land
-// would leave copies that disagree within one epoch, which recovery never
-// repairs (it compares epochs). So once an attempt starts, every leg runs
-// to its end, remote ones still within PeerTimeout; the caller's
-// cancellation stops further attempts, and an abort completes only once
-// the medium no longer changes, as SAM asks.
-func legsCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+// its cancellation or deadline, bounded by PeerTimeout instead. A leg
+// dropped half way, by an initiator's ABORT TASK or a session that ended,
+// while the others land would leave copies that disagree within one
+// epoch, which recovery never repairs (it compares epochs). So once an
+// attempt starts, every leg runs to its end or to the timeout; the
+// caller's cancellation stops further attempts, and an abort completes
+// only once the medium no longer changes, as SAM asks. One timer serves
+// every leg, this node's own included (its recovery guard may fetch from
+// a peer).
+func (g *Gateway) legsCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), g.cfg.PeerTimeout)
+}
 
 // nodeCtx is peerCtx for an attempt against node n. This node's own store
 // gets the caller's context: PeerTimeout is there so that a hung peer costs
@@ -346,11 +350,10 @@ func (g *Gateway) create(ctx context.Context, o Object, off uint32, data []byte,
 			return err
 		}
 		var existed atomic.Bool
-		lctx := legsCtx(ctx)
+		lctx, cancel := g.legsCtx(ctx)
+		defer cancel()
 		err = fanout(ts, func(_ int, n placement.Node) error {
-			pctx, cancel := g.nodeCtx(lctx, n)
-			defer cancel()
-			err := g.cfg.Peers.Peer(n).Create(pctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, off, data, sync, excl)
+			err := g.cfg.Peers.Peer(n).Create(lctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, off, data, sync, excl)
 			if excl && errors.Is(err, proto.ResOIDExist) {
 				existed.Store(true)
 				return nil
@@ -385,11 +388,10 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 		if sums == nil && len(ts) > 1 && off%store.SumBlock == 0 && len(data) >= store.SumBlock {
 			sums = store.BlockSums(make([]uint32, 0, len(data)/store.SumBlock), data)
 		}
-		lctx := legsCtx(ctx)
+		lctx, cancel := g.legsCtx(ctx)
+		defer cancel()
 		err = fanout(ts, func(_ int, n placement.Node) error {
-			pctx, cancel := g.nodeCtx(lctx, n)
-			defer cancel()
-			return g.cfg.Peers.Peer(n).Write(pctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
+			return g.cfg.Peers.Peer(n).Write(lctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
 		})
 		if err == nil {
 			g.markDirty(ts...)
@@ -412,11 +414,10 @@ func (g *Gateway) Zero(ctx context.Context, o Object, off, n uint32, sync bool) 
 		if err != nil {
 			return err
 		}
-		lctx := legsCtx(ctx)
+		lctx, cancel := g.legsCtx(ctx)
+		defer cancel()
 		err = fanout(ts, func(_ int, node placement.Node) error {
-			pctx, cancel := g.nodeCtx(lctx, node)
-			defer cancel()
-			return g.cfg.Peers.Peer(node).Zero(pctx, v.Epoch, store.ReplicaKey(o.OID), off, n, sync)
+			return g.cfg.Peers.Peer(node).Zero(lctx, v.Epoch, store.ReplicaKey(o.OID), off, n, sync)
 		})
 		if err == nil {
 			g.markDirty(ts...)
@@ -448,15 +449,14 @@ func (g *Gateway) Remove(ctx context.Context, o Object) error {
 		if err != nil {
 			return err
 		}
-		lctx := legsCtx(ctx)
+		lctx, cancel := g.legsCtx(ctx)
+		defer cancel()
 		return fanout(ts, func(i int, n placement.Node) error {
-			pctx, cancel := g.peerCtx(lctx)
-			defer cancel()
 			k := store.ReplicaKey(o.OID)
 			if o.Red.IsEC() {
 				k = store.StripKey(o.OID, uint8(i))
 			}
-			err := g.cfg.Peers.Peer(n).Remove(pctx, v.Epoch, k)
+			err := g.cfg.Peers.Peer(n).Remove(lctx, v.Epoch, k)
 			if errors.Is(err, proto.ResNoObj) {
 				return nil
 			}

@@ -6,9 +6,8 @@ import (
 	"slices"
 	"sort"
 
-	"github.com/gosheep/gosheep/proto"
-
 	"github.com/gosheep/gosheep/cluster/resv"
+	"github.com/gosheep/gosheep/proto"
 )
 
 // Command kinds.

@@ -7,9 +7,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/gosheep/gosheep/proto"
-
 	"github.com/gosheep/gosheep/cluster/resv"
+	"github.com/gosheep/gosheep/proto"
 )
 
 // Member is a data node as recorded in an epoch.

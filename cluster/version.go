@@ -34,9 +34,13 @@ func tagMetaVersion(tags map[string]string) uint32 {
 // AliveMetaVersion is the lowest metadata version among live members
 // (this node's own when it is alone): what a format may start the cluster
 // at.
-func (n *Node) AliveMetaVersion() uint32 {
+func (n *Node) AliveMetaVersion() uint32 { return aliveMetaVersion(n.serf.Members()) }
+
+// aliveMetaVersion is the lowest metadata version among the live members,
+// at most this build's.
+func aliveMetaVersion(members []serf.Member) uint32 {
 	v := MetaVersion
-	for _, m := range n.serf.Members() {
+	for _, m := range members {
 		if m.Status == serf.StatusAlive {
 			v = min(v, tagMetaVersion(m.Tags))
 		}
@@ -53,12 +57,7 @@ func (n *Node) reconcileMetaVersion(ctx context.Context, members []serf.Member) 
 	if !formatted {
 		return
 	}
-	want := MetaVersion
-	for _, m := range members {
-		if m.Status == serf.StatusAlive {
-			want = min(want, tagMetaVersion(m.Tags))
-		}
-	}
+	want := aliveMetaVersion(members)
 	if want <= cur {
 		return
 	}

@@ -151,7 +151,7 @@ func (d *Daemon) exportISCSI(info volume.Info) {
 	}
 	// After AddTarget: a change applied meanwhile was installed by the
 	// watcher or is in this state.
-	d.node.FSM().Read(func(s *cluster.State) { d.fe.iscsi.InstallResv(info.RootVID, s.Resv[info.RootVID]) })
+	d.node.FSM().Read(func(s *cluster.State) { d.installResv(s, info.RootVID) })
 }
 
 // reconcileISCSI exports every working VDI that has no target yet and

@@ -23,7 +23,7 @@ type Reservations interface {
 }
 
 // ErrReservations wraps a failure to reach the reservation coordinator.
-var ErrReservations = fmt.Errorf("scsi: reservations unavailable")
+var ErrReservations = errors.New("scsi: reservations unavailable")
 
 // change applies a reservation operation: through the coordinator when
 // there is one, else on this LU alone. It returns once the commands in
@@ -61,16 +61,12 @@ func (lu *LU) Install(st *resv.State) {
 // commands it aborts, already counted in lu.aborts: whoever installs the
 // same state a moment later (the requester after the metadata watcher)
 // then waits for them in WaitAborts.
-func (lu *LU) installLocked(st *resv.State) (aborts []string) {
+func (lu *LU) installLocked(st *resv.State) []string {
 	if st == nil || st.Seq <= lu.rs.Seq {
 		return nil
 	}
-	defer func() {
-		if len(aborts) > 0 && lu.cfg.Abort != nil {
-			lu.aborts.add()
-		}
-	}()
 	lu.rs = st.Clone()
+	var aborts []string
 	for _, u := range st.UAs {
 		a, ok := uaSense[u.Kind]
 		if !ok {
@@ -86,6 +82,9 @@ func (lu *LU) installLocked(st *resv.State) (aborts []string) {
 				aborts = append(aborts, u.Nexus)
 			}
 		}
+	}
+	if len(aborts) > 0 && lu.cfg.Abort != nil {
+		lu.aborts.add()
 	}
 	return aborts
 }
@@ -186,7 +185,7 @@ func execPRIn(ctx ctxT, c *Cmd, _ []byte) Result {
 	alloc := be16(c.CDB[7:])
 	lu := c.lu
 	lu.mu.Lock()
-	s := lu.rs.Clone()
+	s := lu.rs // replaced whole on change, never written in place
 	lu.mu.Unlock()
 	out := make([]byte, 8)
 	binary.BigEndian.PutUint32(out, s.Gen)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -194,3 +195,6 @@ func (f *osFile) Stat() (Info, error) {
 }
 
 func (f *osFile) Close() error { return f.f.Close() }
+
+// SyscallConn gives the descriptor to sendfile(2) (store.Raw.Src).
+func (f *osFile) SyscallConn() (syscall.RawConn, error) { return f.f.SyscallConn() }

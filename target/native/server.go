@@ -310,7 +310,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Frontend labels for the metrics Recorder.
 func frontendOf(op proto.Opcode) string {
 	switch op {
-	case proto.OpCreateAndWritePeer, proto.OpReadPeer, proto.OpWritePeer, proto.OpRemovePeer, proto.OpSyncPeer:
+	case proto.OpCreateAndWritePeer, proto.OpReadPeer, proto.OpWritePeer, proto.OpRemovePeer, proto.OpSyncPeer,
+		proto.OpWritePeerSums, proto.OpReadPeerSums:
 		return "peer"
 	}
 	return "native"
@@ -324,8 +325,9 @@ type task struct {
 	dh   *[]byte // pool handle of data
 	rsp  proto.Response
 	out  []byte // response payload
+	tl   tail   // response payload after out (ReplyTail)
 
-	mu    sync.Mutex // guards owned and after: handlers may fan out
+	mu    sync.Mutex // guards owned, after and tl: handlers may fan out
 	owned []*[]byte
 	after []func()
 }
@@ -349,6 +351,7 @@ func (t *task) release() {
 	t.srv.bufs.put(t.dh)
 	t.data, t.dh, t.out = nil, nil, nil
 	t.mu.Lock()
+	t.tl = tail{}
 	owned, after := t.owned, t.after
 	t.owned, t.after = nil, nil
 	t.mu.Unlock()
@@ -529,16 +532,32 @@ func (c *conn) run(t *task) {
 	if rsp.Opcode == 0 {
 		rsp.Opcode = op
 	}
-	if uint64(len(payload)) > uint64(limit) {
+	t.mu.Lock()
+	tl := t.tl
+	if rsp.Result != proto.ResSuccess {
+		tl = tail{}
+	}
+	t.tl = tl
+	t.mu.Unlock()
+	if total := uint64(len(payload)) + uint64(tl.n); total > uint64(limit) {
 		c.s.ntrunc.Add(1)
 		c.s.log.Error("native: handler returned more payload than the client's buffer; truncated",
-			"op", op, "id", id, "len", len(payload), "limit", limit)
-		payload = payload[:limit]
+			"op", op, "id", id, "len", total, "limit", limit)
+		if tl.n > 0 {
+			// A file tail cannot be cut short cleanly: answer an error.
+			rsp, payload = t.req.Reply(proto.ResSystemError), nil
+			rsp.ID = id
+			t.mu.Lock()
+			t.tl, tl = tail{}, tail{}
+			t.mu.Unlock()
+		} else {
+			payload = payload[:limit]
+		}
 	}
-	rsp.DataLength = uint32(len(payload))
+	rsp.DataLength = uint32(len(payload) + tl.n)
 	t.rsp, t.out = rsp, payload
 	c.s.nreq.Add(1)
-	c.s.rec.Request(frontendOf(op), op.String(), len(t.data)+len(payload), time.Since(start), rsp.Result.Err())
+	c.s.rec.Request(frontendOf(op), op.String(), len(t.data)+len(payload)+tl.n, time.Since(start), rsp.Result.Err())
 	c.send(t)
 }
 
@@ -584,7 +603,7 @@ func (c *conn) write(t *task) error {
 	var h [proto.HeaderSize]byte
 	t.rsp.MarshalTo(h[:])
 	c.wbuf = append(c.wbuf, h[:]...)
-	if len(t.out) <= smallPayload {
+	if len(t.out) <= smallPayload && t.tl.n == 0 {
 		c.wbuf = append(c.wbuf, t.out...)
 		if len(c.wbuf) >= flushThreshold {
 			return c.flush()
@@ -595,6 +614,9 @@ func (c *conn) write(t *task) error {
 	bufs := net.Buffers{c.wbuf, t.out}
 	_, err := bufs.WriteTo(c.nc)
 	c.wbuf = c.wbuf[:0]
+	if err == nil && t.tl.n > 0 {
+		err = c.sendTail(t.tl)
+	}
 	return err
 }
 

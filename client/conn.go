@@ -100,6 +100,7 @@ type call struct {
 	req   proto.Request
 	wdata []byte
 	wtail []byte // sent after wdata (DoTail)
+	rhead []byte // filled first from the response payload (DoHead)
 	rbuf  []byte
 	limit uint32 // largest response payload accepted
 
@@ -193,6 +194,21 @@ func (c *Conn) Do(ctx context.Context, req proto.Request, wdata []byte, rbuf []b
 // DoTail is Do with a payload of wdata followed by tail, sent without
 // joining them.
 func (c *Conn) DoTail(ctx context.Context, req proto.Request, wdata, tail []byte, rbuf []byte) (proto.Response, []byte, error) {
+	return c.do(ctx, req, wdata, tail, nil, rbuf)
+}
+
+// DoHead is Do for a read whose response payload starts with a part of
+// its own: its first len(head) bytes go to head, the rest to rbuf (the
+// returned data). A payload shorter than head fills only its start:
+// compare the response's DataLength.
+func (c *Conn) DoHead(ctx context.Context, req proto.Request, head, rbuf []byte) (proto.Response, []byte, error) {
+	if req.DataLength == 0 && req.Flags&proto.FlagWrite == 0 {
+		req.DataLength = uint32(min(uint64(len(head))+uint64(len(rbuf)), math.MaxUint32))
+	}
+	return c.do(ctx, req, nil, nil, head, rbuf)
+}
+
+func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rbuf []byte) (proto.Response, []byte, error) {
 	if err := ctx.Err(); err != nil {
 		return proto.Response{}, nil, err
 	}
@@ -211,7 +227,7 @@ func (c *Conn) DoTail(ctx context.Context, req proto.Request, wdata, tail []byte
 	} else if req.DataLength == 0 {
 		req.DataLength = uint32(min(uint64(len(rbuf)), math.MaxUint32))
 	}
-	cl := &call{req: req, wdata: wdata, wtail: tail, rbuf: rbuf, limit: req.ReplyLimit(),
+	cl := &call{req: req, wdata: wdata, wtail: tail, rhead: rhead, rbuf: rbuf, limit: req.ReplyLimit(),
 		wdone: make(chan struct{}), done: make(chan struct{})}
 
 	if err := c.register(cl); err != nil {
@@ -405,6 +421,13 @@ func (c *Conn) readLoop() {
 				return
 			}
 			continue
+		}
+		if h := min(n, len(cl.rhead)); h > 0 {
+			if _, err := io.ReadFull(br, cl.rhead[:h]); err != nil {
+				c.fail(err)
+				return
+			}
+			n -= h
 		}
 		var data []byte
 		if n > 0 {

@@ -90,6 +90,19 @@ func TestDoReadWrite(t *testing.T) {
 			t.Fatalf("write of %d+%d bytes in two parts: %+v %v", n, len(tail), rsp, err)
 		}
 	}
+	// A read in two parts: the head, then the caller's buffer.
+	head, body := make([]byte, 16), make([]byte, 4096)
+	rsp, data, err = c.DoHead(ctx, proto.Request{Opcode: proto.OpReadObj}, head, body)
+	if whole := pattern(0, 0, 16+4096); err != nil || rsp.DataLength != 16+4096 || !bytes.Equal(head, whole[:16]) ||
+		!bytes.Equal(data, whole[16:]) || &data[0] != &body[0] {
+		t.Fatalf("read in two parts: %+v %v", rsp, err)
+	}
+	// A payload shorter than the head fills only the head's start.
+	clear(head)
+	rsp, data, err = c.DoHead(ctx, proto.Request{Opcode: proto.OpReadObj, DataLength: 10}, head, body)
+	if err != nil || rsp.DataLength != 10 || len(data) != 0 || !bytes.Equal(head[:10], pattern(0, 0, 10)) || head[10] != 0 {
+		t.Fatalf("short read in two parts: %+v %d %v", rsp, len(data), err)
+	}
 	// Peer ops carry the internal protocol version (the handler checks).
 	if _, err := c.ReadPeer(ctx, ObjReq{OID: oid, Epoch: 3}, rbuf[:10]); err != nil {
 		t.Fatal(err)

@@ -84,6 +84,13 @@ const (
 	// so a node without it refuses the request instead of writing the sums
 	// as data.
 	OpWritePeerSums Opcode = 0xe8
+	// OpReadPeerSums is READ_PEER of whole 4096-byte blocks (offset and
+	// length) that answers with each block's stored checksum first: the
+	// payload is n little-endian CRC32C, then the n×4096 data bytes, which
+	// the peer sends unread (sendfile) and the reader verifies. A block
+	// that fails is read again with READ_PEER, which tells rot from a torn
+	// write's remnant.
+	OpReadPeerSums Opcode = 0xe9
 )
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
@@ -122,7 +129,7 @@ var opNames = map[Opcode]string{
 	OpReweight: "REWEIGHT", OpStat: "STAT", OpExist: "EXIST", OpClusterInfo: "CLUSTER_INFO",
 	OpRepairReplica: "REPAIR_REPLICA", OpOIDsExist: "OIDS_EXIST", OpGetRecovery: "GET_RECOVERY",
 	OpSetRecovery: "SET_RECOVERY", OpMeta: "META", OpSyncPeer: "SYNC_PEER",
-	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS",
+	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS",
 }
 
 func (o Opcode) String() string {

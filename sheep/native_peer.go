@@ -95,6 +95,8 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 			break
 		}
 		err = h.guarded(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
+	case proto.OpReadPeerSums:
+		return h.readPeerSums(ctx, req, k)
 	case proto.OpRemovePeer:
 		err = h.guarded(ctx, k, func() error { return h.store.Remove(ctx, k) })
 	}
@@ -102,6 +104,45 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		return h.errRsp(req, err)
 	}
 	return rsp(req, proto.ResSuccess), out
+}
+
+// readPeerSums answers READ_PEER_SUMS: the blocks' stored checksums, then
+// their data straight from the object file (sendfile), pinned until the
+// response is written. The reader verifies the data.
+func (h *handler) readPeerSums(ctx context.Context, req *proto.Request, k store.Key) (proto.Response, []byte) {
+	const unit = store.SumBlock + 4
+	a := req.Obj()
+	rr, ok := h.store.(store.RawReader)
+	if !ok || req.DataLength == 0 || req.DataLength%unit != 0 || a.Offset%store.SumBlock != 0 {
+		return h.errRsp(req, fmt.Errorf("peer read of %s: %d bytes at %d are not whole blocks with their sums: %w",
+			k.OID, req.DataLength, a.Offset, proto.ResInvalidParms))
+	}
+	nb := req.DataLength / unit
+	var (
+		raw  *store.Raw
+		sums = make([]uint32, 0, nb)
+	)
+	err := h.guarded(ctx, k, func() (err error) {
+		raw, sums, err = rr.ReadRaw(ctx, k, a.Offset, nb*store.SumBlock, sums)
+		return err
+	})
+	if err != nil {
+		return h.errRsp(req, err)
+	}
+	out := native.Alloc(ctx, int(4*nb))
+	for i, s := range sums {
+		binary.LittleEndian.PutUint32(out[4*i:], s)
+	}
+	if native.ReplyTail(ctx, raw.Src, raw.Off, raw.N) && native.AfterReply(ctx, raw.Release) {
+		return rsp(req, proto.ResSuccess), out
+	}
+	// Not in a server request (a direct call): copy the data.
+	defer raw.Release()
+	data := make([]byte, raw.N)
+	if _, err := raw.Src.ReadAt(data, raw.Off); err != nil {
+		return h.errRsp(req, fmt.Errorf("peer read of %s: %v: %w", k.OID, err, proto.ResEIO))
+	}
+	return rsp(req, proto.ResSuccess), append(out, data...)
 }
 
 // splitSums parses an OpWritePeerSums payload: n blocks of data, then n

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 )
@@ -145,7 +147,53 @@ func sumBytes(sums []uint32) []byte {
 	return b
 }
 
+// Read asks for whole blocks with their stored checksums, so the peer
+// sends them from its file without reading them and this node checks them
+// while they are in its cache. Anything READ_PEER_SUMS cannot serve (a
+// range that is not whole blocks, a node from before it, a block that
+// fails the check) is read with READ_PEER, which verifies on the peer and
+// tells rot from a torn write's remnant.
 func (r *remotePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
+	if len(p) > 0 && len(p)%store.SumBlock == 0 && off%store.SumBlock == 0 {
+		err := r.readSums(ctx, epoch, k, off, p)
+		if err == nil || (!errors.Is(err, errSumMismatch) && proto.ResultOf(err) != proto.ResInvalidParms) {
+			return err
+		}
+	}
+	return r.readPlain(ctx, epoch, k, off, p)
+}
+
+// errSumMismatch: a block from READ_PEER_SUMS does not match its checksum.
+var errSumMismatch = errors.New("block does not match its stored checksum")
+
+func (r *remotePeer) readSums(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
+	nb := len(p) / store.SumBlock
+	req := peerReq(proto.OpReadPeerSums, epoch, k, off, false)
+	req.DataLength = uint32(len(p) + 4*nb)
+	c, err := r.pool.Get(ctx, r.addr)
+	if err != nil {
+		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+	}
+	head := make([]byte, 4*nb)
+	rsp, got, err := c.DoHead(ctx, req, head, p)
+	if err != nil {
+		return err
+	}
+	if rsp.DataLength != req.DataLength || len(got) != len(p) {
+		return fmt.Errorf("peer %s: READ_PEER_SUMS answered %d bytes of %d: %w", r.addr, rsp.DataLength, req.DataLength, proto.ResEIO)
+	}
+	if &got[0] != &p[0] {
+		copy(p, got)
+	}
+	for i := range nb {
+		if crc32c.Checksum(p[i*store.SumBlock:(i+1)*store.SumBlock]) != binary.LittleEndian.Uint32(head[4*i:]) {
+			return fmt.Errorf("peer %s: %s block at %d: %w", r.addr, k, int(off)+i*store.SumBlock, errSumMismatch)
+		}
+	}
+	return nil
+}
+
+func (r *remotePeer) readPlain(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
 	req := peerReq(proto.OpReadPeer, epoch, k, off, false)
 	req.DataLength = uint32(len(p))
 	c, err := r.pool.Get(ctx, r.addr)

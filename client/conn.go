@@ -77,6 +77,9 @@ type Conn struct {
 
 	wq chan *call // to the writer
 
+	wmu  sync.Mutex // held while writing to nc
+	ibuf []byte     // under wmu: sendInline's encoding buffer
+
 	mu        sync.Mutex
 	pending   map[uint32]*call // sent or queued, response not yet claimed
 	nextID    uint32
@@ -233,14 +236,16 @@ func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rb
 	if err := c.register(cl); err != nil {
 		return proto.Response{}, nil, fmt.Errorf("client: %s to %s: %w", req.Opcode, c.addr, err)
 	}
-	select {
-	case c.wq <- cl:
-	case <-ctx.Done():
-		c.unregister(cl)
-		return proto.Response{}, nil, ctx.Err()
-	case <-c.done:
-		c.unregister(cl)
-		return proto.Response{}, nil, fmt.Errorf("client: %s to %s: %w", req.Opcode, c.addr, c.Err())
+	if !c.sendInline(ctx, cl) {
+		select {
+		case c.wq <- cl:
+		case <-ctx.Done():
+			c.unregister(cl)
+			return proto.Response{}, nil, ctx.Err()
+		case <-c.done:
+			c.unregister(cl)
+			return proto.Response{}, nil, fmt.Errorf("client: %s to %s: %w", req.Opcode, c.addr, c.Err())
+		}
 	}
 	select {
 	case <-cl.done:
@@ -252,6 +257,38 @@ func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rb
 	}
 	c.settleWrite(ctx, cl)
 	return cl.rsp, cl.data, cl.err
+}
+
+// sendInline writes cl from the caller's goroutine when nothing else is
+// being written or queued: on a loaded machine waking the writer
+// goroutine costs more than the write. It needs ctx's deadline to bound
+// the write (a peer that stops reading); without one, or when the
+// connection is busy, the writer goroutine sends cl and batches it with
+// others. A write cut off by the deadline breaks the connection, as a
+// caller leaving mid-transfer does, and gets the same grace first.
+func (c *Conn) sendInline(ctx context.Context, cl *call) bool {
+	dl, ok := ctx.Deadline()
+	if !ok || len(c.wq) > 0 || !c.wmu.TryLock() {
+		return false
+	}
+	dl = later(dl, time.Now().Add(cancelGrace))
+	defer c.wmu.Unlock()
+	if !cl.wstate.CompareAndSwap(wQueued, wWriting) {
+		return false
+	}
+	c.nc.SetWriteDeadline(dl)
+	buf, err := c.encode(c.ibuf[:0], cl)
+	if err == nil && len(buf) > 0 {
+		_, err = c.nc.Write(buf)
+	}
+	c.ibuf = buf[:0]
+	c.nc.SetWriteDeadline(time.Time{})
+	cl.wstate.Store(wWritten)
+	close(cl.wdone)
+	if err != nil {
+		c.fail(err)
+	}
+	return true
 }
 
 func (c *Conn) register(cl *call) error {
@@ -308,6 +345,13 @@ func (c *Conn) abandon(cl *call) bool {
 	// connection failed: the result is moments away.
 	c.waitOrBreak(cl.done, "request cancelled while its response was being received")
 	return cl.err == nil || !errors.Is(cl.err, ErrConnClosed)
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // cancelGrace bounds how long a caller whose context ended waits for a
@@ -491,6 +535,7 @@ func (c *Conn) writeLoop() {
 			return
 		}
 		var err error
+		c.wmu.Lock()
 	gather: // everything queued now goes out together
 		for {
 			if cl.wstate.CompareAndSwap(wQueued, wWriting) {
@@ -513,6 +558,7 @@ func (c *Conn) writeLoop() {
 		if err == nil && len(buf) > 0 {
 			_, err = c.nc.Write(buf)
 		}
+		c.wmu.Unlock()
 		buf = buf[:0]
 		if err != nil {
 			c.fail(err)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/target/native"
@@ -423,4 +424,68 @@ func TestCloseIsIdempotentAndFailsCalls(t *testing.T) {
 	if _, err := c.ReadObj(testCtx(t), ObjReq{OID: 1}, make([]byte, 1)); !isNetErr(err) {
 		t.Fatal(err)
 	}
+}
+
+// TestInlineSendBounded: a request written from the caller's goroutine to
+// a peer that stops reading gives up at the caller's deadline (plus the
+// grace a transfer gets) and breaks the connection, since half a request
+// cannot be taken back.
+func TestInlineSendBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		time.Sleep(10 * time.Second) // never reads
+	}()
+	c := dial(t, ln.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = c.WriteObj(ctx, ObjReq{OID: 1}, make([]byte, 64<<20))
+	if err == nil {
+		t.Fatal("a write nobody reads succeeded")
+	}
+	if el := time.Since(start); el > cancelGrace+3*time.Second {
+		t.Fatalf("the write gave up after %v", el)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection survived a request cut in half")
+	}
+}
+
+// TestNoDeadlineGoesThroughWriter: a caller without a deadline cannot
+// bound a write of its own, so the writer goroutine sends for it; both
+// kinds of caller mix on one connection.
+func TestNoDeadlineGoesThroughWriter(t *testing.T) {
+	_, addr := startNative(t, objHandler)
+	c := dial(t, addr)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			if i%2 == 0 {
+				ctx = testCtx(t)
+			}
+			for j := range 50 {
+				oid := proto.OID(i*100 + j)
+				data, err := c.ReadObj(ctx, ObjReq{OID: oid}, make([]byte, 100+j*1000))
+				if err != nil || !bytes.Equal(data, pattern(oid, 0, 100+j*1000)) {
+					t.Errorf("caller %d read %d: %v", i, j, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -23,6 +23,18 @@ type Extent struct {
 	Allocated bool // false: a hole, reads as zeros
 }
 
+// PartWriter is implemented by devices that say whether a large write
+// may be split into parts, each written while the rest of the data is
+// still arriving (scsi.WriteStream). Devices without it are written
+// whole.
+type PartWriter interface {
+	// WritesInParts reports whether parts pay: with one copy a part costs
+	// one more store write; with replicas each part pays a replicated
+	// write's fixed costs on every copy, and erasure coding would
+	// re-encode partial stripes.
+	WritesInParts() bool
+}
+
 // Device is a block device. Offsets and lengths are in bytes; callers keep
 // them inside Size(). Writes are visible to reads at once; they are durable
 // (survive a node crash) after Flush returns, or at once when fua is set.

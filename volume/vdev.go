@@ -118,6 +118,14 @@ func (d *vdev) ObjectSize() uint32 {
 	return d.vdi.ObjectSize()
 }
 
+// WritesInParts implements PartWriter: one copy, not erasure coded.
+func (d *vdev) WritesInParts() bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	r := d.vdi.Redundancy()
+	return !r.IsEC() && r.Copies == 1
+}
+
 func (d *vdev) Close() error {
 	d.mu.Lock()
 	d.closed = true

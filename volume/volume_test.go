@@ -415,3 +415,32 @@ func TestConcurrentAllocationFromTwoDevices(t *testing.T) {
 		}
 	}
 }
+
+// TestWritesInParts: only single-copy volumes take large writes in parts
+// (the cluster default here is one copy).
+func TestWritesInParts(t *testing.T) {
+	ctx := context.Background()
+	m, _ := setup(t)
+	for _, tc := range []struct {
+		name string
+		red  proto.Redundancy
+		want bool
+	}{
+		{"default", proto.Redundancy{}, true},
+		{"one copy", proto.Redundancy{Copies: 1}, true},
+		{"three copies", proto.Redundancy{Copies: 3}, false},
+		{"erasure coded", proto.Redundancy{Copies: 3, Data: 2, Parity: 1}, false},
+	} {
+		if _, err := m.Create(ctx, CreateOpts{Name: tc.name, Size: mib, Redundancy: tc.red}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := m.Open(ctx, tc.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.(PartWriter).WritesInParts(); got != tc.want {
+			t.Errorf("%s: WritesInParts %v, want %v", tc.name, got, tc.want)
+		}
+		d.Close()
+	}
+}

@@ -366,9 +366,16 @@ func (t *task) run() {
 			held = need
 		}
 		var out []byte
+		var ws *scsi.WriteStream
+		if want > 0 && t.streams(want) {
+			if s, ok := cmd.Stream(t.ctx); ok {
+				ws = s
+				defer ws.Close()
+			}
+		}
 		if want > 0 {
 			var err error
-			out, err = t.collect(want)
+			out, err = t.collect(want, ws)
 			if errors.Is(err, errAborted) {
 				return
 			}
@@ -380,7 +387,11 @@ func (t *task) run() {
 			}
 		}
 		cmd.DataIn = t.allocDataIn
-		res = cmd.Execute(t.ctx, out)
+		if ws != nil {
+			res = ws.Finish(t.ctx, out)
+		} else {
+			res = cmd.Execute(t.ctx, out)
+		}
 		if t.ctx.Err() != nil {
 			return // aborted: no status
 		}
@@ -445,9 +456,32 @@ func (t *task) otherLUN(lun uint64) scsi.Result {
 	return scsi.Result{Status: scsi.StatusCheckCondition, Sense: (&scsi.Sense{Key: scsi.KeyIllegalRequest, ASC: 0x2500, BitPtr: -1}).Bytes()}
 }
 
+// streamUnit is the granularity of a streamed write's parts.
+const streamUnit = 64 << 10
+
+// streams reports whether a write of want bytes should be written in
+// parts as they arrive (scsi.WriteStream): only when some of it must be
+// solicited (there is a round trip to overlap) and the command is alone
+// on its connection. With others in flight the round trips overlap with
+// their work already, and parts would only add per-write costs.
+func (t *task) streams(want uint32) bool {
+	t.mu.Lock()
+	unsol := t.unsolLimit
+	t.mu.Unlock()
+	if want <= unsol || want < 2*streamUnit {
+		return false
+	}
+	t.c.tmu.Lock()
+	alone := len(t.c.tasks) == 1
+	t.c.tmu.Unlock()
+	return alone
+}
+
 // collect receives want bytes of Data-Out, soliciting with R2Ts what was
-// not sent unsolicited.
-func (t *task) collect(want uint32) ([]byte, error) {
+// not sent unsolicited. With ws, the part received so far (whole
+// streamUnits, short of the end) is written while the initiator sends
+// the next: after the R2Ts for it have gone out.
+func (t *task) collect(want uint32, ws *scsi.WriteStream) ([]byte, error) {
 	c := t.c
 	p := &c.sess.params
 	buf := c.srv.bufs.get(int(want))
@@ -529,6 +563,15 @@ func (t *task) collect(want uint32) ([]byte, error) {
 			})
 			if err != nil {
 				return nil, errAborted
+			}
+		}
+		if ws != nil {
+			t.mu.Lock()
+			ready := min(t.received, want-1) / streamUnit * streamUnit
+			t.mu.Unlock()
+			if ready > ws.Written() {
+				ws.Write(t.ctx, buf[ws.Written():ready])
+				continue // more may have arrived meanwhile
 			}
 		}
 		select {

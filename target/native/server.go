@@ -26,6 +26,7 @@ const (
 	DefaultMaxPayload   = 2*proto.InodeSize + 1<<20
 	DefaultMaxInflight  = 128
 	DefaultWriteTimeout = time.Minute
+	DefaultTailTimeout  = 10 * time.Second
 	DefaultKeepAlive    = 30 * time.Second
 )
 
@@ -57,6 +58,11 @@ type Config struct {
 	// WriteTimeout cuts off a peer that stops reading its responses
 	// (default DefaultWriteTimeout; negative: never).
 	WriteTimeout time.Duration
+	// TailTimeout bounds writing a response with a ReplyTail, whose source
+	// stays pinned (a store lock) until it is sent, so a peer that stops
+	// reading cannot hold it for the whole WriteTimeout (default
+	// DefaultTailTimeout, and never above WriteTimeout).
+	TailTimeout time.Duration
 	// KeepAlive is the TCP keepalive idle time (default DefaultKeepAlive;
 	// negative: leave the socket's setting alone).
 	KeepAlive time.Duration
@@ -78,6 +84,7 @@ type Server struct {
 	maxPayload  uint32
 	maxInflight int
 	wtimeout    time.Duration
+	ttimeout    time.Duration
 	keepAlive   time.Duration
 	log         *slog.Logger
 	rec         metrics.Recorder
@@ -106,6 +113,7 @@ func NewServer(cfg Config) *Server {
 		maxPayload:  cfg.MaxPayload,
 		maxInflight: cfg.MaxInflight,
 		wtimeout:    cfg.WriteTimeout,
+		ttimeout:    cfg.TailTimeout,
 		keepAlive:   cfg.KeepAlive,
 		log:         cfg.Logger,
 		rec:         cfg.Recorder,
@@ -122,6 +130,12 @@ func NewServer(cfg Config) *Server {
 	}
 	if s.wtimeout == 0 {
 		s.wtimeout = DefaultWriteTimeout
+	}
+	if s.ttimeout <= 0 {
+		s.ttimeout = DefaultTailTimeout
+	}
+	if s.wtimeout > 0 {
+		s.ttimeout = min(s.ttimeout, s.wtimeout)
 	}
 	if s.keepAlive == 0 {
 		s.keepAlive = DefaultKeepAlive
@@ -610,7 +624,11 @@ func (c *conn) write(t *task) error {
 		}
 		return nil
 	}
-	c.setDeadline()
+	if t.tl.n > 0 {
+		c.nc.SetWriteDeadline(time.Now().Add(c.s.ttimeout))
+	} else {
+		c.setDeadline()
+	}
 	bufs := net.Buffers{c.wbuf, t.out}
 	_, err := bufs.WriteTo(c.nc)
 	c.wbuf = c.wbuf[:0]

@@ -24,8 +24,10 @@ type tail struct {
 // them. When src and the connection are operating system descriptors the
 // bytes go with sendfile(2) and never pass through this process's memory.
 // src must stay readable until the response is written or dropped:
-// release it with AfterReply. The tail is dropped if the handler answers
-// with an error. It reports false outside a server request.
+// release it with AfterReply. The response is written within
+// Config.TailTimeout, or the connection breaks. The tail is dropped if the
+// handler answers with an error. It reports false outside a server
+// request.
 func ReplyTail(ctx context.Context, src io.ReaderAt, off int64, n int) bool {
 	t, ok := ctx.Value(taskKey{}).(*task)
 	if !ok || n < 0 {

@@ -147,3 +147,20 @@ func TestSendFileUsed(t *testing.T) {
 		t.Fatal("sendFile handled a source without a descriptor")
 	}
 }
+
+// TestTailTimeout: a client that stops reading a response with a tail
+// loses its connection after TailTimeout, and the tail's source is
+// released then, not after the whole WriteTimeout.
+func TestTailTimeout(t *testing.T) {
+	f, _ := tailFile(t, 64<<20) // more than the socket buffers hold
+	released := make(chan struct{}, 1)
+	_, addr := startServer(t, Config{Handler: tailHandler(f, released), TailTimeout: 200 * time.Millisecond, MaxPayload: 65 << 20})
+	r := dialRaw(t, addr)
+	req := proto.Request{ProtoVer: proto.ProtoVer, Opcode: proto.OpReadObj, ID: 1, DataLength: 4 + 64<<20}
+	r.send(req, nil) // and never read the answer
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tail's source is still pinned")
+	}
+}

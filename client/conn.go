@@ -259,16 +259,23 @@ func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rb
 	return cl.rsp, cl.data, cl.err
 }
 
-// sendInline writes cl from the caller's goroutine when nothing else is
-// being written or queued: on a loaded machine waking the writer
-// goroutine costs more than the write. It needs ctx's deadline to bound
-// the write (a peer that stops reading); without one, or when the
-// connection is busy, the writer goroutine sends cl and batches it with
-// others. A write cut off by the deadline breaks the connection, as a
+// sendInline writes cl from the caller's goroutine when it is the only
+// request in flight on the connection: on a loaded machine waking the
+// writer goroutine costs more than the write. With others in flight the
+// writer goroutine sends cl, batching it with theirs (fewer syscalls,
+// which measured better at queue depth 32 than writing each inline). It
+// needs ctx's deadline to bound the write (a peer that stops reading);
+// without one the writer sends cl too. A write cut off by the deadline breaks the connection, as a
 // caller leaving mid-transfer does, and gets the same grace first.
 func (c *Conn) sendInline(ctx context.Context, cl *call) bool {
 	dl, ok := ctx.Deadline()
-	if !ok || len(c.wq) > 0 || !c.wmu.TryLock() {
+	if !ok || len(c.wq) > 0 {
+		return false
+	}
+	c.mu.Lock()
+	alone := len(c.pending) == 1
+	c.mu.Unlock()
+	if !alone || !c.wmu.TryLock() {
 		return false
 	}
 	dl = later(dl, time.Now().Add(cancelGrace))

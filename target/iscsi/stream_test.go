@@ -4,39 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
-	"github.com/gosheep/gosheep/volume"
 	"github.com/gosheep/gosheep/volume/voltest"
 )
-
-// partsDevice records how many bytes the device has been given, and
-// whether it takes writes in parts (volume.PartWriter).
-type partsDevice struct {
-	volume.Device
-	parts   bool
-	mu      sync.Mutex
-	written uint64
-}
-
-func (d *partsDevice) WritesInParts() bool { return d.parts }
-
-func (d *partsDevice) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
-	err := d.Device.WriteAt(ctx, p, off, fua)
-	d.mu.Lock()
-	d.written += uint64(len(p))
-	d.mu.Unlock()
-	return err
-}
-
-func (d *partsDevice) got() uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.written
-}
 
 // TestWriteInParts: a write that needs R2Ts is written in parts while the
 // initiator sends the rest, when the device takes parts; otherwise the
@@ -45,7 +18,7 @@ func TestWriteInParts(t *testing.T) {
 	for _, parts := range []bool{true, false} {
 		name := map[bool]string{true: "parts", false: "whole"}[parts]
 		t.Run(name, func(t *testing.T) {
-			dev := &partsDevice{Device: voltest.NewMemDevice(64<<20, 4<<20), parts: parts}
+			dev := &voltest.PartsDevice{Device: voltest.NewMemDevice(64<<20, 4<<20), Parts: parts}
 			ts := startServer(t, Config{})
 			if err := ts.AddTarget(TargetSpec{Name: "p", VID: 7, Device: dev}); err != nil {
 				t.Fatal(err)
@@ -88,13 +61,13 @@ func TestWriteInParts(t *testing.T) {
 					want = 0
 				}
 				deadline := time.Now().Add(5 * time.Second)
-				for dev.got() < want && time.Now().Before(deadline) {
+				for dev.Written() < want && time.Now().Before(deadline) {
 					time.Sleep(time.Millisecond)
 				}
 				if !parts {
 					time.Sleep(20 * time.Millisecond)
 				}
-				if got := dev.got(); got != want {
+				if got := dev.Written(); got != want {
 					t.Fatalf("R2T at %d: the device has %d bytes, want %d", next, got, want)
 				}
 				n := p.DesiredLength()
@@ -123,8 +96,8 @@ func TestWriteInParts(t *testing.T) {
 				}
 				t.Fatalf("the device holds other data from byte %d (%v): got % x want % x", i, err, got[i-2:i+8], data[i-2:i+8])
 			}
-			if dev.got() != uint64(len(data)) {
-				t.Fatalf("the device was given %d bytes for a write of %d", dev.got(), len(data))
+			if dev.Written() != uint64(len(data)) {
+				t.Fatalf("the device was given %d bytes for a write of %d", dev.Written(), len(data))
 			}
 		})
 	}

@@ -4,38 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"sync"
+	"slices"
 	"testing"
 	"time"
 
-	"github.com/gosheep/gosheep/volume"
 	"github.com/gosheep/gosheep/volume/voltest"
 )
 
-// partsDevice records the device writes and says whether it takes parts.
-type partsDevice struct {
-	volume.Device
-	parts bool
-	mu    sync.Mutex
-	calls [][2]uint64 // offset, length
-	fail  error
-}
-
-func (d *partsDevice) WritesInParts() bool { return d.parts }
-
-func (d *partsDevice) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
-	d.mu.Lock()
-	d.calls = append(d.calls, [2]uint64{off, uint64(len(p))})
-	fail := d.fail
-	d.mu.Unlock()
-	if fail != nil {
-		return fail
-	}
-	return d.Device.WriteAt(ctx, p, off, fua)
-}
-
-func newPartsLU(t *testing.T, parts bool) (*LU, *partsDevice, *Nexus) {
-	dev := &partsDevice{Device: voltest.NewMemDevice(16<<20, 1<<20), parts: parts}
+func newPartsLU(t *testing.T, parts bool) (*LU, *voltest.PartsDevice, *Nexus) {
+	mem := voltest.NewMemDevice(16<<20, 1<<20)
+	dev := &voltest.PartsDevice{Device: mem, Parts: parts}
 	lu := New(Config{Device: dev, VID: 42, Name: "v", TargetIQN: "iqn.2026-11.io.gosheep:v", MaxTransfer: 1 << 20})
 	n := &Nexus{ID: "i1", InitiatorName: "iqn.test:i1", ISID: 1, RelPort: 1}
 	lu.Attach(n)
@@ -75,16 +53,10 @@ func TestWriteStream(t *testing.T) {
 		if r := <-done; r.Status != StatusGood {
 			t.Fatalf("overlapping write: %+v", r)
 		}
-		want := [][2]uint64{{4096, 16 << 10}, {4096 + 16<<10, 16 << 10}, {4096 + 32<<10, 32 << 10}, {4096, 64 << 10}}
-		dev.mu.Lock()
-		defer dev.mu.Unlock()
-		if len(dev.calls) != len(want) {
-			t.Fatalf("device writes %v, want %v", dev.calls, want)
-		}
-		for i := range want {
-			if dev.calls[i] != want[i] {
-				t.Fatalf("device writes %v, want %v", dev.calls, want)
-			}
+		w := func(off, n uint64) voltest.Write { return voltest.Write{Off: off, Len: n} }
+		want := []voltest.Write{w(4096, 16<<10), w(4096+16<<10, 16<<10), w(4096+32<<10, 32<<10), w(4096, 64<<10)}
+		if got := dev.Writes(); !slices.Equal(got, want) {
+			t.Fatalf("device writes %v, want %v", got, want)
 		}
 	})
 
@@ -106,15 +78,16 @@ func TestWriteStream(t *testing.T) {
 		lu, dev, n := newPartsLU(t, true)
 		c, _ := lu.Prepare(n, write10)
 		ws, _ := c.Stream(ctx)
-		dev.fail = errors.New("disk on fire")
+		mem := dev.Device.(*voltest.MemDevice)
+		mem.Fail = func(string, uint64, uint64) error { return errors.New("disk on fire") }
 		ws.Write(ctx, data[:16<<10])
-		dev.fail = nil
+		mem.Fail = nil
 		ws.Write(ctx, data[16<<10:32<<10])
 		if r := ws.Finish(ctx, data); r.Status != StatusCheckCondition {
 			t.Fatalf("finish after a failed part: %+v", r)
 		}
-		if len(dev.calls) != 1 {
-			t.Fatalf("%d device writes after a failed part, want 1", len(dev.calls))
+		if n := len(dev.Writes()); n != 1 {
+			t.Fatalf("%d device writes after a failed part, want 1", n)
 		}
 	})
 

@@ -35,19 +35,28 @@ func Dial(t testing.TB, addr string) *Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	nc.SetDeadline(time.Now().Add(opTimeout))
 	return &Conn{T: t, NC: nc, ITT: 1, CmdSN: 1, MRDSL: 8192}
 }
 
+// opTimeout bounds each Send and Recv, so a hang fails the test instead
+// of the run. It is per operation: a test may keep a connection across
+// node restarts that take longer than that in all.
+const opTimeout = 30 * time.Second
+
 func (c *Conn) Send(h *pdu.Header, data []byte) {
 	c.T.Helper()
+	c.NC.SetWriteDeadline(time.Now().Add(opTimeout))
 	if err := pdu.WritePDU(c.NC, h, data, false, false); err != nil {
 		c.T.Fatalf("send: %v", err)
 	}
 }
 
+// Recv reads the next PDU within opTimeout (TryRecv keeps whatever read
+// deadline the test set).
 func (c *Conn) Recv() *pdu.PDU {
 	c.T.Helper()
+	c.NC.SetReadDeadline(time.Now().Add(opTimeout))
 	p, err := c.TryRecv()
 	if err != nil {
 		c.T.Fatalf("recv: %v", err)

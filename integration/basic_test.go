@@ -82,6 +82,64 @@ func TestThreeNodesWriteOnAReadOnC(t *testing.T) {
 	}
 }
 
+// TestOneCopyReadsThroughOtherNodes: with one copy most objects live on
+// another node than the one read through, so reads go over the peer path
+// (READ_PEER_SUMS with sendfile for whole blocks, READ_PEER for the
+// rest). Data comes back identical through every node, and a block
+// rotten on its only copy is an error through every other node, never
+// data.
+func TestOneCopyReadsThroughOtherNodes(t *testing.T) {
+	c := newCluster(t, 3)
+	c.format("1")
+	vid := createVDI(t, c.nodes[0], "vol", 64<<20)
+	data := randomBytes(20 << 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := openVDI(t, c.nodes[0], "vol").WriteAt(ctx, data, 3<<20+5); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range c.nodes {
+		got := make([]byte, len(data))
+		if err := openVDI(t, n, "vol").ReadAt(ctx, got, 3<<20+5); err != nil {
+			t.Fatalf("read through node %d: %v", i, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("data read through node %d differs from what was written through node 0", i)
+		}
+	}
+	// Find a data object and the node holding its only copy.
+	holder, oid := -1, proto.OID(0)
+	for i, n := range c.nodes {
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+		oids, err := n.conn(t).GetObjList(ctx2, 0)
+		cancel2()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range oids {
+			if o.IsData() && o.VID() == vid && o.Index() == 2 {
+				holder, oid = i, o
+			}
+		}
+	}
+	if holder < 0 {
+		t.Fatal("no node holds data object 2")
+	}
+	c.nodes[holder].flipByte(t, oid, 4096*5+7) // object 2 starts at 8 MiB
+	other := c.nodes[(holder+1)%3]
+	got := make([]byte, 64<<10)
+	if err := openVDI(t, other, "vol").ReadAt(ctx, got, 8<<20); err == nil {
+		t.Fatal("a block rotten on its only copy was read through another node as data")
+	}
+	// The blocks around it still read.
+	if err := openVDI(t, other, "vol").ReadAt(ctx, got[:16<<10], 8<<20+32<<10); err != nil {
+		t.Fatalf("a sound range of the object: %v", err)
+	}
+	if want := data[8<<20+32<<10-(3<<20+5):][:16<<10]; !bytes.Equal(got[:16<<10], want) {
+		t.Fatal("a sound range of the object read back other data")
+	}
+}
+
 // TestConcurrentCreateSameName races two creates of one name on two nodes:
 // the VDI table is ordered by Raft, so exactly one wins.
 func TestConcurrentCreateSameName(t *testing.T) {

@@ -181,3 +181,38 @@ func TestQemuImgBenchConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestQemuIOWriteInParts: 1 MiB writes from a real initiator, one at a
+// time, to a device that takes parts are written in parts while their
+// bursts arrive, and read back intact.
+func TestQemuIOWriteInParts(t *testing.T) {
+	ts := startServer(t, Config{})
+	dev := &voltest.PartsDevice{Device: voltest.NewMemDevice(64<<20, 4<<20), Parts: true}
+	if err := ts.AddTarget(TargetSpec{Name: "parts", VID: 8, Device: dev}); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, time.Minute, "qemu-io", "-f", "raw", "-t", "none",
+		"-c", "write -P 0x5a 0 1M",
+		"-c", "write -P 0xa5 1M 1M",
+		"-c", "write -P 0x3c 3M 1M",
+		"-c", "read -P 0x5a 0 1M",
+		"-c", "read -P 0xa5 1M 1M",
+		"-c", "read -P 0 2M 1M",
+		"-c", "read -P 0x3c 3M 1M",
+		ts.url("parts"))
+	if strings.Contains(out, "failed") || strings.Contains(out, "error") {
+		t.Fatalf("qemu-io reported a failure:\n%s", out)
+	}
+	parts := 0
+	for _, w := range dev.Writes() {
+		if w.Len < 1<<20 {
+			parts++
+		}
+	}
+	if parts == 0 {
+		t.Fatalf("no write reached the device in parts: %v", dev.Writes())
+	}
+	if n := dev.Written(); n != 3<<20 {
+		t.Fatalf("the device was given %d bytes for 3 MiB of writes", n)
+	}
+}

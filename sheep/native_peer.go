@@ -129,20 +129,13 @@ func (h *handler) readPeerSums(ctx context.Context, req *proto.Request, k store.
 	if err != nil {
 		return h.errRsp(req, err)
 	}
-	out := native.Alloc(ctx, int(4*nb))
-	for i, s := range sums {
-		binary.LittleEndian.PutUint32(out[4*i:], s)
+	// The native server always serves handlers with a request context;
+	// ReplyTail itself copies when the source has no descriptor.
+	if !native.AfterReply(ctx, raw.Release) || !native.ReplyTail(ctx, raw.Src, raw.Off, raw.N) {
+		raw.Release()
+		return h.errRsp(req, fmt.Errorf("peer read of %s outside a server request: %w", k.OID, proto.ResSystemError))
 	}
-	if native.ReplyTail(ctx, raw.Src, raw.Off, raw.N) && native.AfterReply(ctx, raw.Release) {
-		return rsp(req, proto.ResSuccess), out
-	}
-	// Not in a server request (a direct call): copy the data.
-	defer raw.Release()
-	data := make([]byte, raw.N)
-	if _, err := raw.Src.ReadAt(data, raw.Off); err != nil {
-		return h.errRsp(req, fmt.Errorf("peer read of %s: %v: %w", k.OID, err, proto.ResEIO))
-	}
-	return rsp(req, proto.ResSuccess), append(out, data...)
+	return rsp(req, proto.ResSuccess), appendSums(native.Alloc(ctx, int(4*nb))[:0], sums)
 }
 
 // splitSums parses an OpWritePeerSums payload: n blocks of data, then n

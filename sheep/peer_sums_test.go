@@ -19,7 +19,7 @@ import (
 func TestSplitSums(t *testing.T) {
 	data := bytes.Repeat([]byte{0xa5}, 2*store.SumBlock)
 	sums := store.BlockSums(nil, data)
-	payload := append(append([]byte(nil), data...), sumBytes(sums)...)
+	payload := append(append([]byte(nil), data...), appendSums(nil, sums)...)
 	gotData, gotSums, err := splitSums(payload, 8192)
 	if err != nil || !bytes.Equal(gotData, data) || len(gotSums) != 2 || gotSums[0] != sums[0] || gotSums[1] != sums[1] {
 		t.Fatalf("round trip: %v", err)

@@ -127,7 +127,7 @@ func (r *remotePeer) Create(ctx context.Context, epoch uint32, k store.Key, size
 // blocks, so the peer stores them instead of computing its own.
 func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sums []uint32, sync bool) error {
 	if n := len(data) / store.SumBlock; n > 0 && len(sums) == n && len(data) == n*store.SumBlock && off%store.SumBlock == 0 {
-		err := r.doVec(ctx, peerReq(proto.OpWritePeerSums, epoch, k, off, sync), data, sumBytes(sums), nil)
+		err := r.doVec(ctx, peerReq(proto.OpWritePeerSums, epoch, k, off, sync), data, appendSums(make([]byte, 0, 4*len(sums)), sums), nil)
 		if proto.ResultOf(err) != proto.ResInvalidParms {
 			return err
 		}
@@ -139,12 +139,13 @@ func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off u
 	return r.do(ctx, peerReq(proto.OpWritePeer, epoch, k, off, sync), data, nil)
 }
 
-func sumBytes(sums []uint32) []byte {
-	b := make([]byte, 4*len(sums))
-	for i, s := range sums {
-		binary.LittleEndian.PutUint32(b[4*i:], s)
+// appendSums appends sums to dst as little-endian CRC32C, the wire form
+// of WRITE_PEER_SUMS and READ_PEER_SUMS.
+func appendSums(dst []byte, sums []uint32) []byte {
+	for _, s := range sums {
+		dst = binary.LittleEndian.AppendUint32(dst, s)
 	}
-	return b
+	return dst
 }
 
 // Read asks for whole blocks with their stored checksums, so the peer

@@ -62,21 +62,7 @@ func TestThreeNodesWriteOnAReadOnC(t *testing.T) {
 	}
 	// Every object has three copies, one per node.
 	for i, n := range c.nodes {
-		var objs int
-		st := n.state(t)
-		_ = st
-		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
-		oids, err := n.conn(t).GetObjList(ctx2, 0)
-		cancel2()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range oids {
-			if o.IsData() {
-				objs++
-			}
-		}
-		if objs != 6 {
+		if objs := n.objects(t); objs != 6 {
 			t.Fatalf("node %d holds %d data objects, want 6 (20 MiB at offset 3 MiB spans 6 objects)", i, objs)
 		}
 	}
@@ -110,14 +96,8 @@ func TestOneCopyReadsThroughOtherNodes(t *testing.T) {
 	// Find a data object and the node holding its only copy.
 	holder, oid := -1, proto.OID(0)
 	for i, n := range c.nodes {
-		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
-		oids, err := n.conn(t).GetObjList(ctx2, 0)
-		cancel2()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, o := range oids {
-			if o.IsData() && o.VID() == vid && o.Index() == 2 {
+		for _, o := range n.dataObjects(t) {
+			if o.VID() == vid && o.Index() == 2 {
 				holder, oid = i, o
 			}
 		}

@@ -390,7 +390,10 @@ func (c *cluster) addNode(extra ...string) *node {
 }
 
 // objects counts the data objects (copies and strips) a node holds.
-func (n *node) objects(t testing.TB) int {
+func (n *node) objects(t testing.TB) int { return len(n.dataObjects(t)) }
+
+// dataObjects lists the data objects (copies and strips) a node holds.
+func (n *node) dataObjects(t testing.TB) []proto.OID {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -398,13 +401,13 @@ func (n *node) objects(t testing.TB) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := 0
+	var data []proto.OID
 	for _, o := range oids {
 		if o.IsData() {
-			k++
+			data = append(data, o)
 		}
 	}
-	return k
+	return data
 }
 
 // waitReady waits until the node serves client I/O again.

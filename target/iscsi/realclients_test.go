@@ -81,6 +81,20 @@ func TestQemuImgRoundTrip(t *testing.T) {
 	}
 }
 
+// mustQemuIO runs qemu-io commands (cache=none) against url and fails the
+// test if any of them reports a failure.
+func mustQemuIO(t *testing.T, url string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", "raw", "-t", "none"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out := mustRun(t, time.Minute, "qemu-io", append(args, url)...)
+	if strings.Contains(out, "failed") || strings.Contains(out, "error") {
+		t.Fatalf("qemu-io reported a failure:\n%s", out)
+	}
+}
+
 // TestQemuIOPatterns writes and reads patterns with qemu-io, with FUA,
 // write-zeroes and discard, and checks FUA and flush reach the device.
 func TestQemuIOPatterns(t *testing.T) {
@@ -89,20 +103,16 @@ func TestQemuIOPatterns(t *testing.T) {
 	if err := ts.AddTarget(TargetSpec{Name: "io", VID: 7, Device: dev}); err != nil {
 		t.Fatal(err)
 	}
-	out := mustRun(t, time.Minute, "qemu-io", "-f", "raw", "-t", "none",
-		"-c", "write -P 0xab 0 1M",
-		"-c", "write -f -P 0xcd 1M 256k",
-		"-c", "read -P 0xab 0 1M",
-		"-c", "read -P 0xcd 1M 256k",
-		"-c", "write -z 2M 64k",
-		"-c", "read -P 0 2M 64k",
-		"-c", "discard 4M 4M",
-		"-c", "read -P 0 4M 4M",
-		"-c", "flush",
-		ts.url("io"))
-	if strings.Contains(out, "failed") || strings.Contains(out, "error") {
-		t.Fatalf("qemu-io reported a failure:\n%s", out)
-	}
+	mustQemuIO(t, ts.url("io"),
+		"write -P 0xab 0 1M",
+		"write -f -P 0xcd 1M 256k",
+		"read -P 0xab 0 1M",
+		"read -P 0xcd 1M 256k",
+		"write -z 2M 64k",
+		"read -P 0 2M 64k",
+		"discard 4M 4M",
+		"read -P 0 4M 4M",
+		"flush")
 	fua, flushes := dev.counts()
 	if fua == 0 {
 		t.Error("write -f did not reach the device as a FUA write")
@@ -111,7 +121,7 @@ func TestQemuIOPatterns(t *testing.T) {
 		t.Error("flush did not reach the device")
 	}
 	// A pattern check that must fail proves qemu-io verifies.
-	out, _ = run(t, time.Minute, nil, "qemu-io", "-f", "raw", "-c", "read -P 0x11 0 4k", ts.url("io"))
+	out, _ := run(t, time.Minute, nil, "qemu-io", "-f", "raw", "-c", "read -P 0x11 0 4k", ts.url("io"))
 	if !strings.Contains(out, "Pattern verification failed") {
 		t.Fatalf("wrong pattern not detected:\n%s", out)
 	}
@@ -191,18 +201,14 @@ func TestQemuIOWriteInParts(t *testing.T) {
 	if err := ts.AddTarget(TargetSpec{Name: "parts", VID: 8, Device: dev}); err != nil {
 		t.Fatal(err)
 	}
-	out := mustRun(t, time.Minute, "qemu-io", "-f", "raw", "-t", "none",
-		"-c", "write -P 0x5a 0 1M",
-		"-c", "write -P 0xa5 1M 1M",
-		"-c", "write -P 0x3c 3M 1M",
-		"-c", "read -P 0x5a 0 1M",
-		"-c", "read -P 0xa5 1M 1M",
-		"-c", "read -P 0 2M 1M",
-		"-c", "read -P 0x3c 3M 1M",
-		ts.url("parts"))
-	if strings.Contains(out, "failed") || strings.Contains(out, "error") {
-		t.Fatalf("qemu-io reported a failure:\n%s", out)
-	}
+	mustQemuIO(t, ts.url("parts"),
+		"write -P 0x5a 0 1M",
+		"write -P 0xa5 1M 1M",
+		"write -P 0x3c 3M 1M",
+		"read -P 0x5a 0 1M",
+		"read -P 0xa5 1M 1M",
+		"read -P 0 2M 1M",
+		"read -P 0x3c 3M 1M")
 	parts := 0
 	for _, w := range dev.Writes() {
 		if w.Len < 1<<20 {

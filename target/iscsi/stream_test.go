@@ -3,7 +3,6 @@ package iscsi
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"testing"
 	"time"
 
@@ -30,16 +29,8 @@ func TestWriteInParts(t *testing.T) {
 			for i := range data {
 				data[i] = byte(i*7 + i>>12)
 			}
-			const itt = 99
-			var h pdu.Header
-			h.SetOpcode(pdu.OpSCSICmd)
-			h.SetFlags(pdu.FlagWrite | pdu.FlagFinal)
-			h.SetITT(itt)
-			h.SetField20(uint32(len(data)))
-			binary.BigEndian.PutUint32(h[24:], c.CmdSN)
-			c.CmdSN++
-			copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 32, 0, 0x04, 0, 0}) // WRITE(10) LBA 32, 1024 blocks
-			c.Send(&h, data[:64<<10])
+			// WRITE(10) LBA 32, 1024 blocks, the first 64 KiB as immediate data.
+			itt := c.Start([]byte{0x2a, 0, 0, 0, 0, 32, 0, 0x04, 0, 0}, false, uint32(len(data)), data[:64<<10])
 			next := uint32(64 << 10)
 			r2ts := 0
 			for {

@@ -77,15 +77,22 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
+// startLeader starts node "a" alone and waits until it leads; it returns
+// the node (closed when the test ends) and the join list for the others.
+func startLeader(t *testing.T, fw *localForwarder) (*Node, []string) {
+	t.Helper()
+	a, acfg := startNode(t, fw, t.TempDir(), "a", nil)
+	t.Cleanup(func() { a.Close() })
+	waitFor(t, "a to lead", 10*time.Second, a.IsLeader)
+	return a, []string{acfg.GossipAddr.String()}
+}
+
 func TestThreeNodesFormatCreateAndFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-node raft test")
 	}
 	fw := &localForwarder{nodes: map[netip.AddrPort]*Node{}}
-	a, acfg := startNode(t, fw, t.TempDir(), "a", nil)
-	defer a.Close()
-	waitFor(t, "a to lead", 10*time.Second, a.IsLeader)
-	join := []string{acfg.GossipAddr.String()}
+	a, join := startLeader(t, fw)
 	b, _ := startNode(t, fw, t.TempDir(), "b", join)
 	defer b.Close()
 	c, _ := startNode(t, fw, t.TempDir(), "c", join)
@@ -263,10 +270,7 @@ func TestMetaVersionRollingUpgrade(t *testing.T) {
 		t.Skip("multi-node raft test")
 	}
 	fw := &localForwarder{nodes: map[netip.AddrPort]*Node{}}
-	a, acfg := startNode(t, fw, t.TempDir(), "a", nil)
-	defer a.Close()
-	waitFor(t, "a to lead", 10*time.Second, a.IsLeader)
-	join := []string{acfg.GossipAddr.String()}
+	a, join := startLeader(t, fw)
 	// Three voters, so that metadata keeps its quorum when b goes.
 	d, _ := startNode(t, fw, t.TempDir(), "d", join)
 	defer d.Close()

@@ -520,6 +520,26 @@ func unlockRead(o *object, exclusive bool) {
 	}
 }
 
+// pinRead enters the store and locks k's object for reading with its file
+// open: the prologue of every read. unpin undoes it all.
+func (d *Disk) pinRead(ctx context.Context, k Key) (o *object, unpin func(), err error) {
+	if err := d.begin(ctx); err != nil {
+		return nil, nil, err
+	}
+	o = d.acquire(k)
+	excl, err := d.lockRead(o)
+	if err != nil {
+		d.release(o)
+		d.exit()
+		return nil, nil, err
+	}
+	return o, func() {
+		unlockRead(o, excl)
+		d.release(o)
+		d.exit()
+	}, nil
+}
+
 // markUnsynced records that o has mutations a Sync must fsync.
 func (d *Disk) markUnsynced(o *object) {
 	if d.noSync || o.unsynced.Load() {

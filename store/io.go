@@ -543,17 +543,11 @@ func (d *Disk) invalidate(o *object) {
 
 // Read implements Store.
 func (d *Disk) Read(ctx context.Context, k Key, off uint32, p []byte) error {
-	if err := d.begin(ctx); err != nil {
-		return err
-	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	excl, err := d.lockRead(o)
+	o, unpin, err := d.pinRead(ctx, k)
 	if err != nil {
 		return err
 	}
-	defer unlockRead(o, excl)
+	defer unpin()
 	if err := checkRange(k, o.h.size, off, uint64(len(p))); err != nil {
 		return err
 	}

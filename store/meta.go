@@ -62,17 +62,11 @@ func (d *Disk) Remove(ctx context.Context, k Key) error {
 
 // Stat implements Store.
 func (d *Disk) Stat(ctx context.Context, k Key) (ObjInfo, error) {
-	if err := d.begin(ctx); err != nil {
-		return ObjInfo{}, err
-	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	excl, err := d.lockRead(o)
+	o, unpin, err := d.pinRead(ctx, k)
 	if err != nil {
 		return ObjInfo{}, err
 	}
-	defer unlockRead(o, excl)
+	defer unpin()
 	return ObjInfo{Key: k, Size: o.h.size, Epoch: o.h.rec.epoch}, nil
 }
 
@@ -172,17 +166,11 @@ func (d *Disk) readHeader(path string, k Key, stale bool, epoch uint32) (header,
 
 // Hash implements Store.
 func (d *Disk) Hash(ctx context.Context, k Key) ([20]byte, error) {
-	if err := d.begin(ctx); err != nil {
-		return [20]byte{}, err
-	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	excl, err := d.lockRead(o)
+	o, unpin, err := d.pinRead(ctx, k)
 	if err != nil {
 		return [20]byte{}, err
 	}
-	defer unlockRead(o, excl)
+	defer unpin()
 	return d.hashFile(ctx, o.f, &o.h, o.sums, k, false, 0)
 }
 
@@ -211,17 +199,11 @@ func (d *Disk) hashFile(ctx context.Context, f vfs.File, h *header, sums []byte,
 // Verify implements Store. A failure lists the bad blocks in a
 // *CorruptError.
 func (d *Disk) Verify(ctx context.Context, k Key) error {
-	if err := d.begin(ctx); err != nil {
-		return err
-	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	excl, err := d.lockRead(o)
+	o, unpin, err := d.pinRead(ctx, k)
 	if err != nil {
 		return err
 	}
-	defer unlockRead(o, excl)
+	defer unpin()
 	sawPrev, err := d.verifyFile(ctx, o.f, &o.h, o.sums, k, false, 0)
 	if sawPrev {
 		o.sawPrev.Store(true)

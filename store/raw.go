@@ -48,28 +48,17 @@ func (d *Disk) ReadRaw(ctx context.Context, k Key, off, n uint32, sums []uint32)
 	if off%SumBlock != 0 || n%SumBlock != 0 {
 		return nil, sums, fmt.Errorf("store: raw read of %s at %d+%d: not whole blocks: %w", k, off, n, proto.ResInvalidParms)
 	}
-	if err := d.begin(ctx); err != nil {
-		return nil, sums, err
-	}
-	o := d.acquire(k)
-	excl, err := d.lockRead(o)
+	o, unpin, err := d.pinRead(ctx, k)
 	if err != nil {
-		d.release(o)
-		d.exit()
 		return nil, sums, err
-	}
-	done := func() {
-		unlockRead(o, excl)
-		d.release(o)
-		d.exit()
 	}
 	if err := checkRange(k, o.h.size, off, uint64(n)); err != nil {
-		done()
+		unpin()
 		return nil, sums, err
 	}
 	for b := off / SumBlock; b < (off+n)/SumBlock; b++ {
 		_, cur := pairAt(o.sums, b)
 		sums = append(sums, cur)
 	}
-	return &Raw{Src: o.f, Off: int64(o.h.dataOff) + int64(off), N: int(n), release: done}, sums, nil
+	return &Raw{Src: o.f, Off: int64(o.h.dataOff) + int64(off), N: int(n), release: unpin}, sums, nil
 }

@@ -94,15 +94,25 @@ func peerReq(op proto.Opcode, epoch uint32, k store.Key, off uint32, sync bool) 
 	return req
 }
 
+// conn is a pooled connection to the peer; failing to get one is a
+// network error (the gateway retries or picks another copy).
+func (r *remotePeer) conn(ctx context.Context) (*client.Conn, error) {
+	c, err := r.pool.Get(ctx, r.addr)
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+	}
+	return c, nil
+}
+
 func (r *remotePeer) do(ctx context.Context, req proto.Request, w, rbuf []byte) error {
 	return r.doVec(ctx, req, w, nil, rbuf)
 }
 
 // doVec sends w then tail as one payload.
 func (r *remotePeer) doVec(ctx context.Context, req proto.Request, w, tail, rbuf []byte) error {
-	c, err := r.pool.Get(ctx, r.addr)
+	c, err := r.conn(ctx)
 	if err != nil {
-		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+		return err
 	}
 	if w != nil {
 		req.Flags |= proto.FlagWrite
@@ -171,9 +181,9 @@ func (r *remotePeer) readSums(ctx context.Context, epoch uint32, k store.Key, of
 	nb := len(p) / store.SumBlock
 	req := peerReq(proto.OpReadPeerSums, epoch, k, off, false)
 	req.DataLength = uint32(len(p) + 4*nb)
-	c, err := r.pool.Get(ctx, r.addr)
+	c, err := r.conn(ctx)
 	if err != nil {
-		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+		return err
 	}
 	head := make([]byte, 4*nb)
 	rsp, got, err := c.DoHead(ctx, req, head, p)
@@ -197,9 +207,9 @@ func (r *remotePeer) readSums(ctx context.Context, epoch uint32, k store.Key, of
 func (r *remotePeer) readPlain(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {
 	req := peerReq(proto.OpReadPeer, epoch, k, off, false)
 	req.DataLength = uint32(len(p))
-	c, err := r.pool.Get(ctx, r.addr)
+	c, err := r.conn(ctx)
 	if err != nil {
-		return fmt.Errorf("peer %s: %v: %w", r.addr, err, proto.ResNetworkError)
+		return err
 	}
 	_, got, err := c.Do(ctx, req, nil, p)
 	if err != nil {

@@ -465,10 +465,13 @@ const streamUnit = 64 << 10
 // on its connection. With others in flight the round trips overlap with
 // their work already, and parts would only add per-write costs.
 func (t *task) streams(want uint32) bool {
+	if want < 2*streamUnit {
+		return false // small writes, the hot path, take no locks here
+	}
 	t.mu.Lock()
 	unsol := t.unsolLimit
 	t.mu.Unlock()
-	if want <= unsol || want < 2*streamUnit {
+	if want <= unsol {
 		return false
 	}
 	t.c.tmu.Lock()

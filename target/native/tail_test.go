@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -106,45 +105,6 @@ func TestReplyTail(t *testing.T) {
 			}
 			<-released
 		})
-	}
-}
-
-// TestSendFileUsed checks that a file tail to a TCP connection does go
-// by sendfile (the copy fallback would pass TestReplyTail as well).
-func TestSendFileUsed(t *testing.T) {
-	f, want := tailFile(t, 1<<20)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		b := make([]byte, len(want)-100)
-		io.ReadFull(c, b)
-		got <- b
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	n, err, handled := sendFile(nc, tail{src: f, off: 100, n: len(want) - 100})
-	if !handled || err != nil || n != int64(len(want)-100) {
-		t.Fatalf("sendFile: %d bytes, %v, handled %v", n, err, handled)
-	}
-	if b := <-got; !bytes.Equal(b, want[100:]) {
-		t.Fatal("the receiver got other bytes")
-	}
-	if n, _, handled := sendFile(nc, tail{src: readerOnly{f}, n: 10}); handled || n != 0 {
-		t.Fatal("sendFile handled a source without a descriptor")
 	}
 }
 

@@ -1,0 +1,108 @@
+// Package sendfile writes a range of a file to a connection with
+// sendfile(2), so the bytes go from the page cache to the socket without
+// passing through this process's memory, and copies where either end has
+// no descriptor.
+package sendfile
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrShort: the file ended before the bytes the caller asked to send.
+var ErrShort = errors.New("sendfile: source ended early")
+
+// Send writes n bytes of src from off to nc: by sendfile when both are
+// operating system descriptors, else by copying through buf (any size
+// above zero; nil allocates). The caller sets nc's write deadline. Any
+// error may leave part of the range sent.
+func Send(nc net.Conn, src io.ReaderAt, off int64, n int, buf []byte) error {
+	sent, err, handled := Try(nc, src, off, n)
+	if handled {
+		return err
+	}
+	off, n = off+sent, n-int(sent)
+	if len(buf) == 0 {
+		buf = make([]byte, min(n, 256<<10))
+	}
+	for n > 0 {
+		chunk := buf[:min(n, len(buf))]
+		if _, err := src.ReadAt(chunk, off); err != nil {
+			if err == io.EOF {
+				err = ErrShort
+			}
+			return fmt.Errorf("sendfile: read source: %w", err)
+		}
+		if _, err := nc.Write(chunk); err != nil {
+			return err
+		}
+		off, n = off+int64(len(chunk)), n-len(chunk)
+	}
+	return nil
+}
+
+// Try sends with sendfile(2) when both ends allow it. handled is false,
+// with sent bytes already gone, when the caller must copy the rest.
+func Try(nc net.Conn, src io.ReaderAt, off int64, n int) (sent int64, err error, handled bool) {
+	dst, ok := nc.(syscall.Conn)
+	if !ok {
+		return 0, nil, false
+	}
+	sc, ok := src.(syscall.Conn)
+	if !ok {
+		return 0, nil, false
+	}
+	drc, err := dst.SyscallConn()
+	if err != nil {
+		return 0, nil, false
+	}
+	srcRC, err := sc.SyscallConn()
+	if err != nil {
+		return 0, nil, false
+	}
+	left := n
+	var serr error
+	unsupported := false
+	cerr := srcRC.Control(func(sfd uintptr) {
+		err = drc.Write(func(dfd uintptr) bool {
+			for left > 0 {
+				w, e := unix.Sendfile(int(dfd), int(sfd), &off, min(left, 1<<30))
+				if w > 0 {
+					left -= w
+				}
+				switch {
+				case e == unix.EINTR:
+					continue
+				case e == unix.EAGAIN:
+					return false // wait until the socket can take more
+				case (e == unix.EINVAL || e == unix.ENOSYS) && left == n:
+					unsupported = true
+					return true
+				case e != nil:
+					serr = e
+					return true
+				case w == 0:
+					serr = ErrShort
+					return true
+				}
+			}
+			return true
+		})
+	})
+	sent = int64(n - left)
+	if unsupported {
+		return sent, nil, false
+	}
+	if cerr != nil {
+		return sent, cerr, true
+	}
+	if err == nil && serr != nil {
+		err = fmt.Errorf("sendfile: %w", serr)
+	}
+	return sent, err, true
+}

@@ -570,16 +570,9 @@ func (d *Disk) readVerify(f vfs.File, h *header, sums []byte, off uint32, p []by
 	bs := uint64(h.bs)
 	end := uint64(off) + uint64(len(p))
 	verify := func(b uint32, blk []byte) error {
-		c := crc32c.Checksum(blk)
-		prev, cur := pairAt(sums, b)
-		if c == cur {
-			return nil
-		}
-		if c == prev {
-			sawPrev = true
-			return nil
-		}
-		return &CorruptError{Key: k, Stale: stale, StaleEpoch: epoch, Offsets: []uint64{h.blockStart(b)}, Count: 1}
+		prev, err := verifyBlock(h, sums, b, blk, k, stale, epoch)
+		sawPrev = sawPrev || prev
+		return err
 	}
 	readErr := func(err error) error {
 		if err == io.EOF {
@@ -628,6 +621,21 @@ func (d *Disk) readVerify(f vfs.File, h *header, sums []byte, off uint32, p []by
 		pos = stop
 	}
 	return sawPrev, nil
+}
+
+// verifyBlock checks block b's data against its checksum pair: matching
+// only prev (the remnant of a write a crash interrupted) is reported, not
+// an error.
+func verifyBlock(h *header, sums []byte, b uint32, blk []byte, k Key, stale bool, epoch uint32) (matchedPrev bool, err error) {
+	c := crc32c.Checksum(blk)
+	prev, cur := pairAt(sums, b)
+	if c == cur {
+		return false, nil
+	}
+	if c == prev {
+		return true, nil
+	}
+	return false, &CorruptError{Key: k, Stale: stale, StaleEpoch: epoch, Offsets: []uint64{h.blockStart(b)}, Count: 1}
 }
 
 // pieceSize bounds one data write. The page cache sizes a new folio by

@@ -2,8 +2,13 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gosheep/gosheep/proto"
 )
@@ -61,4 +66,96 @@ func (d *Disk) ReadRaw(ctx context.Context, k Key, off, n uint32, sums []uint32)
 		sums = append(sums, cur)
 	}
 	return &Raw{Src: o.f, Off: int64(o.h.dataOff) + int64(off), N: int(n), release: unpin}, sums, nil
+}
+
+// PinnedReader lends out a verified range of an object, so a front end
+// can send it from the object file (sendfile) instead of copying it.
+type PinnedReader interface {
+	// ReadPinned checks every block that [off, off+n) of k touches against
+	// its checksums, as Read does, and pins the range: the object cannot
+	// change until Release. Its errors are Read's.
+	ReadPinned(ctx context.Context, k Key, off, n uint32) (*Raw, error)
+}
+
+var _ PinnedReader = (*Disk)(nil)
+
+// ReadPinned implements PinnedReader.
+func (d *Disk) ReadPinned(ctx context.Context, k Key, off, n uint32) (*Raw, error) {
+	o, unpin, err := d.pinRead(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRange(k, o.h.size, off, uint64(n)); err != nil {
+		unpin()
+		return nil, err
+	}
+	if n > 0 {
+		sawPrev, err := d.verifyInPlace(o, off, n)
+		if sawPrev {
+			o.sawPrev.Store(true)
+		}
+		if err != nil {
+			unpin()
+			return nil, err
+		}
+	}
+	return &Raw{Src: o.f, Off: int64(o.h.dataOff) + int64(off), N: int(n), release: unpin}, nil
+}
+
+// errMappedFault: reading a mapped object faulted (the file is shorter
+// than its header says, or the disk failed the read).
+var errMappedFault = errors.New("fault reading mapped object file")
+
+// verifyInPlace verifies the blocks [off, off+n) touches where they lie
+// in the page cache, through a read-only mapping, so that checking costs
+// no copy. A file without a descriptor is read into a buffer instead.
+func (d *Disk) verifyInPlace(o *object, off, n uint32) (sawPrev bool, err error) {
+	h := &o.h
+	b0, b1 := off/h.bs, (off+n-1)/h.bs
+	start, end := h.blockStart(b0), h.blockEnd(b1)
+	sc, ok := o.f.(syscall.Conn)
+	var rc syscall.RawConn
+	if ok {
+		rc, err = sc.SyscallConn()
+	}
+	if !ok || err != nil {
+		return d.readVerify(o.f, h, o.sums, off, make([]byte, n), o.key, false, 0)
+	}
+	var m []byte
+	cerr := rc.Control(func(fd uintptr) {
+		// dataOff and block starts are page-aligned, as mmap needs.
+		m, err = unix.Mmap(int(fd), int64(h.dataOff)+int64(start), int(end-start), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	})
+	if cerr == nil && err != nil {
+		cerr = err
+	}
+	if cerr != nil {
+		return false, ioError("map", o.key, cerr)
+	}
+	defer unix.Munmap(m)
+	return verifyMapped(h, o.sums, o.key, b0, b1, m)
+}
+
+// verifyMapped checks blocks b0..b1 held in m, turning a fault on the
+// mapping into an error instead of a crash.
+func verifyMapped(h *header, sums []byte, k Key, b0, b1 uint32, m []byte) (sawPrev bool, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = ioError("read", k, errMappedFault)
+		}
+	}()
+	base := h.blockStart(b0)
+	for b := b0; b <= b1; b++ {
+		s := h.blockStart(b) - base
+		prev, err := verifyBlock(h, sums, b, m[s:s+uint64(h.blockLen(b))], k, false, 0)
+		if err != nil {
+			return sawPrev, err
+		}
+		sawPrev = sawPrev || prev
+	}
+	return sawPrev, nil
 }

@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store/errorfs"
+	"github.com/gosheep/gosheep/store/vfs"
 )
 
 func TestReadRaw(t *testing.T) {
@@ -76,5 +80,150 @@ func TestReadRaw(t *testing.T) {
 	d.Close()
 	if _, _, err := d.ReadRaw(ctx, k, 0, 4096, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("closed store: %v", err)
+	}
+}
+
+func TestReadPinned(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	k := ReplicaKey(proto.OID(7))
+	const size = 1 << 20
+	data := pattern(5, 64<<10)
+	mustCreate(t, d, k, size, 8192, data) // blocks before and after are holes
+	whole := make([]byte, size)
+	copy(whole[8192:], data)
+	dataOff := int64(dataOffFor(size, blockSize))
+
+	for _, c := range []struct{ off, n uint32 }{{0, size}, {8192, 4096}, {8192 + 100, 5000}, {512 << 10, 8192}, {4096, 0}} {
+		raw, err := d.ReadPinned(ctx, k, c.off, c.n)
+		if err != nil {
+			t.Fatalf("%d+%d: %v", c.off, c.n, err)
+		}
+		if _, ok := raw.Src.(syscall.Conn); !ok {
+			t.Fatal("an OS file's source has no descriptor for sendfile")
+		}
+		if raw.N != int(c.n) || raw.Off != dataOff+int64(c.off) {
+			t.Fatalf("%d+%d: lent %d bytes at %d", c.off, c.n, raw.N, raw.Off)
+		}
+		got := make([]byte, raw.N)
+		if _, err := raw.Src.ReadAt(got, raw.Off); err != nil || !bytes.Equal(got, whole[c.off:c.off+c.n]) {
+			t.Fatalf("%d+%d: source holds other bytes (%v)", c.off, c.n, err)
+		}
+		raw.Release()
+	}
+
+	// A torn write's remnant (the block holds what its prev checksum
+	// says) is data, as for Read.
+	if err := d.Write(ctx, k, 16384, pattern(6, 4096), WriteOpts{Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	writeAt(t, objFile(dir, k), dataOff+16384, data[16384-8192:16384-8192+4096])
+	if raw, err := d.ReadPinned(ctx, k, 16384, 4096); err != nil {
+		t.Fatalf("block matching its prev checksum: %v", err)
+	} else {
+		raw.Release()
+	}
+
+	// Rot anywhere in a touched block fails the read, even when the range
+	// covers only part of that block.
+	flipByte(t, objFile(dir, k), dataOff+8192+4000)
+	for _, c := range []struct{ off, n uint32 }{{8192, 4096}, {0, size}, {8192 + 4090, 10}} {
+		raw, err := d.ReadPinned(ctx, k, c.off, c.n)
+		if raw != nil || !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%d+%d over a rotten block: %v, want ErrCorrupt", c.off, c.n, err)
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		k      Key
+		off, n uint32
+		want   error
+	}{
+		{"beyond the end", k, size - 4096, 8192, ErrOutOfRange},
+		{"missing object", ReplicaKey(proto.OID(8)), 0, 4096, ErrNotFound},
+	} {
+		if raw, err := d.ReadPinned(ctx, c.k, c.off, c.n); raw != nil || !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+
+	// A pinned range holds off writers until Release.
+	raw, err := d.ReadPinned(ctx, k, 65536, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Write(ctx, k, 65536, pattern(7, 4096), WriteOpts{Epoch: 1}) }()
+	select {
+	case err := <-done:
+		t.Fatalf("write finished while the range was pinned: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	raw.Release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReadPinnedTruncated: a file cut short under the store is an error
+// (the mapping faults), never a crash.
+func TestReadPinnedTruncated(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true})
+	k := ReplicaKey(proto.OID(9))
+	const size = 1 << 20
+	mustCreate(t, d, k, size, 0, pattern(8, size))
+	if err := os.Truncate(objFile(dir, k), int64(dataOffFor(size, blockSize))+4096); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := d.ReadPinned(ctx, k, 0, 64<<10)
+	if raw != nil || !errors.Is(err, errMappedFault) {
+		t.Fatalf("read past the end of a truncated file: %v, want a mapping fault", err)
+	}
+	// Nothing is left pinned.
+	if err := d.Remove(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReadPinnedNoDescriptor: a file system without descriptors is
+// verified through a buffer, with the same answers.
+func TestReadPinnedNoDescriptor(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	d := openT(t, dir, Options{NoSync: true, FS: errorfs.Wrap(vfs.Default(), errorfs.InjectorFunc(func(errorfs.Op) error { return nil }))})
+	k := ReplicaKey(proto.OID(10))
+	const size = 256 << 10
+	want := pattern(9, size)
+	mustCreate(t, d, k, size, 0, want)
+	raw, err := d.ReadPinned(ctx, k, 4096, 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := raw.Src.(syscall.Conn); ok {
+		t.Fatal("the wrapped file has a descriptor: this test needs one without")
+	}
+	got := make([]byte, raw.N)
+	if _, err := raw.Src.ReadAt(got, raw.Off); err != nil || !bytes.Equal(got, want[4096:4096+8192]) {
+		t.Fatalf("source holds other bytes (%v)", err)
+	}
+	raw.Release()
+	flipByte(t, objFile(dir, k), int64(dataOffFor(size, blockSize))+4096)
+	if raw, err := d.ReadPinned(ctx, k, 4096, 8192); raw != nil || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("rotten block: %v, want ErrCorrupt", err)
+	}
+}
+
+func writeAt(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
 	}
 }

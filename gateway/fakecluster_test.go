@@ -279,6 +279,13 @@ func (p *fakePeer) Read(ctx context.Context, epoch uint32, k store.Key, off uint
 	return p.n.st.Read(ctx, k, off, b)
 }
 
+func (p *fakePeer) ReadPinned(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error) {
+	if err := p.check(ctx, epoch, "read", k); err != nil {
+		return nil, err
+	}
+	return p.n.st.ReadPinned(ctx, k, off, n)
+}
+
 func (p *fakePeer) Remove(ctx context.Context, epoch uint32, k store.Key) error {
 	if err := p.check(ctx, epoch, "remove", k); err != nil {
 		return err

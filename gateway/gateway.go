@@ -517,6 +517,48 @@ func (g *Gateway) Read(ctx context.Context, o Object, off uint32, p []byte) erro
 	})
 }
 
+// ErrNotLocal: this node holds no copy of the object that it can lend
+// (ReadPinned); read it with Read.
+var ErrNotLocal = errors.New("gateway: no local copy to lend")
+
+// PinnedPeer is a Peer that can lend a verified, pinned range of its copy
+// (store.PinnedReader): this node's own store.
+type PinnedPeer interface {
+	ReadPinned(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error)
+}
+
+// ReadPinned lends [off, off+n) of a replicated object from this node's
+// copy, verified and pinned, for the caller to send without copying it
+// and then Release. It makes one attempt: ErrNotLocal when this node
+// holds no copy (or the object is erasure coded), and any other error (a
+// rotten or missing copy, no view yet) is for the caller to answer with
+// Read, which tries every copy and repairs.
+func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*store.Raw, error) {
+	if err := checkRange(o, off, int(n)); err != nil {
+		return nil, err
+	}
+	v := g.cfg.Views.View()
+	if o.Red.IsEC() || v == nil {
+		return nil, ErrNotLocal
+	}
+	var tb tbuf
+	ts, err := targetsInto(tb[:0], v, o)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range ts {
+		if t.ID != g.cfg.Self {
+			continue
+		}
+		pp, ok := g.cfg.Peers.Peer(t).(PinnedPeer)
+		if !ok {
+			break
+		}
+		return pp.ReadPinned(ctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
+	}
+	return nil, ErrNotLocal
+}
+
 // readOrder puts the local copy first, then the rest in random order.
 func readOrder(out, ts []placement.Node, self string) []placement.Node {
 	for _, n := range ts {

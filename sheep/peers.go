@@ -60,6 +60,20 @@ func (l *localPeer) Read(ctx context.Context, epoch uint32, k store.Key, off uin
 	return l.h.guarded(ctx, k, func() error { return l.h.store.Read(ctx, k, off, p) })
 }
 
+// ReadPinned implements gateway.PinnedPeer when the store can lend.
+func (l *localPeer) ReadPinned(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error) {
+	pr, ok := l.h.store.(store.PinnedReader)
+	if !ok {
+		return nil, gateway.ErrNotLocal
+	}
+	var raw *store.Raw
+	err := l.h.guarded(ctx, k, func() (err error) {
+		raw, err = pr.ReadPinned(ctx, k, off, n)
+		return err
+	})
+	return raw, err
+}
+
 func (l *localPeer) Remove(ctx context.Context, epoch uint32, k store.Key) error {
 	return l.h.guarded(ctx, k, func() error { return l.h.store.Remove(ctx, k) })
 }

@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
+)
+
+// TestReadPinned: a node lends a verified range of its own copy and says
+// ErrNotLocal where it holds none; a rotten local copy is an error for
+// the caller to answer with Read, which reads another copy and repairs.
+func TestReadPinned(t *testing.T) {
+	ctx := context.Background()
+	c := newFakeCluster(t, 4)
+	o := Object{OID: proto.DataOID(7, 1), Red: proto.Redundancy{Copies: 2}, Size: testObjSize}
+	data := randBytes(11, testObjSize)
+	if err := c.nodes[0].gw.Create(ctx, o, 0, data, false); err != nil {
+		t.Fatal(err)
+	}
+	holders := map[*fakeNode]bool{c.holder(o, 0): true, c.holder(o, 1): true}
+	const off, n = 8192, 16 << 10
+	for _, fn := range c.nodes {
+		raw, err := fn.gw.ReadPinned(ctx, o, off, n)
+		if !holders[fn] {
+			if raw != nil || !errors.Is(err, ErrNotLocal) {
+				t.Fatalf("%s holds no copy: %v, want ErrNotLocal", fn.n.ID, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", fn.n.ID, err)
+		}
+		got := make([]byte, raw.N)
+		if _, err := raw.Src.ReadAt(got, raw.Off); err != nil || !bytes.Equal(got, data[off:off+n]) {
+			t.Fatalf("%s lent other bytes (%v)", fn.n.ID, err)
+		}
+		raw.Release()
+	}
+
+	if _, err := c.nodes[0].gw.ReadPinned(ctx, o, testObjSize-4096, 8192); err == nil {
+		t.Fatal("a range beyond the object was lent")
+	}
+
+	h := c.holder(o, 0)
+	c.corrupt(h, key(o, 0), off+100)
+	if raw, err := h.gw.ReadPinned(ctx, o, off, n); raw != nil || !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("rotten local copy: %v, want ErrCorrupt", err)
+	}
+	got := make([]byte, n)
+	if err := h.gw.Read(ctx, o, off, got); err != nil || !bytes.Equal(got, data[off:off+n]) {
+		t.Fatalf("Read after a failed lend: %v", err)
+	}
+	// The read repaired the local copy (in the background): it lends again.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		raw, err := h.gw.ReadPinned(ctx, o, off, n)
+		if err == nil {
+			raw.Release()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lend after repair: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	ec := Object{OID: proto.DataOID(7, 2), Red: proto.Redundancy{Copies: 3, Data: 2, Parity: 1}, Size: testObjSize}
+	if err := c.nodes[0].gw.Create(ctx, ec, 0, data, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, fn := range c.nodes {
+		if raw, err := fn.gw.ReadPinned(ctx, ec, 0, 4096); raw != nil || !errors.Is(err, ErrNotLocal) {
+			t.Fatalf("erasure-coded object on %s: %v, want ErrNotLocal", fn.n.ID, err)
+		}
+	}
+}

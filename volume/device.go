@@ -5,8 +5,10 @@ package volume
 
 import (
 	"context"
+	"errors"
 
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
 )
 
 // Sentinel errors for device I/O.
@@ -33,6 +35,23 @@ type PartWriter interface {
 	// write's fixed costs on every copy, and erasure coding would
 	// re-encode partial stripes.
 	WritesInParts() bool
+}
+
+// Lent is a verified range of a device lent out of this node's store:
+// its bytes are Src[Off, Off+N), unchanged until Release.
+type Lent = store.Raw
+
+// ErrNotLent: the range cannot be lent (a hole, more than one object, no
+// copy on this node, erasure coding); read it with ReadAt.
+var ErrNotLent = errors.New("volume: range not lendable")
+
+// Lender is implemented by devices that can lend a read out of this
+// node's copy instead of copying it, so a front end can send it with
+// sendfile.
+type Lender interface {
+	// ReadLent lends [off, off+n). On any error the caller reads with
+	// ReadAt, which tries every copy and repairs.
+	ReadLent(ctx context.Context, off, n uint64) (*Lent, error)
 }
 
 // Device is a block device. Offsets and lengths are in bytes; callers keep

@@ -11,6 +11,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/gosheep/gosheep/store"
 )
 
 // Objects is the object I/O the volume layer needs (the gateway).
@@ -27,6 +28,13 @@ type Objects interface {
 	Discard(ctx context.Context, o gateway.Object, sync bool) error
 	Remove(ctx context.Context, o gateway.Object) error
 	Flush(ctx context.Context) error
+}
+
+// PinnedObjects is implemented by Objects that can lend a verified range
+// of this node's copy of an object (gateway.Gateway.ReadPinned); devices
+// then implement Lender.
+type PinnedObjects interface {
+	ReadPinned(ctx context.Context, o gateway.Object, off, n uint32) (*store.Raw, error)
 }
 
 // Meta is the cluster metadata the volume layer needs.

@@ -261,6 +261,33 @@ func (d *vdev) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	})
 }
 
+// ReadLent implements Lender for a range inside one allocated object.
+func (d *vdev) ReadLent(ctx context.Context, off, n uint64) (*Lent, error) {
+	po, ok := d.m.cfg.Objects.(PinnedObjects)
+	if !ok || n == 0 {
+		return nil, ErrNotLent
+	}
+	d.gate.RLock()
+	defer d.gate.RUnlock()
+	v, err := d.begin(ctx, off, n)
+	if err != nil {
+		return nil, err
+	}
+	ps := pieces(off, n, v.ObjectSize(), v.ObjectSize())
+	if len(ps) != 1 {
+		return nil, ErrNotLent
+	}
+	if err := d.revalidate(ctx, &v, ps); err != nil {
+		return nil, err
+	}
+	pc := ps[0]
+	owner := d.owner(pc.idx)
+	if owner == 0 {
+		return nil, ErrNotLent
+	}
+	return po.ReadPinned(ctx, dataObject(&v, owner, pc.idx), pc.inner, pc.n)
+}
+
 func (d *vdev) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
 	if d.snapshot {
 		return ErrReadOnly

@@ -152,8 +152,15 @@ func (f *fsmMeta) Everywhere(context.Context, uint64) {}
 
 func setup(t *testing.T) (*Manager, *memObjects) {
 	t.Helper()
-	meta := &fsmMeta{fsm: cluster.NewFSM()}
 	objs := newMemObjects()
+	return setupWith(t, objs), objs
+}
+
+// setupWith formats a one-member cluster (one copy, 1 MiB objects) whose
+// volumes keep their objects in objs.
+func setupWith(t *testing.T, objs Objects) *Manager {
+	t.Helper()
+	meta := &fsmMeta{fsm: cluster.NewFSM()}
 	m := NewManager(Config{Meta: meta, Objects: objs})
 	meta.fsm.Watch(func(old, cur *cluster.State, c *cluster.Command, r *cluster.Result) { m.Changed(old, cur) })
 	r, _ := meta.Propose(context.Background(), &cluster.Command{Op: cluster.CmdFormat,
@@ -161,7 +168,7 @@ func setup(t *testing.T) (*Manager, *memObjects) {
 	if r.Err() != nil {
 		t.Fatal(r.Err())
 	}
-	return m, objs
+	return m
 }
 
 func random(n int) []byte {

@@ -128,6 +128,9 @@ type object struct {
 
 	sawPrev  atomic.Bool // a reader found data matching only prev: scrub
 	unsynced atomic.Bool // mutated since the last fsync
+	// mapped is a read-only mapping of f's data area, made by the first
+	// ReadPinned and unmapped (under mu.Lock) before f closes.
+	mapped atomic.Pointer[[]byte]
 }
 
 var _ Store = (*Disk)(nil)
@@ -397,6 +400,7 @@ func (d *Disk) closeFileLocked(o *object, clean bool) error {
 		d.account(o.key, false, 0, info.Alloc-o.alloc, 0)
 		o.alloc = info.Alloc
 	}
+	unmap(o)
 	if cerr := o.f.Close(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}

@@ -107,33 +107,61 @@ func (d *Disk) ReadPinned(ctx context.Context, k Key, off, n uint32) (*Raw, erro
 var errMappedFault = errors.New("fault reading mapped object file")
 
 // verifyInPlace verifies the blocks [off, off+n) touches where they lie
-// in the page cache, through a read-only mapping, so that checking costs
-// no copy. A file without a descriptor is read into a buffer instead.
+// in the page cache, through a read-only mapping of the file kept while
+// it is open, so that checking costs no copy and no mapping per read. A
+// file without a descriptor is read into a buffer instead.
 func (d *Disk) verifyInPlace(o *object, off, n uint32) (sawPrev bool, err error) {
 	h := &o.h
-	b0, b1 := off/h.bs, (off+n-1)/h.bs
-	start, end := h.blockStart(b0), h.blockEnd(b1)
-	sc, ok := o.f.(syscall.Conn)
-	var rc syscall.RawConn
-	if ok {
-		rc, err = sc.SyscallConn()
+	m, ok, err := mapData(o)
+	if err != nil {
+		return false, ioError("map", o.key, err)
 	}
-	if !ok || err != nil {
+	if !ok {
 		return d.readVerify(o.f, h, o.sums, off, make([]byte, n), o.key, false, 0)
 	}
-	var m []byte
+	b0, b1 := off/h.bs, (off+n-1)/h.bs
+	return verifyMapped(h, o.sums, o.key, b0, b1, m[h.blockStart(b0):h.blockEnd(b1)])
+}
+
+// mapData returns o's data area mapped read-only (o.mu held, at least
+// for reading), mapping it on first use. ok is false for a file without a
+// descriptor.
+func mapData(o *object) (m []byte, ok bool, err error) {
+	if p := o.mapped.Load(); p != nil {
+		return *p, true, nil
+	}
+	sc, ok := o.f.(syscall.Conn)
+	if !ok {
+		return nil, false, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, false, nil
+	}
 	cerr := rc.Control(func(fd uintptr) {
-		// dataOff and block starts are page-aligned, as mmap needs.
-		m, err = unix.Mmap(int(fd), int64(h.dataOff)+int64(start), int(end-start), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+		// dataOff is page-aligned, as mmap needs. No MAP_POPULATE: a
+		// lend faults in only the pages it touches.
+		m, err = unix.Mmap(int(fd), int64(o.h.dataOff), int(o.h.size), unix.PROT_READ, unix.MAP_SHARED)
 	})
-	if cerr == nil && err != nil {
-		cerr = err
-	}
 	if cerr != nil {
-		return false, ioError("map", o.key, cerr)
+		return nil, false, cerr
 	}
-	defer unix.Munmap(m)
-	return verifyMapped(h, o.sums, o.key, b0, b1, m)
+	if err != nil {
+		return nil, false, err
+	}
+	if !o.mapped.CompareAndSwap(nil, &m) {
+		unix.Munmap(m) // another reader mapped it first
+		return *o.mapped.Load(), true, nil
+	}
+	return m, true, nil
+}
+
+// unmap drops o's mapping before its file closes (o.mu held for writing,
+// so no reader is using it).
+func unmap(o *object) {
+	if p := o.mapped.Swap(nil); p != nil {
+		unix.Munmap(*p)
+	}
 }
 
 // verifyMapped checks blocks b0..b1 held in m, turning a fault on the

@@ -227,3 +227,41 @@ func writeAt(t *testing.T, path string, off int64, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestReadPinnedMappingLifetime: the mapping a lend keeps follows the
+// object's file: a replaced object, or one closed by the open-file cache
+// and reopened, is verified against its current file.
+func TestReadPinnedMappingLifetime(t *testing.T) {
+	ctx := context.Background()
+	d := openT(t, t.TempDir(), Options{NoSync: true, MaxOpenFiles: 1})
+	const size = 256 << 10
+	ka, kb := ReplicaKey(proto.OID(11)), ReplicaKey(proto.OID(12))
+	check := func(k Key, want []byte) {
+		t.Helper()
+		raw, err := d.ReadPinned(ctx, k, 0, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Release()
+		got := make([]byte, raw.N)
+		if _, err := raw.Src.ReadAt(got, raw.Off); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%v: lent other bytes (%v)", k, err)
+		}
+	}
+	a1, b1 := pattern(12, size), pattern(13, size)
+	mustCreate(t, d, ka, size, 0, a1)
+	check(ka, a1)
+	a2 := pattern(14, size)
+	mustCreate(t, d, ka, size, 0, a2) // replaces the file
+	check(ka, a2)
+	for range 3 { // one open file: each lend closes the other object
+		mustCreate(t, d, kb, size, 0, b1)
+		check(kb, b1)
+		check(ka, a2)
+	}
+	if err := d.Write(ctx, ka, 4096, b1[:8192], WriteOpts{Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	copy(a2[4096:], b1[:8192])
+	check(ka, a2)
+}

@@ -38,6 +38,12 @@ type Raw struct {
 	release func()
 }
 
+// NewRaw is a Raw for lenders outside this store (test devices): release
+// runs once, at the first Release.
+func NewRaw(src io.ReaderAt, off int64, n int, release func()) *Raw {
+	return &Raw{Src: src, Off: off, N: n, release: release}
+}
+
 // Release unpins the range; Src must not be used after it. Idempotent.
 func (r *Raw) Release() {
 	if r.release != nil {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/sendfile"
 	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/target/internal/serve"
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
@@ -327,6 +328,28 @@ func (c *conn) write(fn func() error) error {
 // writePDU writes one PDU (under c.wmu). withStatus assigns the next
 // StatSN and fills ExpCmdSN/MaxCmdSN.
 func (c *conn) writePDU(h *pdu.Header, data []byte, withStatus bool) error {
+	c.stamp(h, withStatus)
+	return c.bw.WritePDU(h, data, c.lim.HeaderDigest, c.lim.DataDigest)
+}
+
+// writePDUFile writes one PDU (under c.wmu) whose n bytes of data are
+// src's from off, sent by sendfile where the connection allows it.
+// There is no data digest: callers send such PDUs only without one.
+func (c *conn) writePDUFile(h *pdu.Header, src io.ReaderAt, off int64, n uint32, withStatus bool) error {
+	c.stamp(h, withStatus)
+	return c.bw.WritePDUFrom(h, n, c.lim.HeaderDigest, func() error {
+		sent, err, handled := sendfile.Try(c.nc, src, off, int(n))
+		if handled {
+			return err
+		}
+		b := c.srv.bufs.get(min(int(n)-int(sent), 256<<10))
+		defer c.srv.bufs.put(b)
+		return sendfile.Send(c.nc, src, off+sent, int(n)-int(sent), b)
+	})
+}
+
+// stamp fills h's sequence numbers; withStatus assigns the next StatSN.
+func (c *conn) stamp(h *pdu.Header, withStatus bool) {
 	if withStatus {
 		h.SetStatSN(c.statSN)
 		c.statSN++
@@ -338,7 +361,6 @@ func (c *conn) writePDU(h *pdu.Header, data []byte, withStatus bool) error {
 		h.SetExpCmdSN(exp)
 		h.SetMaxCmdSN(maxSN)
 	}
-	return c.bw.WritePDU(h, data, c.lim.HeaderDigest, c.lim.DataDigest)
 }
 
 func (c *conn) sendReject(reason byte, bad *pdu.Header) error {

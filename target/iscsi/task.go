@@ -9,6 +9,7 @@ import (
 
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
+	"github.com/gosheep/gosheep/volume"
 )
 
 // maxImmediateTasks bounds immediate commands (outside the CmdSN window)
@@ -39,9 +40,10 @@ type task struct {
 	pieces     [][]byte // Data-Out before collect: pooled buffers, in order
 	buf        []byte   // pooled, allocated once the command knows its length
 	want       uint32
-	reading    bool   // the reader is filling buf outside mu
-	freed      bool   // run is over: buf belongs to whoever clears reading
-	dataIn     []byte // pooled Data-In buffer of a read
+	reading    bool         // the reader is filling buf outside mu
+	freed      bool         // run is over: buf belongs to whoever clears reading
+	dataIn     []byte       // pooled Data-In buffer of a read
+	lent       *volume.Lent // a read's data lent by the store
 	r2ts       []*r2t
 	nextR2TOff uint32
 	r2tSN      uint32
@@ -97,7 +99,7 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 	if len(c.tasks) >= se.window+maxImmediateTasks {
 		// Immediate commands bypass the CmdSN window; bound them.
 		c.tmu.Unlock()
-		t.sendStatus(scsi.Result{Status: scsi.StatusTaskSetFull}, nil, 0, 0)
+		t.sendStatus(scsi.Result{Status: scsi.StatusTaskSetFull}, 0, 0)
 		t.abort()
 		return nil
 	}
@@ -274,6 +276,10 @@ func (t *task) release() {
 		bufs.put(t.dataIn)
 		t.dataIn = nil
 	}
+	if t.lent != nil {
+		t.lent.Release()
+		t.lent = nil
+	}
 }
 
 func (t *task) kick() {
@@ -352,7 +358,7 @@ func (t *task) run() {
 			}
 			if !ok {
 				flags, count := residual(expOut, spdtlOut)
-				t.sendStatus(cmd.OutMismatch(), nil, flags, count)
+				t.sendStatus(cmd.OutMismatch(), flags, count)
 				t.metrics(name, 0, start, errRejected)
 				return
 			}
@@ -381,16 +387,24 @@ func (t *task) run() {
 			}
 			if err != nil {
 				res = scsi.Aborted()
-				t.sendStatus(res, nil, 0, 0)
+				t.sendStatus(res, 0, 0)
 				t.metrics(name, 0, start, err)
 				return
 			}
 		}
 		cmd.DataIn = t.allocDataIn
+		// Lent data goes by sendfile, which a data digest would have to
+		// read after all.
+		cmd.Lend = !c.lim.DataDigest
 		if ws != nil {
 			res = ws.Finish(t.ctx, out)
 		} else {
 			res = cmd.Execute(t.ctx, out)
+		}
+		if res.Lent != nil {
+			t.mu.Lock()
+			t.lent = res.Lent // released with the task's buffers
+			t.mu.Unlock()
 		}
 		if t.ctx.Err() != nil {
 			return // aborted: no status
@@ -401,23 +415,29 @@ func (t *task) run() {
 	var flags byte
 	var count uint32
 	data := res.Data
-	if len(data) > 0 {
+	if n := uint32(res.DataLen()); n > 0 {
 		expIn := uint32(0)
 		if t.read {
 			expIn = t.edtl
 		}
-		flags, count = residual(expIn, uint32(len(data)))
-		if uint32(len(data)) > expIn {
-			data = data[:expIn]
+		flags, count = residual(expIn, n)
+		if n > expIn {
+			if res.Lent != nil {
+				res.Lent.N = int(expIn)
+			} else {
+				data = data[:expIn]
+			}
+			n = expIn
 		}
-		inSent = uint32(len(data))
+		inSent = n
 		bytes += int(inSent)
 	} else if t.write {
 		flags, count = residual(t.edtl, spdtlOut)
 	} else if t.read {
 		flags, count = residual(t.edtl, 0)
 	}
-	t.sendStatus(res, data, flags, count)
+	res.Data = data
+	t.sendStatus(res, flags, count)
 	var err error
 	if res.Status != scsi.StatusGood {
 		err = errCheckCondition
@@ -587,9 +607,9 @@ func (t *task) collect(want uint32, ws *scsi.WriteStream) ([]byte, error) {
 	}
 }
 
-// sendStatus sends Data-In (status in the last one when possible) and,
-// when needed, a SCSI Response.
-func (t *task) sendStatus(res scsi.Result, data []byte, rflags byte, resid uint32) {
+// sendStatus sends the result's data as Data-In (status in the last one
+// when possible) and, when needed, a SCSI Response.
+func (t *task) sendStatus(res scsi.Result, rflags byte, resid uint32) {
 	c := t.c
 	se := c.sess
 	t.mu.Lock()
@@ -611,13 +631,14 @@ func (t *task) sendStatus(res scsi.Result, data []byte, rflags byte, resid uint3
 	c.write(func() error {
 		dataSN := uint32(0)
 		statusInData := res.Status == scsi.StatusGood && len(res.Sense) == 0
-		for off := uint32(0); off < uint32(len(data)); {
-			n := min(maxSeg, uint32(len(data))-off)
+		total := uint32(res.DataLen())
+		for off := uint32(0); off < total; {
+			n := min(maxSeg, total-off)
 			// Each sequence (burst) ends on a MaxBurstLength boundary.
 			if b := burst - off%burst; n > b {
 				n = b
 			}
-			last := off+n == uint32(len(data))
+			last := off+n == total
 			var h pdu.Header
 			h.SetOpcode(pdu.OpDataIn)
 			f := byte(0)
@@ -637,7 +658,13 @@ func (t *task) sendStatus(res scsi.Result, data []byte, rflags byte, resid uint3
 			h.SetDataSN(dataSN)
 			h.SetBufferOffset(off)
 			dataSN++
-			if err := c.writePDU(&h, data[off:off+n], withStatus); err != nil {
+			var err error
+			if l := res.Lent; l != nil {
+				err = c.writePDUFile(&h, l.Src, l.Off+int64(off), n, withStatus)
+			} else {
+				err = c.writePDU(&h, res.Data[off:off+n], withStatus)
+			}
+			if err != nil {
 				return err
 			}
 			off += n

@@ -66,6 +66,27 @@ func (w *Writer) WritePDU(h *Header, data []byte, headerDigest, dataDigest bool)
 	return err
 }
 
+// WritePDUFrom writes h with a data segment of n bytes that send writes
+// straight to the connection (sendfile): h, its digest and everything
+// buffered are flushed first, then send runs, then the padding is queued.
+// There is no data digest: the bytes never pass through here.
+func (w *Writer) WritePDUFrom(h *Header, n uint32, headerDigest bool, send func() error) error {
+	h.SetDataLen(n)
+	h[4] = 0 // we never send AHS
+	w.buf = append(w.buf, h[:]...)
+	if headerDigest {
+		w.buf = binary.LittleEndian.AppendUint32(w.buf, CRC32C(h[:]))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := send(); err != nil {
+		return err
+	}
+	w.buf = append(w.buf, zeros[:pad4(n)]...)
+	return nil
+}
+
 func (w *Writer) maybeFlush() error {
 	if len(w.buf) >= w.flushAt {
 		return w.Flush()

@@ -233,6 +233,10 @@ type Cmd struct {
 	// (Result.Data); the transport recycles it once the data is sent.
 	// Its contents are arbitrary: the read overwrites all of it.
 	DataIn func(n int) []byte
+	// Lend, when set, lets a large read return its data as Result.Lent, a
+	// verified range of the store's file that the transport sends with
+	// sendfile and then releases, when the device can lend it.
+	Lend bool
 	// parsed by prep for block commands
 	lba uint64
 	n   uint32

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+
+	"github.com/gosheep/gosheep/volume"
 )
 
 type ctxT = context.Context
@@ -117,8 +119,15 @@ func execRead(ctx ctxT, c *Cmd, _ []byte) Result {
 	if c.n == 0 {
 		return good(nil)
 	}
+	n := uint64(c.n) * c.lu.bs
+	if l, ok := c.lu.dev.(volume.Lender); ok && c.Lend && n >= lendMin {
+		// Any failure (a hole, no copy here, rot) is ReadAt's to handle.
+		if lent, err := l.ReadLent(ctx, c.lba*c.lu.bs, n); err == nil {
+			return Result{Status: StatusGood, Lent: lent}
+		}
+	}
 	var buf []byte
-	if n := uint64(c.n) * c.lu.bs; c.DataIn != nil {
+	if c.DataIn != nil {
 		buf = c.DataIn(int(n))
 	} else {
 		buf = make([]byte, n)
@@ -128,6 +137,11 @@ func execRead(ctx ctxT, c *Cmd, _ []byte) Result {
 	}
 	return good(buf)
 }
+
+// lendMin is the smallest read worth lending: below it mapping the range
+// to verify it, and a second write per Data-In PDU, cost more than the
+// copies sendfile saves.
+const lendMin = 64 << 10
 
 func execWrite(ctx ctxT, c *Cmd, out []byte) Result {
 	if c.n == 0 {

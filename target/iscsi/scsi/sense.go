@@ -118,6 +118,17 @@ type Result struct {
 	Status byte
 	Sense  []byte
 	Data   []byte
+	// Lent, instead of Data, is a read's data lent from the store (see
+	// Cmd.Lend): the transport sends it and releases it.
+	Lent *volume.Lent
+}
+
+// DataLen is the length of the data the result carries.
+func (r *Result) DataLen() int {
+	if r.Lent != nil {
+		return r.Lent.N
+	}
+	return len(r.Data)
 }
 
 func good(data []byte) Result { return Result{Status: StatusGood, Data: data} }

@@ -338,6 +338,8 @@ func (c *conn) writePDU(h *pdu.Header, data []byte, withStatus bool) error {
 func (c *conn) writePDUFile(h *pdu.Header, src io.ReaderAt, off int64, n uint32, withStatus bool) error {
 	c.stamp(h, withStatus)
 	return c.bw.WritePDUFrom(h, n, c.lim.HeaderDigest, func() error {
+		// The next c.write sets its own deadline again.
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.LendTimeout))
 		sent, err, handled := sendfile.Try(c.nc, src, off, int(n))
 		if handled {
 			return err

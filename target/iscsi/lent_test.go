@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -163,5 +165,38 @@ func TestReadLentDigests(t *testing.T) {
 			}
 			waitReleased(t, dev)
 		})
+	}
+}
+
+// TestLendTimeout: an initiator that stops reading a lent read loses its
+// connection after LendTimeout, and the lend (which pins the store) is
+// released then, not after the whole WriteTimeout.
+func TestLendTimeout(t *testing.T) {
+	mem := voltest.NewMemDevice(64<<20, 4<<20)
+	dev := &voltest.LendingDevice{Device: mem, Dir: t.TempDir()}
+	ts := startServer(t, Config{LendTimeout: 200 * time.Millisecond})
+	if err := ts.AddTarget(TargetSpec{Name: "l", VID: 9, Device: dev}); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, ts.addr)
+	c.LoginNormal(IQN("l"), "MaxRecvDataSegmentLength=262144")
+	c.DrainUA()
+	// 32 MiB, more than the socket buffers hold, and never read.
+	c.Start(read10(0, 65535), true, 65535*512, nil)
+	start := time.Now()
+	deadline := start.Add(10 * time.Second)
+	for dev.Lends() == 0 || dev.Releases() != dev.Lends() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lends, %d released after %v", dev.Lends(), dev.Releases(), time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("released after %v", el)
+	}
+	// The connection is gone.
+	c.NC.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c.NC); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("connection not closed")
 	}
 }

@@ -64,6 +64,11 @@ type Config struct {
 	LoginTimeout time.Duration
 	// WriteTimeout bounds one write to an initiator (default 60 s).
 	WriteTimeout time.Duration
+	// LendTimeout bounds sending one Data-In segment of data lent by the
+	// store (default 10 s, at most WriteTimeout): the lend pins its
+	// object against writers, so an initiator that stops reading loses
+	// its connection sooner.
+	LendTimeout time.Duration
 	Recorder     metrics.Recorder
 	Logger       *slog.Logger
 	// PortID names this target port (the node) in I_T nexus IDs, which
@@ -113,6 +118,10 @@ func (c *Config) fill() {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 60 * time.Second
 	}
+	if c.LendTimeout <= 0 {
+		c.LendTimeout = 10 * time.Second
+	}
+	c.LendTimeout = min(c.LendTimeout, c.WriteTimeout)
 	if c.Recorder == nil {
 		c.Recorder = metrics.Nop{}
 	}

@@ -66,6 +66,10 @@ type Config struct {
 	// HandshakeTimeout bounds the wait for each option during negotiation
 	// (default 30 s). The transmission phase has no idle timeout.
 	HandshakeTimeout time.Duration
+	// LendTimeout bounds sending a read's data lent by the store (default
+	// 10 s): the lend pins its object against writers, so a client that
+	// stops reading loses its connection instead.
+	LendTimeout time.Duration
 }
 
 const (
@@ -73,6 +77,7 @@ const (
 	defaultInflight   = 64
 	defaultInflightB  = 64 << 20
 	defaultHandshake  = 30 * time.Second
+	defaultLend       = 10 * time.Second
 	// drainLimit is the largest oversized WRITE payload read and thrown
 	// away so the connection survives; the protocol says payloads up to
 	// 32 MiB must not be treated as a denial of service.
@@ -121,6 +126,9 @@ func New(cfg Config) *Server {
 	cfg.MaxInflightBytes = max(cfg.MaxInflightBytes, int64(cfg.MaxPayload))
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = defaultHandshake
+	}
+	if cfg.LendTimeout <= 0 {
+		cfg.LendTimeout = defaultLend
 	}
 	return &Server{
 		cfg:       cfg,

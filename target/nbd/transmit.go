@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
+	"github.com/gosheep/gosheep/internal/sendfile"
 	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/volume"
 )
@@ -34,6 +35,9 @@ type reply struct {
 	parts [][]byte
 	buf   *[]byte // returned to the pool once written
 	hold  int64
+	// lent is data lent by the store, sent after parts (by sendfile) and
+	// released once written.
+	lent *volume.Lent
 }
 
 // tx is the transmission-phase state of a connection.
@@ -198,7 +202,9 @@ func (t *tx) send(r *reply) {
 	for _, p := range r.parts {
 		total += len(p)
 	}
-	if total >= largeReply {
+	if r.lent != nil {
+		t.werr = t.sendLent(r)
+	} else if total >= largeReply {
 		// Big data goes straight from the pooled buffer to the socket in
 		// one writev, not copied through the bufio buffer.
 		if t.werr = t.bw.Flush(); t.werr == nil {
@@ -221,12 +227,38 @@ func (t *tx) send(r *reply) {
 	}
 }
 
+// sendLent writes r's parts, then its lent data from the store's file,
+// within LendTimeout.
+func (t *tx) sendLent(r *reply) error {
+	for _, p := range r.parts {
+		if _, err := t.bw.Write(p); err != nil {
+			return err
+		}
+	}
+	if err := t.bw.Flush(); err != nil {
+		return err
+	}
+	l := r.lent
+	t.nc.SetWriteDeadline(time.Now().Add(t.s.cfg.LendTimeout))
+	defer t.nc.SetWriteDeadline(time.Time{})
+	sent, err, handled := sendfile.Try(t.nc, l.Src, l.Off, l.N)
+	if handled {
+		return err
+	}
+	buf := t.s.bufs.get(min(l.N-int(sent), 256<<10))
+	defer t.s.bufs.put(buf)
+	return sendfile.Send(t.nc, l.Src, l.Off+sent, l.N-int(sent), *buf)
+}
+
 // largeReply is the reply size above which send bypasses the bufio buffer.
 const largeReply = 32 << 10
 
 // release returns what a reply held: its buffer, budget and slot.
 func (t *tx) release(r *reply) {
 	t.s.bufs.put(r.buf)
+	if r.lent != nil {
+		r.lent.Release()
+	}
 	if r.hold > 0 {
 		t.budget.Release(r.hold)
 	}
@@ -375,6 +407,12 @@ func (t *tx) read(r *request) (*reply, error) {
 		}
 		return &reply{parts: [][]byte{appendSimple(nil, 0, r.cookie)}}, nil
 	}
+	if l, ok := t.dev.(volume.Lender); ok && n >= lendMin {
+		// Any failure (a hole, no copy here, rot) is ReadAt's to handle.
+		if lent, err := l.ReadLent(t.ctx, r.off, uint64(n)); err == nil {
+			return &reply{parts: [][]byte{t.dataHeader(r, n)}, lent: lent}, nil
+		}
+	}
 	buf := t.s.bufs.get(n)
 	data := *buf
 	if !t.structured || r.flags&cmdFlagDF != 0 {
@@ -382,14 +420,7 @@ func (t *tx) read(r *request) (*reply, error) {
 			t.s.bufs.put(buf)
 			return nil, err
 		}
-		var hdr []byte
-		if t.structured {
-			hdr = appendChunk(make([]byte, 0, 28), replyFlagDone, replyTypeOffsetData, r.cookie, 8+n)
-			hdr = binary.BigEndian.AppendUint64(hdr, r.off)
-		} else {
-			hdr = appendSimple(make([]byte, 0, 16), 0, r.cookie)
-		}
-		return &reply{parts: [][]byte{hdr, data}, buf: buf}, nil
+		return &reply{parts: [][]byte{t.dataHeader(r, n), data}, buf: buf}, nil
 	}
 
 	exts := t.readExtents(r.off, uint64(n))
@@ -434,6 +465,21 @@ func (t *tx) read(r *request) (*reply, error) {
 	}
 	return &reply{parts: parts, buf: buf}, nil
 }
+
+// dataHeader is the header of a read reply whose n bytes follow at once:
+// a simple reply, or one OFFSET_DATA chunk that ends the reply.
+func (t *tx) dataHeader(r *request, n int) []byte {
+	if !t.structured {
+		return appendSimple(make([]byte, 0, 16), 0, r.cookie)
+	}
+	hdr := appendChunk(make([]byte, 0, 28), replyFlagDone, replyTypeOffsetData, r.cookie, 8+n)
+	return binary.BigEndian.AppendUint64(hdr, r.off)
+}
+
+// lendMin is the smallest read worth lending: below it mapping the range
+// to verify it, and a separate write for the data, cost more than the
+// copies sendfile saves.
+const lendMin = 64 << 10
 
 // readExtents returns the allocation map of [off, off+n) as consecutive,
 // merged extents covering it exactly. Anything odd from the device (an

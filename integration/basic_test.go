@@ -111,12 +111,27 @@ func TestOneCopyReadsThroughOtherNodes(t *testing.T) {
 	if err := openVDI(t, other, "vol").ReadAt(ctx, got, 8<<20); err == nil {
 		t.Fatal("a block rotten on its only copy was read through another node as data")
 	}
-	// The blocks around it still read.
-	if err := openVDI(t, other, "vol").ReadAt(ctx, got[:16<<10], 8<<20+32<<10); err != nil {
-		t.Fatalf("a sound range of the object: %v", err)
+	// Nor through the holder itself, where a large read is served from
+	// the object file by sendfile after checking it in place.
+	if err := openVDI(t, c.nodes[holder], "vol").ReadAt(ctx, got, 8<<20); err == nil {
+		t.Fatal("a block rotten on its only copy was read through its holder as data")
 	}
-	if want := data[8<<20+32<<10-(3<<20+5):][:16<<10]; !bytes.Equal(got[:16<<10], want) {
-		t.Fatal("a sound range of the object read back other data")
+	// The blocks around it still read, through either node, the large
+	// range through the holder from its file.
+	for _, n := range []*node{other, c.nodes[holder]} {
+		if err := openVDI(t, n, "vol").ReadAt(ctx, got[:16<<10], 8<<20+32<<10); err != nil {
+			t.Fatalf("a sound range of the object: %v", err)
+		}
+		if want := data[8<<20+32<<10-(3<<20+5):][:16<<10]; !bytes.Equal(got[:16<<10], want) {
+			t.Fatal("a sound range of the object read back other data")
+		}
+		big := make([]byte, 1<<20)
+		if err := openVDI(t, n, "vol").ReadAt(ctx, big, 9<<20); err != nil {
+			t.Fatalf("a sound MiB of the object: %v", err)
+		}
+		if !bytes.Equal(big, data[9<<20-(3<<20+5):][:1<<20]) {
+			t.Fatal("a sound MiB of the object read back other data")
+		}
 	}
 }
 

@@ -69,8 +69,8 @@ type Config struct {
 	// object against writers, so an initiator that stops reading loses
 	// its connection sooner.
 	LendTimeout time.Duration
-	Recorder     metrics.Recorder
-	Logger       *slog.Logger
+	Recorder    metrics.Recorder
+	Logger      *slog.Logger
 	// PortID names this target port (the node) in I_T nexus IDs, which
 	// must be unique across every node exporting a VDI when Reservations
 	// is set.

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store/errorfs"
@@ -264,4 +267,60 @@ func TestReadPinnedMappingLifetime(t *testing.T) {
 	}
 	copy(a2[4096:], b1[:8192])
 	check(ka, a2)
+}
+
+// TestReadPinnedLeavesNothingMapped: the pages a lend checks are dropped
+// from the process's page tables afterwards (the page cache keeps them),
+// so the mapping does not grow the process's resident set.
+func TestReadPinnedLeavesNothingMapped(t *testing.T) {
+	ctx := context.Background()
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	k := ReplicaKey(proto.OID(13))
+	const size = 4 << 20
+	mustCreate(t, d, k, size, 0, pattern(15, size))
+	raw, err := d.ReadPinned(ctx, k, 0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Release()
+	o := d.acquire(k)
+	defer d.put(o)
+	p := o.mapped.Load()
+	if p == nil {
+		t.Fatal("the lend made no mapping")
+	}
+	rss := mappingRss(t, uintptr(unsafe.Pointer(&(*p)[0])))
+	if rss > 64 {
+		t.Fatalf("%d KiB of the checked 4 MiB still mapped", rss)
+	}
+}
+
+// mappingRss reads the resident KiB of the mapping starting at addr from
+// /proc/self/smaps.
+func mappingRss(t *testing.T, addr uintptr) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strconv.FormatUint(uint64(addr), 16) + "-"
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if lo, _, ok := strings.Cut(f[0], "-"); ok && !strings.HasSuffix(f[0], ":") {
+			if _, err := strconv.ParseUint(lo, 16, 64); err == nil {
+				in = strings.HasPrefix(f[0], want)
+				continue
+			}
+		}
+		if in && f[0] == "Rss:" && len(f) > 1 {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	t.Fatalf("mapping at %#x not in smaps", addr)
+	return 0
 }

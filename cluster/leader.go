@@ -36,6 +36,7 @@ func (n *Node) leaderLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-n.events:
+			n.rememberPeers()
 		case <-n.raft.LeaderCh():
 		case <-t.C:
 		}

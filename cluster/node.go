@@ -76,6 +76,7 @@ type Node struct {
 	mu      sync.Mutex
 	closed  bool
 	pending map[string]time.Time // desired-member-set fingerprint -> first seen
+	peers   []string             // last remembered peer addresses (leader loop only)
 	// warnedOld: members already reported as too old for the cluster.
 	warnedOld map[string]bool
 	cancel    context.CancelFunc
@@ -272,35 +273,20 @@ func (n *Node) startSerf() error {
 		return fmt.Errorf("cluster: start serf on %s: %w", n.cfg.GossipAddr, err)
 	}
 	n.serf = s
-	if len(n.cfg.Join) > 0 {
-		if _, err := s.Join(n.cfg.Join, true); err != nil {
-			// Not fatal: peers may start later; the serf snapshot and the
-			// reconcile loop retry.
-			n.log.Warn("join failed, will retry", "join", n.cfg.Join, "err", err)
+	join := n.cfg.Join
+	if len(join) == 0 && len(s.Members()) < 2 {
+		// Serf's snapshot rejoin found nobody: try the peers we remember.
+		join = n.loadPeers()
+	}
+	if len(join) > 0 {
+		if _, err := s.Join(join, true); err != nil {
+			// Not fatal: peers may start later.
+			n.log.Warn("join failed, will retry", "join", join, "err", err)
 			n.wg.Add(1)
-			go n.retryJoin()
+			go n.retryJoin(join)
 		}
 	}
 	return nil
-}
-
-func (n *Node) retryJoin() {
-	defer n.wg.Done()
-	for {
-		time.Sleep(time.Second)
-		n.mu.Lock()
-		closed := n.closed
-		n.mu.Unlock()
-		if closed {
-			return
-		}
-		if len(n.serf.Members()) > 1 {
-			return
-		}
-		if _, err := n.serf.Join(n.cfg.Join, true); err == nil {
-			return
-		}
-	}
 }
 
 // ID is this node's id.

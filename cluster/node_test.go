@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/gosheep/gosheep/cluster/resv"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/hashicorp/serf/serf"
 )
 
 // localForwarder delivers forwarded commands to in-process nodes by address.
@@ -328,4 +331,39 @@ func TestMetaVersionRollingUpgrade(t *testing.T) {
 			t.Fatal("an old build joined the epoch")
 		}
 	}
+}
+
+// TestRestartRejoinsRememberedPeers: a node restarted without a join
+// address finds its peers through the addresses it remembered, even when
+// Serf's snapshot lost them (it flushes lines only when a later one is
+// appended, so a kill -9 soon after the peers joined loses them), instead
+// of waiting up to 30 s for a peer's reconnect attempt.
+func TestRestartRejoinsRememberedPeers(t *testing.T) {
+	fw := &localForwarder{nodes: map[netip.AddrPort]*Node{}}
+	dir := t.TempDir()
+	a, acfg := startNode(t, fw, dir, "a", nil)
+	waitFor(t, "a to lead", 10*time.Second, a.IsLeader)
+	b, _ := startNode(t, fw, t.TempDir(), "b", []string{acfg.GossipAddr.String()})
+	defer b.Close()
+	waitFor(t, "a to remember b", 10*time.Second, func() bool { return len(a.loadPeers()) == 1 })
+	// Let b's join gossip die down: a restarted node that hears it
+	// learns of b that way.
+	time.Sleep(3 * time.Second)
+	a.Close()
+	if err := os.Remove(filepath.Join(dir, "serf.snapshot")); err != nil {
+		t.Fatal(err)
+	}
+	a2, _ := startNode(t, fw, dir, "a", nil, func(c *Config) {
+		c.Addr, c.RaftAddr, c.GossipAddr = acfg.Addr, acfg.RaftAddr, acfg.GossipAddr
+	})
+	defer a2.Close()
+	waitFor(t, "the restarted node to see b", 5*time.Second, func() bool {
+		alive := 0
+		for _, m := range a2.serf.Members() {
+			if m.Status == serf.StatusAlive {
+				alive++
+			}
+		}
+		return alive == 2
+	})
 }

@@ -173,6 +173,24 @@ func (d *vdev) begin(ctx context.Context, off, n uint64) (cluster.VDI, error) {
 	return v, nil
 }
 
+// span begins an access to [off, off+n) (callers hold d.gate.RLock): the
+// device row, and the range cut into pieces of at most chunk bytes (0:
+// at object boundaries only) whose index entries are revalidated.
+func (d *vdev) span(ctx context.Context, off, n uint64, chunk uint32) (cluster.VDI, []piece, error) {
+	v, err := d.begin(ctx, off, n)
+	if err != nil {
+		return v, nil, err
+	}
+	if chunk == 0 {
+		chunk = v.ObjectSize()
+	}
+	ps := pieces(off, n, v.ObjectSize(), chunk)
+	if err := d.revalidate(ctx, &v, ps); err != nil {
+		return v, nil, err
+	}
+	return v, ps, nil
+}
+
 // parallel runs fn over pieces, concurrently when there are several.
 func parallel(ps []piece, fn func(p piece) error) error {
 	if len(ps) == 1 {
@@ -235,12 +253,8 @@ func (d *vdev) revalidate(ctx context.Context, v *cluster.VDI, ps []piece) error
 func (d *vdev) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	d.gate.RLock()
 	defer d.gate.RUnlock()
-	v, err := d.begin(ctx, off, uint64(len(p)))
+	v, ps, err := d.span(ctx, off, uint64(len(p)), readChunk)
 	if err != nil {
-		return err
-	}
-	ps := pieces(off, uint64(len(p)), v.ObjectSize(), readChunk)
-	if err := d.revalidate(ctx, &v, ps); err != nil {
 		return err
 	}
 	return parallel(ps, func(pc piece) error {
@@ -269,16 +283,12 @@ func (d *vdev) ReadLent(ctx context.Context, off, n uint64) (*Lent, error) {
 	}
 	d.gate.RLock()
 	defer d.gate.RUnlock()
-	v, err := d.begin(ctx, off, n)
+	v, ps, err := d.span(ctx, off, n, 0)
 	if err != nil {
 		return nil, err
 	}
-	ps := pieces(off, n, v.ObjectSize(), v.ObjectSize())
 	if len(ps) != 1 {
 		return nil, ErrNotLent
-	}
-	if err := d.revalidate(ctx, &v, ps); err != nil {
-		return nil, err
 	}
 	pc := ps[0]
 	owner := d.owner(pc.idx)
@@ -504,12 +514,8 @@ func (d *vdev) zero(ctx context.Context, off, n uint64, fua bool) error {
 func (d *vdev) Extents(ctx context.Context, off, n uint64) ([]Extent, error) {
 	d.gate.RLock()
 	defer d.gate.RUnlock()
-	v, err := d.begin(ctx, off, n)
+	_, ps, err := d.span(ctx, off, n, 0)
 	if err != nil {
-		return nil, err
-	}
-	ps := pieces(off, n, v.ObjectSize(), v.ObjectSize())
-	if err := d.revalidate(ctx, &v, ps); err != nil {
 		return nil, err
 	}
 	d.mu.RLock()

@@ -33,18 +33,6 @@ func startLending(t *testing.T) (*testServer, *voltest.LendingDevice, []byte) {
 	return ts, dev, data
 }
 
-// waitReleased waits until every lend is released (after the status).
-func waitReleased(t *testing.T, dev *voltest.LendingDevice) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for dev.Releases() != dev.Lends() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d lends, %d released", dev.Lends(), dev.Releases())
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // read10 is READ(10) of n blocks at lba.
 func read10(lba uint32, n uint16) []byte {
 	cdb := []byte{0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0}
@@ -70,7 +58,7 @@ func TestReadLent(t *testing.T) {
 	if dev.Lends() != 1 {
 		t.Fatalf("%d lends for a 1 MiB read, want 1", dev.Lends())
 	}
-	waitReleased(t, dev)
+	dev.WaitReleased(t)
 
 	// Below lendMin: copied.
 	if r := c.SCSI(read10(8, 64), true, 32<<10, nil); r.Status != 0 || !bytes.Equal(r.Data, data[:32<<10]) {
@@ -86,7 +74,7 @@ func TestReadLent(t *testing.T) {
 	if r.Status != 0 || !bytes.Equal(r.Data, data[:300<<10]) || r.Flags&pdu.FlagOverflow == 0 || r.Residual != (1<<20)-(300<<10) {
 		t.Fatalf("overflowing read: status %#x, %d bytes, flags %#x, residual %d", r.Status, len(r.Data), r.Flags, r.Residual)
 	}
-	waitReleased(t, dev)
+	dev.WaitReleased(t)
 
 	// A failed lend is read the usual way.
 	lends := dev.Lends()
@@ -163,7 +151,7 @@ func TestReadLentDigests(t *testing.T) {
 			if want := map[bool]int64{false: 1, true: 0}[dd]; dev.Lends() != want {
 				t.Fatalf("%d lends, want %d", dev.Lends(), want)
 			}
-			waitReleased(t, dev)
+			dev.WaitReleased(t)
 		})
 	}
 }

@@ -32,17 +32,6 @@ func lendingFixture(t *testing.T, cfg Config, size uint64, n int) (string, *volt
 	return addr, dev, data
 }
 
-func waitReleased(t *testing.T, dev *voltest.LendingDevice) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for dev.Releases() != dev.Lends() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d lends, %d released", dev.Lends(), dev.Releases())
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestReadLent: a large read the device lends goes out from the lent file
 // (sendfile), as a simple reply or one structured data chunk, and is
 // released once written; small reads and failed lends are copied, with
@@ -63,7 +52,7 @@ func TestReadLent(t *testing.T) {
 		if structured && len(res.chunks) != 1 {
 			t.Fatalf("%d chunks, want one data chunk", len(res.chunks))
 		}
-		waitReleased(t, dev)
+		dev.WaitReleased(t)
 		if res := c.do(0, cmdRead, 4096, 32<<10, nil); res.errno != 0 || !bytes.Equal(res.data, data[:32<<10]) {
 			t.Fatalf("small read: errno %d", res.errno)
 		}

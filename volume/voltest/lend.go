@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"sync/atomic"
+	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/volume"
@@ -49,4 +51,17 @@ func (d *LendingDevice) ReadLent(ctx context.Context, off, n uint64) (*volume.Le
 		os.Remove(f.Name())
 		d.releases.Add(1)
 	}), nil
+}
+
+// WaitReleased waits (up to 5 s) until every lend is released: front ends
+// release after the response is written.
+func (d *LendingDevice) WaitReleased(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for d.Releases() != d.Lends() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lends, %d released", d.Lends(), d.Releases())
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

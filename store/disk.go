@@ -34,6 +34,11 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxOpenFiles bounds the cache of open object files; 0 means 256.
 	MaxOpenFiles int
+	// MapBudget bounds the bytes of object files kept mapped for checking
+	// lent reads in place (ReadPinned); mapped pages count towards the
+	// process's resident set. 0 means 1 GiB (256 objects of 4 MiB, the
+	// open-file cache's default); at least one object is always mapped.
+	MapBudget int64
 	// RescanInterval: Used is kept incrementally, but file systems
 	// allocate metadata (extent blocks) at writeback, after we looked.
 	// Usage starts a background Rescan when the last one is older than
@@ -43,6 +48,9 @@ type Options struct {
 
 // DefaultMaxOpenFiles is the default size of the open-file cache.
 const DefaultMaxOpenFiles = 256
+
+// DefaultMapBudget is the default MapBudget.
+const DefaultMapBudget = 1 << 30
 
 // Lock file name inside the data directory.
 const lockName = "store.lock"
@@ -56,9 +64,16 @@ type Disk struct {
 	noSync                bool
 	capacity, reserve     uint64
 	maxOpen               int
+	mapBudget             int64
 	zeroCRC               uint32 // CRC32C of a zero block of blockSize bytes
 	zeros                 []byte // blockSize zero bytes; never written
 	lock                  io.Closer
+
+	// mapMu guards maps, the objects with a mapping (oldest first), and
+	// mappedBytes, their total size.
+	mapMu       sync.Mutex
+	maps        []*object
+	mappedBytes int64
 
 	// life excludes Close from in-flight operations.
 	life   sync.RWMutex
@@ -142,24 +157,28 @@ var _ Stasher = (*Disk)(nil)
 // first access.
 func Open(dir string, opts Options) (*Disk, error) {
 	d := &Disk{
-		dir:      dir,
-		objDir:   filepath.Join(dir, "obj"),
-		staleDir: filepath.Join(dir, "stale"),
-		fs:       opts.FS,
-		log:      opts.Logger,
-		noSync:   opts.NoSync,
-		capacity: opts.Capacity,
-		reserve:  opts.Reserve,
-		maxOpen:  opts.MaxOpenFiles,
-		zeros:    make([]byte, blockSize),
-		objs:     make(map[Key]*object),
-		unsynced: make(map[Key]int64),
+		dir:       dir,
+		objDir:    filepath.Join(dir, "obj"),
+		staleDir:  filepath.Join(dir, "stale"),
+		fs:        opts.FS,
+		log:       opts.Logger,
+		noSync:    opts.NoSync,
+		capacity:  opts.Capacity,
+		reserve:   opts.Reserve,
+		maxOpen:   opts.MaxOpenFiles,
+		mapBudget: opts.MapBudget,
+		zeros:     make([]byte, blockSize),
+		objs:      make(map[Key]*object),
+		unsynced:  make(map[Key]int64),
 	}
 	if d.fs == nil {
 		d.fs = vfs.Default()
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.mapBudget <= 0 {
+		d.mapBudget = DefaultMapBudget
 	}
 	if d.maxOpen <= 0 {
 		d.maxOpen = DefaultMaxOpenFiles
@@ -400,7 +419,7 @@ func (d *Disk) closeFileLocked(o *object, clean bool) error {
 		d.account(o.key, false, 0, info.Alloc-o.alloc, 0)
 		o.alloc = info.Alloc
 	}
-	unmap(o)
+	d.unmap(o)
 	if cerr := o.f.Close(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}

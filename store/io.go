@@ -194,7 +194,7 @@ func (d *Disk) Create(ctx context.Context, k Key, size uint32, off uint32, data 
 	}
 	if o.f != nil {
 		// The old file is unlinked; nothing to clean in it.
-		unmap(o)
+		d.unmap(o)
 		if err := o.f.Close(); err != nil {
 			d.log.Warn("store: closing replaced object", "key", k.String(), "err", err)
 		}

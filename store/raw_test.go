@@ -156,6 +156,7 @@ func TestReadPinned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(raw.Release) // before the store closes, even on failure
 	done := make(chan error, 1)
 	go func() { done <- d.Write(ctx, k, 65536, pattern(7, 4096), WriteOpts{Epoch: 1}) }()
 	select {
@@ -269,29 +270,72 @@ func TestReadPinnedMappingLifetime(t *testing.T) {
 	check(ka, a2)
 }
 
-// TestReadPinnedLeavesNothingMapped: the pages a lend checks are dropped
-// from the process's page tables afterwards (the page cache keeps them),
-// so the mapping does not grow the process's resident set.
-func TestReadPinnedLeavesNothingMapped(t *testing.T) {
+// TestReadPinnedMapBudget: mappings kept for lends stay within MapBudget,
+// oldest dropped first, except one whose object is in use; a dropped
+// mapping is made again by the next lend, and the sheep's resident set
+// holds no more than the budget of checked pages.
+func TestReadPinnedMapBudget(t *testing.T) {
 	ctx := context.Background()
-	d := openT(t, t.TempDir(), Options{NoSync: true})
-	k := ReplicaKey(proto.OID(13))
-	const size = 4 << 20
-	mustCreate(t, d, k, size, 0, pattern(15, size))
-	raw, err := d.ReadPinned(ctx, k, 0, size)
-	if err != nil {
-		t.Fatal(err)
+	const size = 256 << 10
+	d := openT(t, t.TempDir(), Options{NoSync: true, MapBudget: 3 * size})
+	keys := make([]Key, 8)
+	data := make([][]byte, len(keys))
+	for i := range keys {
+		keys[i] = ReplicaKey(proto.OID(100 + i))
+		data[i] = pattern(uint64(20+i), size)
+		mustCreate(t, d, keys[i], size, 0, data[i])
 	}
-	raw.Release()
-	o := d.acquire(k)
-	defer d.put(o)
-	p := o.mapped.Load()
-	if p == nil {
-		t.Fatal("the lend made no mapping")
+	lend := func(i int) *Raw {
+		t.Helper()
+		raw, err := d.ReadPinned(ctx, keys[i], 0, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, raw.N)
+		if _, err := raw.Src.ReadAt(got, raw.Off); err != nil || !bytes.Equal(got, data[i]) {
+			t.Fatalf("object %d: lent other bytes (%v)", i, err)
+		}
+		return raw
 	}
-	rss := mappingRss(t, uintptr(unsafe.Pointer(&(*p)[0])))
-	if rss > 64 {
-		t.Fatalf("%d KiB of the checked 4 MiB still mapped", rss)
+	mapped := func(i int) bool {
+		o := d.acquire(keys[i])
+		defer d.put(o)
+		return o.mapped.Load() != nil
+	}
+	held := lend(0)         // in use while the others come and go
+	t.Cleanup(held.Release) // before the store closes, even on failure
+	for round := 0; round < 2; round++ {
+		for i := 1; i < len(keys); i++ {
+			lend(i).Release()
+			d.mapMu.Lock()
+			over := d.mappedBytes > 3*size+size // the held one may stay beyond the budget
+			d.mapMu.Unlock()
+			if over {
+				t.Fatalf("round %d, object %d: %d bytes mapped, budget %d", round, i, d.mappedBytes, 3*size)
+			}
+		}
+	}
+	if !mapped(0) {
+		t.Fatal("the mapping of an object in use was dropped")
+	}
+	held.Release()
+	for i := 1; i < len(keys); i++ {
+		lend(i).Release()
+	}
+	if mapped(0) {
+		t.Fatal("a released object kept its mapping past the budget")
+	}
+	// Resident pages of all the mappings: no more than the budget.
+	rss := 0
+	d.mapMu.Lock()
+	for _, o := range d.maps {
+		if p := o.mapped.Load(); p != nil {
+			rss += mappingRss(t, uintptr(unsafe.Pointer(&(*p)[0])))
+		}
+	}
+	d.mapMu.Unlock()
+	if rss > 3*size/1024 {
+		t.Fatalf("%d KiB of checked pages resident, budget %d KiB", rss, 3*size/1024)
 	}
 }
 

@@ -107,7 +107,7 @@ func TestOneCopyReadsThroughOtherNodes(t *testing.T) {
 	}
 	c.nodes[holder].flipByte(t, oid, 4096*5+7) // object 2 starts at 8 MiB
 	other := c.nodes[(holder+1)%3]
-	got := make([]byte, 64<<10)
+	got := make([]byte, 256<<10)
 	if err := openVDI(t, other, "vol").ReadAt(ctx, got, 8<<20); err == nil {
 		t.Fatal("a block rotten on its only copy was read through another node as data")
 	}

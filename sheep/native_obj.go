@@ -74,7 +74,7 @@ func (h *handler) readObj(ctx context.Context, req *proto.Request) (proto.Respon
 // lendMin is the smallest object read served by sendfile: below it
 // verifying through the mapping and a second write cost more than the
 // copies saved.
-const lendMin = 64 << 10
+const lendMin = 128 << 10
 
 // patchHeader overlays the table's view of an inode header on bytes read
 // from the inode object at off: the table is authoritative for the fields

@@ -479,7 +479,7 @@ func (t *tx) dataHeader(r *request, n int) []byte {
 // lendMin is the smallest read worth lending: below it mapping the range
 // to verify it, and a separate write for the data, cost more than the
 // copies sendfile saves.
-const lendMin = 64 << 10
+const lendMin = 128 << 10
 
 // readExtents returns the allocation map of [off, off+n) as consecutive,
 // merged extents covering it exactly. Anything odd from the device (an

@@ -106,3 +106,60 @@ func Try(nc net.Conn, src io.ReaderAt, off int64, n int) (sent int64, err error,
 	}
 	return sent, err, true
 }
+
+// WriteMore writes bufs to nc, telling the kernel that more follows at
+// once (MSG_MORE): a header written before file data then leaves in the
+// same segments as the data, not alone (with TCP_NODELAY a header alone
+// is a small segment and a wake-up of its own on the receiver). The next
+// write without MSG_MORE (sendfile's last chunk) pushes it out. The
+// caller sets nc's write deadline.
+func WriteMore(nc net.Conn, bufs ...[]byte) error {
+	sc, ok := nc.(syscall.Conn)
+	var rc syscall.RawConn
+	var err error
+	if ok {
+		rc, err = sc.SyscallConn()
+	}
+	if !ok || err != nil {
+		nb := net.Buffers(bufs)
+		_, err := nb.WriteTo(nc)
+		return err
+	}
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		for {
+			for len(bufs) > 0 && len(bufs[0]) == 0 {
+				bufs = bufs[1:]
+			}
+			if len(bufs) == 0 {
+				return true
+			}
+			n, e := unix.SendmsgBuffers(int(fd), bufs, nil, nil, unix.MSG_MORE)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return false // wait until the socket can take more
+			case e != nil:
+				werr = e
+				return true
+			}
+			for n > 0 {
+				if n >= len(bufs[0]) {
+					n -= len(bufs[0])
+					bufs = bufs[1:]
+				} else {
+					bufs[0] = bufs[0][n:]
+					n = 0
+				}
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if werr != nil {
+		return fmt.Errorf("sendfile: write: %w", werr)
+	}
+	return nil
+}

@@ -143,3 +143,36 @@ func TestSendPipe(t *testing.T) {
 		t.Fatal("the receiver got other bytes")
 	}
 }
+
+// TestWriteMore: buffers written with MSG_MORE, empty ones included, then
+// a file range, arrive whole and in order; without a descriptor they are
+// written plainly.
+func TestWriteMore(t *testing.T) {
+	f, data := testFile(t, 200<<10)
+	head := [][]byte{[]byte("head"), nil, make([]byte, 100<<10), []byte("er")}
+	var want []byte
+	for _, b := range head {
+		want = append(want, b...)
+	}
+	want = append(want, data...)
+	for _, pipe := range []bool{false, true} {
+		var nc, peer net.Conn
+		if pipe {
+			nc, peer = net.Pipe()
+			defer nc.Close()
+			defer peer.Close()
+		} else {
+			nc, peer = tcpPair(t)
+		}
+		got := receive(peer, len(want))
+		if err := WriteMore(nc, head...); err != nil {
+			t.Fatal(err)
+		}
+		if err := Send(nc, f, 0, len(data), nil); err != nil {
+			t.Fatal(err)
+		}
+		if b := <-got; !bytes.Equal(b, want) {
+			t.Fatalf("pipe %v: the receiver got other bytes", pipe)
+		}
+	}
+}

@@ -337,9 +337,12 @@ func (c *conn) writePDU(h *pdu.Header, data []byte, withStatus bool) error {
 // There is no data digest: callers send such PDUs only without one.
 func (c *conn) writePDUFile(h *pdu.Header, src io.ReaderAt, off int64, n uint32, withStatus bool) error {
 	c.stamp(h, withStatus)
-	return c.bw.WritePDUFrom(h, n, c.lim.HeaderDigest, func() error {
+	return c.bw.WritePDUFrom(h, n, c.lim.HeaderDigest, func(head []byte) error {
 		// The next c.write sets its own deadline again.
 		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.LendTimeout))
+		if err := sendfile.WriteMore(c.nc, head); err != nil {
+			return err
+		}
 		sent, err, handled := sendfile.Try(c.nc, src, off, int(n))
 		if handled {
 			return err

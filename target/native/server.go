@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/sendfile"
 	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
@@ -629,12 +630,17 @@ func (c *conn) write(t *task) error {
 	} else {
 		c.setDeadline()
 	}
-	bufs := net.Buffers{c.wbuf, t.out}
-	_, err := bufs.WriteTo(c.nc)
-	c.wbuf = c.wbuf[:0]
-	if err == nil && t.tl.n > 0 {
-		err = c.sendTail(t.tl)
+	var err error
+	if t.tl.n > 0 {
+		// The tail follows at once: no segment for the header alone.
+		if err = sendfile.WriteMore(c.nc, c.wbuf, t.out); err == nil {
+			err = c.sendTail(t.tl)
+		}
+	} else {
+		bufs := net.Buffers{c.wbuf, t.out}
+		_, err = bufs.WriteTo(c.nc)
 	}
+	c.wbuf = c.wbuf[:0]
 	return err
 }
 

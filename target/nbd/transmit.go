@@ -230,17 +230,15 @@ func (t *tx) send(r *reply) {
 // sendLent writes r's parts, then its lent data from the store's file,
 // within LendTimeout.
 func (t *tx) sendLent(r *reply) error {
-	for _, p := range r.parts {
-		if _, err := t.bw.Write(p); err != nil {
-			return err
-		}
-	}
 	if err := t.bw.Flush(); err != nil {
 		return err
 	}
 	l := r.lent
 	t.nc.SetWriteDeadline(time.Now().Add(t.s.cfg.LendTimeout))
 	defer t.nc.SetWriteDeadline(time.Time{})
+	if err := sendfile.WriteMore(t.nc, r.parts...); err != nil {
+		return err
+	}
 	sent, err, handled := sendfile.Try(t.nc, l.Src, l.Off, l.N)
 	if handled {
 		return err

@@ -66,21 +66,21 @@ func (w *Writer) WritePDU(h *Header, data []byte, headerDigest, dataDigest bool)
 	return err
 }
 
-// WritePDUFrom writes h with a data segment of n bytes that send writes
-// straight to the connection (sendfile): h, its digest and everything
-// buffered are flushed first, then send runs, then the padding is queued.
-// There is no data digest: the bytes never pass through here.
-func (w *Writer) WritePDUFrom(h *Header, n uint32, headerDigest bool, send func() error) error {
+// WritePDUFrom writes h with a data segment of n bytes that the caller
+// sends straight to the connection (sendfile): send gets everything
+// buffered up to and including h and its digest, and must write it and
+// then the data. The padding is queued after. There is no data digest:
+// the bytes never pass through here.
+func (w *Writer) WritePDUFrom(h *Header, n uint32, headerDigest bool, send func(head []byte) error) error {
 	h.SetDataLen(n)
 	h[4] = 0 // we never send AHS
 	w.buf = append(w.buf, h[:]...)
 	if headerDigest {
 		w.buf = binary.LittleEndian.AppendUint32(w.buf, CRC32C(h[:]))
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := send(); err != nil {
+	err := send(w.buf)
+	w.buf = w.buf[:0]
+	if err != nil {
 		return err
 	}
 	w.buf = append(w.buf, zeros[:pad4(n)]...)

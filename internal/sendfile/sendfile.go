@@ -107,6 +107,17 @@ func Try(nc net.Conn, src io.ReaderAt, off int64, n int) (sent int64, err error,
 	return sent, err, true
 }
 
+// WithHeader writes head to nc (WriteMore), then n bytes of src from off
+// (Send, copying through a buffer of its own only when a descriptor is
+// missing): a response header and the file data it announces. The caller
+// sets nc's write deadline. Any error may leave part of it sent.
+func WithHeader(nc net.Conn, src io.ReaderAt, off int64, n int, head ...[]byte) error {
+	if err := WriteMore(nc, head...); err != nil {
+		return err
+	}
+	return Send(nc, src, off, n, nil)
+}
+
 // WriteMore writes bufs to nc, telling the kernel that more follows at
 // once (MSG_MORE): a header written before file data then leaves in the
 // same segments as the data, not alone (with TCP_NODELAY a header alone

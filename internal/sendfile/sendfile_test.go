@@ -144,10 +144,10 @@ func TestSendPipe(t *testing.T) {
 	}
 }
 
-// TestWriteMore: buffers written with MSG_MORE, empty ones included, then
-// a file range, arrive whole and in order; without a descriptor they are
-// written plainly.
-func TestWriteMore(t *testing.T) {
+// TestWithHeader: header buffers written with MSG_MORE, empty ones
+// included, then a file range, arrive whole and in order; without a
+// descriptor both are written plainly.
+func TestWithHeader(t *testing.T) {
 	f, data := testFile(t, 200<<10)
 	head := [][]byte{[]byte("head"), nil, make([]byte, 100<<10), []byte("er")}
 	var want []byte
@@ -165,10 +165,7 @@ func TestWriteMore(t *testing.T) {
 			nc, peer = tcpPair(t)
 		}
 		got := receive(peer, len(want))
-		if err := WriteMore(nc, head...); err != nil {
-			t.Fatal(err)
-		}
-		if err := Send(nc, f, 0, len(data), nil); err != nil {
+		if err := WithHeader(nc, f, 0, len(data), head...); err != nil {
 			t.Fatal(err)
 		}
 		if b := <-got; !bytes.Equal(b, want) {

@@ -340,16 +340,7 @@ func (c *conn) writePDUFile(h *pdu.Header, src io.ReaderAt, off int64, n uint32,
 	return c.bw.WritePDUFrom(h, n, c.lim.HeaderDigest, func(head []byte) error {
 		// The next c.write sets its own deadline again.
 		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.LendTimeout))
-		if err := sendfile.WriteMore(c.nc, head); err != nil {
-			return err
-		}
-		sent, err, handled := sendfile.Try(c.nc, src, off, int(n))
-		if handled {
-			return err
-		}
-		b := c.srv.bufs.get(min(int(n)-int(sent), 256<<10))
-		defer c.srv.bufs.put(b)
-		return sendfile.Send(c.nc, src, off+sent, int(n)-int(sent), b)
+		return sendfile.WithHeader(c.nc, src, off, int(n), head)
 	})
 }
 

@@ -625,18 +625,14 @@ func (c *conn) write(t *task) error {
 		}
 		return nil
 	}
-	if t.tl.n > 0 {
+	var err error
+	if tl := t.tl; tl.n > 0 {
+		// The header already announces the tail's length, so any
+		// failure breaks the connection.
 		c.nc.SetWriteDeadline(time.Now().Add(c.s.ttimeout))
+		err = sendfile.WithHeader(c.nc, tl.src, tl.off, tl.n, c.wbuf, t.out)
 	} else {
 		c.setDeadline()
-	}
-	var err error
-	if t.tl.n > 0 {
-		// The tail follows at once: no segment for the header alone.
-		if err = sendfile.WriteMore(c.nc, c.wbuf, t.out); err == nil {
-			err = c.sendTail(t.tl)
-		}
-	} else {
 		bufs := net.Buffers{c.wbuf, t.out}
 		_, err = bufs.WriteTo(c.nc)
 	}

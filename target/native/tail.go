@@ -3,8 +3,6 @@ package native
 import (
 	"context"
 	"io"
-
-	"github.com/gosheep/gosheep/internal/sendfile"
 )
 
 // tail is response payload that follows the handler's bytes, read from a
@@ -33,16 +31,4 @@ func ReplyTail(ctx context.Context, src io.ReaderAt, off int64, n int) bool {
 	t.tl = tail{src: src, off: off, n: n}
 	t.mu.Unlock()
 	return true
-}
-
-// sendTail writes tl to the connection. The header already announced its
-// length, so any failure must break the connection.
-func (c *conn) sendTail(tl tail) error {
-	sent, err, handled := sendfile.Try(c.nc, tl.src, tl.off, tl.n)
-	if handled {
-		return err
-	}
-	b, h := c.s.bufs.get(min(tl.n-int(sent), 256<<10))
-	defer c.s.bufs.put(h)
-	return sendfile.Send(c.nc, tl.src, tl.off+sent, tl.n-int(sent), b)
 }

@@ -233,19 +233,9 @@ func (t *tx) sendLent(r *reply) error {
 	if err := t.bw.Flush(); err != nil {
 		return err
 	}
-	l := r.lent
 	t.nc.SetWriteDeadline(time.Now().Add(t.s.cfg.LendTimeout))
 	defer t.nc.SetWriteDeadline(time.Time{})
-	if err := sendfile.WriteMore(t.nc, r.parts...); err != nil {
-		return err
-	}
-	sent, err, handled := sendfile.Try(t.nc, l.Src, l.Off, l.N)
-	if handled {
-		return err
-	}
-	buf := t.s.bufs.get(min(l.N-int(sent), 256<<10))
-	defer t.s.bufs.put(buf)
-	return sendfile.Send(t.nc, l.Src, l.Off+sent, l.N-int(sent), *buf)
+	return sendfile.WithHeader(t.nc, r.lent.Src, r.lent.Off, r.lent.N, r.parts...)
 }
 
 // largeReply is the reply size above which send bypasses the bufio buffer.

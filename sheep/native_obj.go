@@ -10,6 +10,7 @@ import (
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/target/native"
+	"github.com/gosheep/gosheep/volume"
 )
 
 // objRange checks a client's object range and QEMU's u64 offset high half.
@@ -36,7 +37,7 @@ func (h *handler) readObj(ctx context.Context, req *proto.Request) (proto.Respon
 	if err := objRange(req, o, n); err != nil {
 		return h.errRsp(req, err)
 	}
-	if !o.OID.IsInode() && n >= lendMin {
+	if !o.OID.IsInode() && n >= volume.LendMin {
 		// Served from this node's copy by sendfile when it has a good one;
 		// anything else is read below, from any copy, with repair.
 		if raw, err := h.gw.ReadPinned(ctx, o, a.Offset, n); err == nil {
@@ -70,11 +71,6 @@ func (h *handler) readObj(ctx context.Context, req *proto.Request) (proto.Respon
 	}
 	return h.objRsp(req, v), buf
 }
-
-// lendMin is the smallest object read served by sendfile: below it
-// verifying through the mapping and a second write cost more than the
-// copies saved.
-const lendMin = 128 << 10
 
 // patchHeader overlays the table's view of an inode header on bytes read
 // from the inode object at off: the table is authoritative for the fields

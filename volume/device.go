@@ -45,6 +45,13 @@ type Lent = store.Raw
 // copy on this node, erasure coding); read it with ReadAt.
 var ErrNotLent = errors.New("volume: range not lendable")
 
+// LendMin is the smallest read worth lending: below it checking through
+// the mapping and a second write per response cost more than the copies
+// sendfile saves (qemu-img bench over iSCSI on one node, against copying:
+// 64 KiB reads 7 % slower at QD1; 128-256 KiB 9-17 % faster at QD1 and
+// level at QD32; 1 MiB faster at both).
+const LendMin = 128 << 10
+
 // Lender is implemented by devices that can lend a read out of this
 // node's copy instead of copying it, so a front end can send it with
 // sendfile.

@@ -60,7 +60,7 @@ func TestReadLent(t *testing.T) {
 	}
 	dev.WaitReleased(t)
 
-	// Below lendMin: copied.
+	// Below volume.LendMin: copied.
 	if r := c.SCSI(read10(8, 64), true, 32<<10, nil); r.Status != 0 || !bytes.Equal(r.Data, data[:32<<10]) {
 		t.Fatalf("small read: status %#x", r.Status)
 	}

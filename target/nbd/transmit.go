@@ -395,7 +395,7 @@ func (t *tx) read(r *request) (*reply, error) {
 		}
 		return &reply{parts: [][]byte{appendSimple(nil, 0, r.cookie)}}, nil
 	}
-	if l, ok := t.dev.(volume.Lender); ok && n >= lendMin {
+	if l, ok := t.dev.(volume.Lender); ok && n >= volume.LendMin {
 		// Any failure (a hole, no copy here, rot) is ReadAt's to handle.
 		if lent, err := l.ReadLent(t.ctx, r.off, uint64(n)); err == nil {
 			return &reply{parts: [][]byte{t.dataHeader(r, n)}, lent: lent}, nil
@@ -463,11 +463,6 @@ func (t *tx) dataHeader(r *request, n int) []byte {
 	hdr := appendChunk(make([]byte, 0, 28), replyFlagDone, replyTypeOffsetData, r.cookie, 8+n)
 	return binary.BigEndian.AppendUint64(hdr, r.off)
 }
-
-// lendMin is the smallest read worth lending: below it mapping the range
-// to verify it, and a separate write for the data, cost more than the
-// copies sendfile saves.
-const lendMin = 128 << 10
 
 // readExtents returns the allocation map of [off, off+n) as consecutive,
 // merged extents covering it exactly. Anything odd from the device (an

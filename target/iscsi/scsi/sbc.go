@@ -120,7 +120,7 @@ func execRead(ctx ctxT, c *Cmd, _ []byte) Result {
 		return good(nil)
 	}
 	n := uint64(c.n) * c.lu.bs
-	if l, ok := c.lu.dev.(volume.Lender); ok && c.Lend && n >= lendMin {
+	if l, ok := c.lu.dev.(volume.Lender); ok && c.Lend && n >= volume.LendMin {
 		// Any failure (a hole, no copy here, rot) is ReadAt's to handle.
 		if lent, err := l.ReadLent(ctx, c.lba*c.lu.bs, n); err == nil {
 			return Result{Status: StatusGood, Lent: lent}
@@ -137,13 +137,6 @@ func execRead(ctx ctxT, c *Cmd, _ []byte) Result {
 	}
 	return good(buf)
 }
-
-// lendMin is the smallest read worth lending: below it checking through
-// the mapping and a second write per Data-In PDU cost more than the copies
-// sendfile saves (qemu-img bench on one node, against copying: 64 KiB
-// reads 7 % slower at QD1; 128-256 KiB 9-17 % faster at QD1 and level at
-// QD32; 1 MiB faster at both).
-const lendMin = 128 << 10
 
 func execWrite(ctx ctxT, c *Cmd, out []byte) Result {
 	if c.n == 0 {

@@ -595,13 +595,10 @@ func (d *Disk) readVerify(f vfs.File, h *header, sums []byte, off uint32, p []by
 			if _, err := f.ReadAt(dst, base+int64(pos)); err != nil {
 				return sawPrev, readErr(err)
 			}
-			for q := pos; q < runEnd; {
-				bb := uint32(q / bs)
-				l := uint64(h.blockLen(bb))
-				if err := verify(bb, dst[q-pos:q-pos+l]); err != nil {
-					return sawPrev, err
-				}
-				q += l
+			prev, err := verifyRun(h, sums, uint32(pos/bs), dst, k, stale, epoch)
+			sawPrev = sawPrev || prev
+			if err != nil {
+				return sawPrev, err
 			}
 			pos = runEnd
 			continue
@@ -637,6 +634,21 @@ func verifyBlock(h *header, sums []byte, b uint32, blk []byte, k Key, stale bool
 		return true, nil
 	}
 	return false, &CorruptError{Key: k, Stale: stale, StaleEpoch: epoch, Offsets: []uint64{h.blockStart(b)}, Count: 1}
+}
+
+// verifyRun checks the whole blocks held in run, the first of them block
+// b0 (verifyBlock for each).
+func verifyRun(h *header, sums []byte, b0 uint32, run []byte, k Key, stale bool, epoch uint32) (sawPrev bool, err error) {
+	for s, b := uint64(0), b0; s < uint64(len(run)); b++ {
+		l := uint64(h.blockLen(b))
+		prev, err := verifyBlock(h, sums, b, run[s:s+l], k, stale, epoch)
+		if err != nil {
+			return sawPrev, err
+		}
+		sawPrev = sawPrev || prev
+		s += l
+	}
+	return sawPrev, nil
 }
 
 // pieceSize bounds one data write. The page cache sizes a new folio by

@@ -127,7 +127,7 @@ func (d *Disk) verifyInPlace(o *object, off, n uint32) (sawPrev bool, err error)
 		return d.readVerify(o.f, h, o.sums, off, make([]byte, n), o.key, false, 0)
 	}
 	b0, b1 := off/h.bs, (off+n-1)/h.bs
-	return verifyMapped(h, o.sums, o.key, b0, b1, m[h.blockStart(b0):h.blockEnd(b1)])
+	return verifyMapped(h, o.sums, o.key, b0, m[h.blockStart(b0):h.blockEnd(b1)])
 }
 
 // mapData returns o's data area mapped read-only (o.mu held, at least
@@ -201,9 +201,9 @@ func (d *Disk) unmap(o *object) {
 	d.mapMu.Unlock()
 }
 
-// verifyMapped checks blocks b0..b1 held in m, turning a fault on the
-// mapping into an error instead of a crash.
-func verifyMapped(h *header, sums []byte, k Key, b0, b1 uint32, m []byte) (sawPrev bool, err error) {
+// verifyMapped checks the whole blocks held in m, the first of them b0,
+// turning a fault on the mapping into an error instead of a crash.
+func verifyMapped(h *header, sums []byte, k Key, b0 uint32, m []byte) (sawPrev bool, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -213,14 +213,5 @@ func verifyMapped(h *header, sums []byte, k Key, b0, b1 uint32, m []byte) (sawPr
 			err = ioError("read", k, errMappedFault)
 		}
 	}()
-	base := h.blockStart(b0)
-	for b := b0; b <= b1; b++ {
-		s := h.blockStart(b) - base
-		prev, err := verifyBlock(h, sums, b, m[s:s+uint64(h.blockLen(b))], k, false, 0)
-		if err != nil {
-			return sawPrev, err
-		}
-		sawPrev = sawPrev || prev
-	}
-	return sawPrev, nil
+	return verifyRun(h, sums, b0, m, k, false, 0)
 }

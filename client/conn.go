@@ -265,8 +265,9 @@ func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rb
 // writer goroutine sends cl, batching it with theirs (fewer syscalls,
 // which measured better at queue depth 32 than writing each inline). It
 // needs ctx's deadline to bound the write (a peer that stops reading);
-// without one the writer sends cl too. A write cut off by the deadline breaks the connection, as a
-// caller leaving mid-transfer does, and gets the same grace first.
+// without one the writer sends cl too. A write cut off by the deadline
+// breaks the connection, as a caller leaving mid-transfer does, and gets
+// the same grace first.
 func (c *Conn) sendInline(ctx context.Context, cl *call) bool {
 	dl, ok := ctx.Deadline()
 	if !ok || len(c.wq) > 0 {

@@ -99,7 +99,12 @@ func (d *Disk) Create(ctx context.Context, k Key, size uint32, off uint32, data 
 			return fmt.Errorf("store: create %v: %w", k, ErrExists)
 		}
 	}
+	return d.createLocked(o, size, off, data, wo)
+}
 
+// createLocked is Create's work, under o's lock, the range checked.
+func (d *Disk) createLocked(o *object, size uint32, off uint32, data []byte, wo WriteOpts) error {
+	k := o.key
 	h := newHeader(k, size, wo.Epoch)
 	nb := h.nblocks()
 	end := uint64(off) + uint64(len(data))

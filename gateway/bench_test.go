@@ -27,7 +27,8 @@ func (nopPeer) Zero(context.Context, uint32, store.Key, uint32, uint32, bool) er
 func (nopPeer) ECWrite(context.Context, uint32, Object, ECOp, uint32, uint32, []byte, bool) error {
 	return nil
 }
-func (nopPeer) Sync(context.Context) error { return nil }
+func (nopPeer) Heal(context.Context, uint32, store.Key, uint32, []byte, bool) error { return nil }
+func (nopPeer) Sync(context.Context) error                                          { return nil }
 
 type nopPeers struct{}
 

@@ -300,6 +300,14 @@ func (p *fakePeer) Zero(ctx context.Context, epoch uint32, k store.Key, off, n u
 	return p.n.st.Zero(ctx, k, off, n, store.WriteOpts{Sync: sync, Epoch: epoch})
 }
 
+func (p *fakePeer) Heal(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+	if err := p.check(ctx, epoch, "heal", k); err != nil {
+		return err
+	}
+	_, err := p.n.st.Heal(ctx, k, off, data, store.WriteOpts{Sync: sync, Epoch: epoch})
+	return err
+}
+
 func (p *fakePeer) ECWrite(ctx context.Context, epoch uint32, o Object, op ECOp, off, n uint32, data []byte, sync bool) error {
 	if p.n.down.Load() {
 		return fmt.Errorf("fake %s down: %w", p.n.n.ID, proto.ResNetworkError)

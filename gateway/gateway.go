@@ -51,6 +51,10 @@ type Peer interface {
 	Read(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error
 	Remove(ctx context.Context, epoch uint32, k store.Key) error
 	Zero(ctx context.Context, epoch uint32, k store.Key, off, n uint32, sync bool) error
+	// Heal replaces the blocks of [off, off+len(data)) that fail their
+	// checksums with data's, keeping every block that verifies
+	// (store.Healer): a repair, safe beside writes.
+	Heal(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error
 	// ECWrite asks the object's primary to do an erasure-coded write.
 	ECWrite(ctx context.Context, epoch uint32, o Object, op ECOp, off, n uint32, data []byte, sync bool) error
 	// Sync makes every write the node acknowledged durable.
@@ -577,7 +581,9 @@ func readOrder(out, ts []placement.Node, self string) []placement.Node {
 	return out
 }
 
-// repair rewrites whole copies on bad nodes from the good node's copy.
+// repair heals the copies on bad nodes from the good node's copy: each
+// replaces only its blocks that fail their checksums (Peer.Heal), so a
+// write that reaches a bad copy after the good one was read here is kept.
 func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement.Node) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -588,7 +594,7 @@ func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement
 			return
 		}
 		for _, b := range bad {
-			err := g.cfg.Peers.Peer(b).Create(ctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, 0, buf, true, false)
+			err := g.cfg.Peers.Peer(b).Heal(ctx, v.Epoch, store.ReplicaKey(o.OID), 0, buf, true)
 			g.log.Warn("read repair", "oid", o.OID, "node", b.ID, "from", good.ID, "err", err)
 		}
 	}()

@@ -91,6 +91,12 @@ const (
 	// that fails is read again with READ_PEER, which tells rot from a torn
 	// write's remnant.
 	OpReadPeerSums Opcode = 0xe9
+	// OpHealPeer is WRITE_PEER for a repair: of the whole 4096-byte blocks
+	// written (the offset aligned, the end too or at the object's end),
+	// the peer replaces only those that fail their checksums
+	// (store.Healer), so a repair cannot undo a write that reached the
+	// copy after the repair read its source.
+	OpHealPeer Opcode = 0xea
 )
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
@@ -129,7 +135,7 @@ var opNames = map[Opcode]string{
 	OpReweight: "REWEIGHT", OpStat: "STAT", OpExist: "EXIST", OpClusterInfo: "CLUSTER_INFO",
 	OpRepairReplica: "REPAIR_REPLICA", OpOIDsExist: "OIDS_EXIST", OpGetRecovery: "GET_RECOVERY",
 	OpSetRecovery: "SET_RECOVERY", OpMeta: "META", OpSyncPeer: "SYNC_PEER",
-	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS",
+	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS", OpHealPeer: "HEAL_PEER",
 }
 
 func (o Opcode) String() string {

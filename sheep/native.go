@@ -134,7 +134,8 @@ func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte)
 	case proto.OpGetObjList:
 		return h.objList(ctx, req)
 
-	case proto.OpCreateAndWritePeer, proto.OpWritePeer, proto.OpWritePeerSums, proto.OpReadPeer, proto.OpReadPeerSums, proto.OpRemovePeer:
+	case proto.OpCreateAndWritePeer, proto.OpWritePeer, proto.OpWritePeerSums, proto.OpReadPeer, proto.OpReadPeerSums, proto.OpRemovePeer,
+		proto.OpHealPeer:
 		return h.peerIO(ctx, req, data)
 	case proto.OpSyncPeer:
 		if err := h.store.Sync(ctx); err != nil {

@@ -95,6 +95,15 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 			break
 		}
 		err = h.guarded(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
+	case proto.OpHealPeer:
+		hl, ok := h.store.(store.Healer)
+		if !ok {
+			return h.errRsp(req, fmt.Errorf("peer heal of %s: this store cannot heal: %w", k.OID, proto.ResNoSupport))
+		}
+		err = h.guarded(ctx, k, func() error {
+			_, err := hl.Heal(ctx, k, a.Offset, data, opts)
+			return err
+		})
 	case proto.OpReadPeerSums:
 		return h.readPeerSums(ctx, req, k)
 	case proto.OpRemovePeer:

@@ -82,6 +82,17 @@ func (l *localPeer) Zero(ctx context.Context, epoch uint32, k store.Key, off, n 
 	return l.h.guarded(ctx, k, func() error { return l.h.store.Zero(ctx, k, off, n, l.opts(epoch, sync)) })
 }
 
+func (l *localPeer) Heal(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+	hl, ok := l.h.store.(store.Healer)
+	if !ok {
+		return fmt.Errorf("heal of %s: this store cannot heal: %w", k.OID, proto.ResNoSupport)
+	}
+	return l.h.guarded(ctx, k, func() error {
+		_, err := hl.Heal(ctx, k, off, data, l.opts(epoch, sync))
+		return err
+	})
+}
+
 func (l *localPeer) ECWrite(ctx context.Context, epoch uint32, o gateway.Object, op gateway.ECOp, off, n uint32, data []byte, sync bool) error {
 	return l.h.gw.HandleECWrite(ctx, epoch, o, op, off, n, data, sync)
 }
@@ -161,6 +172,10 @@ func (r *remotePeer) Write(ctx context.Context, epoch uint32, k store.Key, off u
 		// invalid request fails again below, as it should.
 	}
 	return r.do(ctx, peerReq(proto.OpWritePeer, epoch, k, off, sync), data, nil)
+}
+
+func (r *remotePeer) Heal(ctx context.Context, epoch uint32, k store.Key, off uint32, data []byte, sync bool) error {
+	return r.do(ctx, peerReq(proto.OpHealPeer, epoch, k, off, sync), data, nil)
 }
 
 // appendSums appends sums to dst as little-endian CRC32C, the wire form

@@ -610,9 +610,10 @@ func (r *Recoverer) rebuildStrip(ctx context.Context, k store.Key, s Shape, hs [
 // ECIndex is the strip index of an EC entry.
 func (e Entry) ECIndex() uint8 { return e.Key.ECIndex }
 
-// RepairLocal replaces this node's copy of k (found corrupt by a scrub or a
-// read) with a current copy from another node, or rebuilds an EC strip
-// from the others.
+// RepairLocal repairs this node's copy of k (found corrupt by a scrub or a
+// read) from a current copy on another node, or rebuilds an EC strip from
+// the others. A replica is healed (store.Healer), not replaced: only its
+// rotten blocks change.
 func (r *Recoverer) RepairLocal(ctx context.Context, k store.Key) error {
 	r.mu.Lock()
 	e := r.epoch
@@ -640,5 +641,37 @@ func (r *Recoverer) RepairLocal(ctx context.Context, k store.Key) error {
 	if len(others) == 0 {
 		return fmt.Errorf("recovery: repair %s: no other copy: %w", k.OID, proto.ResEIO)
 	}
+	if hl, ok := r.cfg.Local.(store.Healer); ok && !k.EC {
+		return r.healLocal(ctx, hl, k, others)
+	}
 	return r.recoverKey(ctx, e, k, s, others)
+}
+
+// healLocal reads a copy of replica k with the newest epoch from another
+// holder and heals this node's copy from it. Writes keep arriving here
+// while the other copy is read; a block they replaced verifies and is
+// kept, where installing the other copy whole would put back what they
+// replaced.
+func (r *Recoverer) healLocal(ctx context.Context, hl store.Healer, k store.Key, hs []holding) error {
+	best := bestEpoch(hs)
+	lastErr := fmt.Errorf("recovery: repair %s: no current copy elsewhere: %w", k.OID, proto.ResEIO)
+	for _, h := range hs {
+		if h.e.Key != k || h.e.Epoch != best {
+			continue
+		}
+		buf := make([]byte, h.e.Size)
+		if err := r.read(ctx, h, buf); err != nil {
+			lastErr = err
+			continue
+		}
+		n, err := hl.Heal(ctx, k, 0, buf, store.WriteOpts{Epoch: best})
+		if err != nil {
+			return fmt.Errorf("recovery: repair %s: %w", k.OID, err)
+		}
+		r.bytes.Add(uint64(n) * store.SumBlock)
+		r.observe(n*store.SumBlock, nil)
+		return nil
+	}
+	r.observe(0, lastErr)
+	return lastErr
 }

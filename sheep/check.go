@@ -49,13 +49,24 @@ func (d *Daemon) readCopy(ctx context.Context, n placement.Node, k store.Key, si
 	return buf, recoveryRemote{pool: d.pool}.Read(ctx, n.Addr.String(), entryOf(k), 0, buf)
 }
 
-// writeCopy installs a whole copy on node.
-func (d *Daemon) writeCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, data []byte) error {
+// writeCopy installs a whole copy on node; with excl only where none
+// exists.
+func (d *Daemon) writeCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, data []byte, excl bool) error {
 	if n.ID == d.node.ID() {
-		return d.store.Create(ctx, k, uint32(len(data)), 0, data, store.WriteOpts{Epoch: epoch, Sync: true})
+		return d.store.Create(ctx, k, uint32(len(data)), 0, data, store.WriteOpts{Epoch: epoch, Sync: true, Exclusive: excl})
 	}
 	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
-	return p.Create(ctx, epoch, k, uint32(len(data)), 0, data, true, false)
+	return p.Create(ctx, epoch, k, uint32(len(data)), 0, data, true, excl)
+}
+
+// healCopy heals node's copy from data (store.Healer): only its rotten
+// blocks change, so writes that reached it since data was read are kept.
+func (d *Daemon) healCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, data []byte) error {
+	if n.ID == d.node.ID() {
+		return (&localPeer{h: d.h}).Heal(ctx, epoch, k, 0, data, true)
+	}
+	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
+	return p.Heal(ctx, epoch, k, 0, data, true)
 }
 
 // checkVDI compares every copy (or strip) of every object the VDI refers
@@ -182,7 +193,25 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 					continue
 				}
 			}
-			if err := d.writeCopy(ctx, view.Epoch, c.node, c.key, data); err != nil {
+			var err error
+			switch kind {
+			case "corrupt":
+				// Only its rotten blocks: the VDI may be in use.
+				err = d.healCopy(ctx, view.Epoch, c.node, c.key, data)
+			case "missing":
+				// Unless one appeared meanwhile (recovery, a writer).
+				err = d.writeCopy(ctx, view.Epoch, c.node, c.key, data, true)
+			default:
+				// Copies that differ with sound checksums: the majority's
+				// replaces it whole. A write in flight makes copies differ
+				// for a moment, so this is for a VDI at rest.
+				err = d.writeCopy(ctx, view.Epoch, c.node, c.key, data, false)
+			}
+			if errors.Is(err, proto.ResOIDExist) || errors.Is(err, store.ErrExists) {
+				rep.Details = append(rep.Details, msg+": present now (recovered or written meanwhile)")
+				continue
+			}
+			if err != nil {
 				msg += ": repair failed: " + err.Error()
 			} else {
 				rep.Repaired++

@@ -382,8 +382,12 @@ func (a *app) vdiCheckCmd() *cobra.Command {
 		Short: "check (and with --repair fix) every copy of a VDI's objects",
 		Long: `check compares every copy (or erasure-coded strip) of the VDI's objects with
 where the placement ring wants them and with each other. With --repair,
-missing and damaged copies are rebuilt from good ones. The exit status is 1
-when damage remains.`,
+missing and damaged copies are rebuilt from good ones: a damaged copy only
+in its damaged blocks, so this is safe while the VDI is in use. Copies that
+differ with sound checksums (a write cut short by a crash) take the
+majority's content whole; a write in flight can make copies differ for a
+moment, so repair those on a VDI at rest. The exit status is 1 when damage
+remains.`,
 		Example: "  dog vdi check vol0\n  dog vdi check --repair vol0",
 		Args:    args(1, 1, "VDI"),
 		RunE: func(cmd *cobra.Command, args []string) error {

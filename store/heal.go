@@ -119,3 +119,46 @@ func (d *Disk) Heal(ctx context.Context, k Key, off uint32, data []byte, wo Writ
 	}
 	return healed, nil
 }
+
+// Replacer replaces a copy whole, but only if it still holds what the
+// caller saw: the seam `dog vdi check --repair` uses for copies that
+// differ with sound checksums (a write torn by a crash), where Heal has
+// no rotten block to go by.
+type Replacer interface {
+	// ReplaceIf replaces k with an object of len(data) bytes holding data,
+	// if k's content still hashes (Hash) to want; otherwise it changes
+	// nothing and fails with ErrChanged. The hash and the replacement are
+	// one step under the object's lock, so a write that reached the copy
+	// after the caller hashed it is never undone.
+	ReplaceIf(ctx context.Context, k Key, want [20]byte, data []byte, o WriteOpts) error
+}
+
+// ErrChanged: the copy no longer holds what the caller saw (ReplaceIf);
+// on the wire ResAgain.
+var ErrChanged = proto.NewError(proto.ResAgain, "store: object changed since it was read")
+
+// ReplaceIf implements Replacer.
+func (d *Disk) ReplaceIf(ctx context.Context, k Key, want [20]byte, data []byte, wo WriteOpts) error {
+	if err := d.begin(ctx); err != nil {
+		return err
+	}
+	defer d.exit()
+	if len(data) == 0 || uint64(len(data)) > math.MaxUint32 {
+		return fmt.Errorf("store: replace of %s with %d bytes: %w", k, len(data), proto.ResInvalidParms)
+	}
+	o := d.acquire(k)
+	defer d.release(o)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := d.openLocked(o); err != nil {
+		return err
+	}
+	got, err := d.hashFile(ctx, o.f, &o.h, o.sums, k, false, 0)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("store: replace of %s: %w", k, ErrChanged)
+	}
+	return d.createLocked(o, uint32(len(data)), 0, data, wo)
+}

@@ -119,3 +119,40 @@ func TestHealUnopenable(t *testing.T) {
 	}
 	checkContent(t, d, k, data)
 }
+
+// TestReplaceIf: a copy is replaced only while it hashes to what the
+// caller saw; after a write it is left alone (ErrChanged).
+func TestReplaceIf(t *testing.T) {
+	ctx := context.Background()
+	d := openT(t, t.TempDir(), Options{NoSync: true})
+	k := ReplicaKey(proto.OID(7))
+	const size = 32 << 10
+	mustCreate(t, d, k, size, 0, pattern(1, size))
+	seen, err := d.Hash(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A write after the caller hashed the copy.
+	newer := pattern(2, 4096)
+	if err := d.Write(ctx, k, 8192, newer, WriteOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	want := pattern(1, size)
+	copy(want[8192:], newer)
+	if err := d.ReplaceIf(ctx, k, seen, pattern(3, size), WriteOpts{}); !errors.Is(err, ErrChanged) {
+		t.Fatalf("replace of a changed copy: %v, want ErrChanged", err)
+	}
+	checkContent(t, d, k, want)
+
+	now, err := d.Hash(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReplaceIf(ctx, k, now, pattern(3, size), WriteOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, d, k, pattern(3, size))
+
+	wantErr(t, d.ReplaceIf(ctx, ReplicaKey(proto.OID(8)), now, pattern(3, size), WriteOpts{}), ErrNotFound, "replace of a missing object")
+	wantErr(t, d.ReplaceIf(ctx, k, now, nil, WriteOpts{}), proto.ResInvalidParms, "replace with nothing")
+}

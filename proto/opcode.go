@@ -97,6 +97,11 @@ const (
 	// (store.Healer), so a repair cannot undo a write that reached the
 	// copy after the repair read its source.
 	OpHealPeer Opcode = 0xea
+	// OpReplacePeer replaces a local object whole, if it still holds what
+	// the sender saw: the payload is the SHA-1 the object must hash to
+	// (GET_HASH), then the new content (offset 0). Otherwise nothing
+	// changes and the answer is ResAgain (store.Replacer).
+	OpReplacePeer Opcode = 0xeb
 )
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
@@ -135,7 +140,7 @@ var opNames = map[Opcode]string{
 	OpReweight: "REWEIGHT", OpStat: "STAT", OpExist: "EXIST", OpClusterInfo: "CLUSTER_INFO",
 	OpRepairReplica: "REPAIR_REPLICA", OpOIDsExist: "OIDS_EXIST", OpGetRecovery: "GET_RECOVERY",
 	OpSetRecovery: "SET_RECOVERY", OpMeta: "META", OpSyncPeer: "SYNC_PEER",
-	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS", OpHealPeer: "HEAL_PEER",
+	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS", OpHealPeer: "HEAL_PEER", OpReplacePeer: "REPLACE_PEER",
 }
 
 func (o Opcode) String() string {

@@ -135,7 +135,7 @@ func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte)
 		return h.objList(ctx, req)
 
 	case proto.OpCreateAndWritePeer, proto.OpWritePeer, proto.OpWritePeerSums, proto.OpReadPeer, proto.OpReadPeerSums, proto.OpRemovePeer,
-		proto.OpHealPeer:
+		proto.OpHealPeer, proto.OpReplacePeer:
 		return h.peerIO(ctx, req, data)
 	case proto.OpSyncPeer:
 		if err := h.store.Sync(ctx); err != nil {

@@ -2,6 +2,7 @@ package sheep
 
 import (
 	"context"
+	"crypto/sha1"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -104,6 +105,16 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 			_, err := hl.Heal(ctx, k, a.Offset, data, opts)
 			return err
 		})
+	case proto.OpReplacePeer:
+		rp, ok := h.store.(store.Replacer)
+		if !ok {
+			return h.errRsp(req, fmt.Errorf("peer replace of %s: this store cannot: %w", k.OID, proto.ResNoSupport))
+		}
+		if len(data) <= sha1.Size || a.Offset != 0 {
+			return h.errRsp(req, fmt.Errorf("peer replace of %s: %d bytes at %d: %w", k.OID, len(data), a.Offset, proto.ResInvalidParms))
+		}
+		want := [sha1.Size]byte(data[:sha1.Size])
+		err = h.guarded(ctx, k, func() error { return rp.ReplaceIf(ctx, k, want, data[sha1.Size:], opts) })
 	case proto.OpReadPeerSums:
 		return h.readPeerSums(ctx, req, k)
 	case proto.OpRemovePeer:

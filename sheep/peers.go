@@ -178,6 +178,12 @@ func (r *remotePeer) Heal(ctx context.Context, epoch uint32, k store.Key, off ui
 	return r.do(ctx, peerReq(proto.OpHealPeer, epoch, k, off, sync), data, nil)
 }
 
+// replaceIf replaces the peer's copy with data if it still hashes to want
+// (store.Replacer; store.ErrChanged, as ResAgain, if not).
+func (r *remotePeer) replaceIf(ctx context.Context, epoch uint32, k store.Key, want [20]byte, data []byte) error {
+	return r.doVec(ctx, peerReq(proto.OpReplacePeer, epoch, k, 0, true), want[:], data, nil)
+}
+
 // appendSums appends sums to dst as little-endian CRC32C, the wire form
 // of WRITE_PEER_SUMS and READ_PEER_SUMS.
 func appendSums(dst []byte, sums []uint32) []byte {

@@ -326,7 +326,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func frontendOf(op proto.Opcode) string {
 	switch op {
 	case proto.OpCreateAndWritePeer, proto.OpReadPeer, proto.OpWritePeer, proto.OpRemovePeer, proto.OpSyncPeer,
-		proto.OpWritePeerSums, proto.OpReadPeerSums, proto.OpHealPeer:
+		proto.OpWritePeerSums, proto.OpReadPeerSums, proto.OpHealPeer, proto.OpReplacePeer:
 		return "peer"
 	}
 	return "native"

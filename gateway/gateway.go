@@ -600,6 +600,10 @@ func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement
 	}()
 }
 
+// PeerTimeout is how long one attempt against one peer may take: a
+// mutation's leg that started has landed or been given up after it.
+func (g *Gateway) PeerTimeout() time.Duration { return g.cfg.PeerTimeout }
+
 // Flush makes every write acknowledged so far durable on every node written.
 func (g *Gateway) Flush(ctx context.Context) error {
 	g.mu.Lock()

@@ -2,10 +2,12 @@ package sheep
 
 import (
 	"context"
+	"crypto/sha1"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/gosheep/gosheep/api"
 	"github.com/gosheep/gosheep/cluster"
@@ -99,6 +101,7 @@ func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, 
 		}
 	}
 	codecs := codecs{d.codecs}
+	var differ []mismatch // copies that differ, repaired after a settle
 	for _, o := range objs {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -107,8 +110,11 @@ func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, 
 		if o.Red.IsEC() {
 			d.checkEC(ctx, view, codecs, o, repair, rep)
 		} else {
-			d.checkReplicated(ctx, view, o, repair, rep)
+			d.checkReplicated(ctx, view, o, repair, rep, &differ)
 		}
+	}
+	if len(differ) > 0 {
+		d.repairMismatches(ctx, view, differ, rep)
 	}
 	return rep, nil
 }
@@ -126,7 +132,7 @@ func (d *Daemon) targets(view *gateway.View, o gateway.Object) []placement.Node 
 	return t
 }
 
-func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gateway.Object, repair bool, rep *api.CheckReport) {
+func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gateway.Object, repair bool, rep *api.CheckReport, differ *[]mismatch) {
 	var cs []copyState
 	votes := map[[20]byte]int{}
 	for _, n := range d.targets(view, o) {
@@ -185,6 +191,12 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 			continue
 		}
 		msg := fmt.Sprintf("%s on %s: %s", o.OID, c.node.Addr, kind)
+		if repair && kind == "differs from the majority" {
+			if len(*differ) == 0 || (*differ)[len(*differ)-1].o.OID != o.OID {
+				*differ = append(*differ, mismatch{o: o, cs: cs, good: good})
+			}
+			continue // reported by repairMismatches
+		}
 		if repair {
 			if data == nil {
 				var err error
@@ -194,18 +206,13 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 				}
 			}
 			var err error
-			switch kind {
-			case "corrupt":
+			if kind == "corrupt" {
 				// Only its rotten blocks: the VDI may be in use.
 				err = d.healCopy(ctx, view.Epoch, c.node, c.key, data)
-			case "missing":
-				// Unless one appeared meanwhile (recovery, a writer).
+			} else {
+				// Missing: unless one appeared meanwhile (recovery, a
+				// writer).
 				err = d.writeCopy(ctx, view.Epoch, c.node, c.key, data, true)
-			default:
-				// Copies that differ with sound checksums: the majority's
-				// replaces it whole. A write in flight makes copies differ
-				// for a moment, so this is for a VDI at rest.
-				err = d.writeCopy(ctx, view.Epoch, c.node, c.key, data, false)
 			}
 			if errors.Is(err, proto.ResOIDExist) || errors.Is(err, store.ErrExists) {
 				rep.Details = append(rep.Details, msg+": present now (recovered or written meanwhile)")
@@ -314,4 +321,86 @@ func (d *Daemon) volumeCheck(ctx context.Context, op *api.VolumeOp) (*cluster.Re
 		return nil, err
 	}
 	return &cluster.Result{Value: b}, nil
+}
+
+// mismatch is an object whose copies hash differently, all readable.
+type mismatch struct {
+	o    gateway.Object
+	cs   []copyState
+	good [20]byte // the majority's hash
+}
+
+// repairMismatches gives copies that differ the majority's content, safely
+// beside writes. Copies differ for a moment while a write is in flight,
+// so first every leg of any write seen is let run out (a leg ends within
+// the gateway's PeerTimeout, after which the write is retried whole or
+// fails unacknowledged); copies that still hash as they did differ for
+// good (a write torn by a crash). Each is then replaced only if it still
+// hashes the same (store.Replacer), so a write that reaches it meanwhile
+// is kept, and the source is used only if it still hashes to the
+// majority's content.
+func (d *Daemon) repairMismatches(ctx context.Context, view *gateway.View, ms []mismatch, rep *api.CheckReport) {
+	if !sleepCtx(ctx, d.gw.PeerTimeout()+time.Second) {
+		for _, m := range ms {
+			rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ: not repaired: %v", m.o.OID, ctx.Err()))
+		}
+		return
+	}
+	for _, m := range ms {
+		d.repairMismatch(ctx, view, m, rep)
+	}
+}
+
+func (d *Daemon) repairMismatch(ctx context.Context, view *gateway.View, m mismatch, rep *api.CheckReport) {
+	var src *copyState
+	for i, c := range m.cs {
+		if c.err != nil {
+			continue // missing or corrupt: repaired (or not) already
+		}
+		h, err := d.hashOn(ctx, c.node, c.key)
+		if err != nil || h != c.hash {
+			rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ, and changed while checked (in use?): not repaired; check again", m.o.OID))
+			return
+		}
+		if src == nil && c.hash == m.good {
+			src = &m.cs[i]
+		}
+	}
+	data, err := d.readCopy(ctx, src.node, src.key, m.o.Size)
+	if err == nil && sha1.Sum(data) != m.good {
+		err = fmt.Errorf("changed while read: %w", store.ErrChanged)
+	}
+	for _, c := range m.cs {
+		if c.err != nil || c.hash == m.good {
+			continue
+		}
+		msg := fmt.Sprintf("%s on %s: differs from the majority", m.o.OID, c.node.Addr)
+		if err != nil {
+			rep.Details = append(rep.Details, msg+": repair source unreadable: "+err.Error())
+			continue
+		}
+		switch rerr := d.replaceCopy(ctx, view.Epoch, c.node, c.key, c.hash, data); {
+		case errors.Is(rerr, store.ErrChanged) || errors.Is(rerr, proto.ResAgain):
+			msg += ": written meanwhile: not repaired; check again"
+		case rerr != nil:
+			msg += ": repair failed: " + rerr.Error()
+		default:
+			rep.Repaired++
+			msg += ": repaired"
+			d.metrics.ScrubFinding("repaired")
+		}
+		rep.Details = append(rep.Details, msg)
+	}
+}
+
+// replaceCopy replaces node's copy with data if it still hashes to want
+// (store.Replacer).
+func (d *Daemon) replaceCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, want [20]byte, data []byte) error {
+	if n.ID == d.node.ID() {
+		return d.h.guarded(ctx, k, func() error {
+			return d.store.ReplaceIf(ctx, k, want, data, store.WriteOpts{Epoch: epoch, Sync: true})
+		})
+	}
+	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
+	return p.replaceIf(ctx, epoch, k, want, data)
 }

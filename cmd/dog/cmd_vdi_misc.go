@@ -382,12 +382,13 @@ func (a *app) vdiCheckCmd() *cobra.Command {
 		Short: "check (and with --repair fix) every copy of a VDI's objects",
 		Long: `check compares every copy (or erasure-coded strip) of the VDI's objects with
 where the placement ring wants them and with each other. With --repair,
-missing and damaged copies are rebuilt from good ones: a damaged copy only
-in its damaged blocks, so this is safe while the VDI is in use. Copies that
+missing and damaged copies are rebuilt from good ones, safely while the VDI
+is in use: a damaged copy changes only in its damaged blocks. Copies that
 differ with sound checksums (a write cut short by a crash) take the
-majority's content whole; a write in flight can make copies differ for a
-moment, so repair those on a VDI at rest. The exit status is 1 when damage
-remains.`,
+majority's content after a wait of the peer timeout (a write in flight
+makes copies differ for that long at most), and only if nothing wrote to
+them meanwhile; otherwise the report says to check again. The exit status
+is 1 when damage remains.`,
 		Example: "  dog vdi check vol0\n  dog vdi check --repair vol0",
 		Args:    args(1, 1, "VDI"),
 		RunE: func(cmd *cobra.Command, args []string) error {

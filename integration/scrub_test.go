@@ -227,3 +227,37 @@ func TestCheckRepairsDifferingCopies(t *testing.T) {
 	}
 	t.Logf("verified: check found the differing copy and repair gave it the majority's content")
 }
+
+// TestScrubConvergesDifferingCopies: copies left different by a write
+// torn by its writer's crash (one copy alone rewritten) converge to the
+// majority's content by the scrub, with nobody running a check.
+func TestScrubConvergesDifferingCopies(t *testing.T) {
+	c := newCluster(t, 3, "--scrub-interval", "2s", "--scrub-rate", "1G")
+	c.format("3")
+	a, b := c.nodes[0], c.nodes[1]
+	vid := createVDI(t, a, "vol", 8<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := openVDI(t, a, "vol").WriteAt(ctx, randomBytes(8<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	oid := proto.DataOID(vid, 0)
+	good, err := a.hash(t, oid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := proto.Request{Opcode: proto.OpWritePeer, Epoch: a.state(t).State.Epoch()}
+	req.SetObj(proto.ObjArgs{OID: uint64(oid), Offset: 4096})
+	if _, _, err := b.conn(t).Do(ctx, req, bytes.Repeat([]byte{0xcd}, 4096), nil); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := b.hash(t, oid); err != nil || h == good {
+		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
+	}
+	t.Logf("injecting: one copy of %s on %s alone rewritten", oid, b.ip)
+	waitFor(t, "copies to converge", 60*time.Second, func() bool {
+		h, err := b.hash(t, oid)
+		return err == nil && h == good
+	})
+	t.Logf("verified: the scrub gave the differing copy on %s the majority's content", b.ip)
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/gosheep/gosheep/api"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/store"
 )
@@ -12,6 +13,11 @@ import (
 // scrub verifies every local object's block checksums at a bounded rate,
 // pass after pass, and repairs the copies it finds corrupt from other
 // nodes. Bit rot is then found and fixed before a read needs the copy.
+// The primary holder of a replicated object also compares the copies'
+// hashes, and copies left different by a write torn by a crash are given
+// the majority's content at the end of the pass (repairMismatches, as
+// `dog vdi check --repair` does), so reads stop depending on which copy
+// they reach.
 func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 	for {
 		if !sleepCtx(ctx, every) {
@@ -23,6 +29,7 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 		}
 		start := time.Now()
 		var done uint64
+		var differ []mismatch
 		for _, o := range objs {
 			if ctx.Err() != nil {
 				return
@@ -45,6 +52,12 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 				}
 			case err != nil && !errors.Is(err, store.ErrNotFound):
 				d.log.Warn("scrub: verify failed", "oid", o.Key.OID, "err", err)
+			case err == nil && !o.Key.EC:
+				if m, n, ok := d.compareCopies(ctx, o.Key); ok {
+					differ = append(differ, m)
+				} else {
+					done += uint64(n) * uint64(o.Size) // the others hashed theirs
+				}
 			}
 			// Stay under the rate.
 			if rate > 0 {
@@ -54,7 +67,56 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 				}
 			}
 		}
+		if len(differ) > 0 {
+			if view := d.views.View(); view != nil {
+				rep := &api.CheckReport{}
+				d.repairMismatches(ctx, view, differ, rep)
+				d.log.Warn("scrub: copies differed", "objects", len(differ), "repaired", rep.Repaired, "details", rep.Details)
+			}
+		}
 	}
+}
+
+// compareCopies reports, for a replica this node is the primary holder
+// of, whether its copies hash differently while all are readable (a
+// mismatch for repairMismatches); n is how many other copies were hashed.
+// Missing, corrupt or unreachable copies are for recovery, read repair
+// and their holders' scrubs.
+func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n int, ok bool) {
+	s, known, _ := d.shape(k.OID)
+	view := d.views.View()
+	if !known || s.Red.IsEC() || view == nil {
+		return m, 0, false
+	}
+	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}
+	ts := d.targets(view, o)
+	if len(ts) < 2 || ts[0].ID != d.node.ID() {
+		return m, 0, false
+	}
+	votes := map[[20]byte]int{}
+	var cs []copyState
+	for _, t := range ts {
+		h, err := d.hashOn(ctx, t, k)
+		if err != nil {
+			return m, n, false
+		}
+		if t.ID != d.node.ID() {
+			n++
+		}
+		cs = append(cs, copyState{node: t, key: k, hash: h})
+		votes[h]++
+	}
+	if len(votes) == 1 {
+		return m, n, false
+	}
+	// The majority; a tie goes to this copy, so every pass picks the same.
+	good, best := cs[0].hash, votes[cs[0].hash]
+	for h, c := range votes {
+		if c > best {
+			good, best = h, c
+		}
+	}
+	return mismatch{o: o, cs: cs, good: good}, n, true
 }
 
 // repairCopy rebuilds a corrupt local copy: an erasure-coded strip through

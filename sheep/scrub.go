@@ -93,21 +93,26 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 	if len(ts) < 2 || ts[0].ID != d.node.ID() {
 		return m, 0, false
 	}
-	votes := map[[20]byte]int{}
+	// The copies are hashed one after another, so a write landing
+	// between two of them shows as a difference: look twice.
 	var cs []copyState
-	for _, t := range ts {
-		h, err := d.hashOn(ctx, t, k)
-		if err != nil {
+	votes := map[[20]byte]int{}
+	for range 2 {
+		cs, votes = cs[:0], map[[20]byte]int{}
+		for _, t := range ts {
+			h, err := d.hashOn(ctx, t, k)
+			if err != nil {
+				return m, n, false
+			}
+			if t.ID != d.node.ID() {
+				n++
+			}
+			cs = append(cs, copyState{node: t, key: k, hash: h})
+			votes[h]++
+		}
+		if len(votes) == 1 {
 			return m, n, false
 		}
-		if t.ID != d.node.ID() {
-			n++
-		}
-		cs = append(cs, copyState{node: t, key: k, hash: h})
-		votes[h]++
-	}
-	if len(votes) == 1 {
-		return m, n, false
 	}
 	// The majority; a tie goes to this copy, so every pass picks the same.
 	good, best := cs[0].hash, votes[cs[0].hash]

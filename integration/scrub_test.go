@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -260,4 +261,54 @@ func TestScrubConvergesDifferingCopies(t *testing.T) {
 		return err == nil && h == good
 	})
 	t.Logf("verified: the scrub gave the differing copy on %s the majority's content", b.ip)
+}
+
+// TestScrubReencodesInconsistentParity: parity left inconsistent with the
+// data strips (what an erasure-coded write torn by its primary's crash
+// leaves) is re-encoded by the scrub, with nobody running a check.
+func TestScrubReencodesInconsistentParity(t *testing.T) {
+	// No scrub until the damage is seen by a check.
+	c := newCluster(t, 3, "--scrub-interval", "1h")
+	c.format("2:1")
+	a := c.nodes[0]
+	vid := createVDI(t, a, "vol", 8<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	data := randomBytes(8 << 20)
+	if err := openVDI(t, a, "vol").WriteAt(ctx, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite a block of the parity strip alone, through its holder.
+	oid := proto.DataOID(vid, 0)
+	holderOf := func(strip int) *node {
+		for _, n := range c.nodes {
+			if _, err := os.Stat(filepath.Join(n.dataDir(), "store", "obj", fmt.Sprintf("%s_%d", oid, strip))); err == nil {
+				return n
+			}
+		}
+		t.Fatalf("no node holds strip %d of %s", strip, oid)
+		return nil
+	}
+	holder, primary := holderOf(2), holderOf(0)
+	req := proto.Request{Opcode: proto.OpWritePeer, Epoch: a.state(t).State.Epoch()}
+	req.SetObj(proto.ObjArgs{OID: uint64(oid), Offset: 4096, CopyPolicy: 0xff, ECIndex: 2})
+	if _, _, err := holder.conn(t).Do(ctx, req, bytes.Repeat([]byte{0xee}, 4096), nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("injecting: parity strip of %s on %s alone rewritten", oid, holder.ip)
+	if rep := a.check(t, "vol", false); rep.Mismatch != 1 {
+		t.Fatalf("check after the injection: %+v, want the parity inconsistent", rep)
+	}
+	primary.args = append(primary.args, "--scrub-interval", "2s", "--scrub-rate", "1G")
+	primary.restart()
+	c.healthy(c.nodes...)
+	waitFor(t, "parity re-encoded", 60*time.Second, func() bool {
+		rep := a.check(t, "vol", false)
+		return rep.Mismatch+rep.Corrupt+rep.Missing == 0
+	})
+	got := make([]byte, 8<<20)
+	if err := openVDI(t, a, "vol").ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after the re-encode: %v, or other bytes than written", err)
+	}
+	t.Logf("verified: the scrub re-encoded the inconsistent parity on %s", holder.ip)
 }

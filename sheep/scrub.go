@@ -17,7 +17,9 @@ import (
 // hashes, and copies left different by a write torn by a crash are given
 // the majority's content at the end of the pass (repairMismatches, as
 // `dog vdi check --repair` does), so reads stop depending on which copy
-// they reach.
+// they reach. Likewise the primary of an erasure-coded object (the holder
+// of strip 0) has parity left inconsistent by a torn write re-encoded
+// (RepairEC, under the lock every mutation of the object takes).
 func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 	for {
 		if !sleepCtx(ctx, every) {
@@ -58,6 +60,8 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 				} else {
 					done += uint64(n) * uint64(o.Size) // the others hashed theirs
 				}
+			case err == nil && o.Key.ECIndex == 0:
+				done += d.checkParity(ctx, o.Key)
 			}
 			// Stay under the rate.
 			if rate > 0 {
@@ -75,6 +79,27 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 			}
 		}
 	}
+}
+
+// checkParity has the parity of an erasure-coded object this node is the
+// primary of checked against its data, and re-encoded if a torn write
+// left it inconsistent; it returns the bytes the other holders read.
+func (d *Daemon) checkParity(ctx context.Context, k store.Key) uint64 {
+	s, known, _ := d.shape(k.OID)
+	view := d.views.View()
+	if !known || !s.Red.IsEC() || view == nil {
+		return 0
+	}
+	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}
+	if ts := d.targets(view, o); len(ts) == 0 || ts[0].ID != d.node.ID() {
+		return 0
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := d.gw.RepairEC(rctx, o); err != nil {
+		d.log.Warn("scrub: parity check failed", "oid", k.OID, "err", err)
+	}
+	return uint64(s.Size) / uint64(s.Red.Data) * uint64(s.Red.Data+s.Red.Parity-1)
 }
 
 // compareCopies reports, for a replica this node is the primary holder

@@ -619,6 +619,14 @@ func (g *Gateway) ecRepair(ctx context.Context, v *View, ts []placement.Node, c 
 		}
 	case have < int(o.Red.Data):
 		return fmt.Errorf("gateway: repair %s: %d of %d strips readable: %w", o.OID, have, o.Red.Data, ErrTooFewStrips)
+	default:
+		var bad []int
+		for i, ch := range chunks {
+			if ch == nil {
+				bad = append(bad, i)
+			}
+		}
+		g.log.Info("ec repair: rebuilding strips", "oid", o.OID, "strips", bad)
 	}
 	return g.ecInstall(ctx, v, ts, c, o, chunks, sync)
 }

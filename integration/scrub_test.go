@@ -45,6 +45,22 @@ func (n *node) flipByte(t testing.TB, oid proto.OID, off int64) {
 	t.Logf("injecting: flipped byte %d of %s on %s", off, oid, n.ip)
 }
 
+// writeOneCopy writes data at off into n's copy of oid alone (strip >= 0:
+// that strip of it), bypassing the gateway: what a write torn by its
+// writer's crash leaves behind.
+func (n *node) writeOneCopy(t testing.TB, ctx context.Context, epoch uint32, oid proto.OID, strip int, off uint32, data []byte) {
+	t.Helper()
+	req := proto.Request{Opcode: proto.OpWritePeer, Epoch: epoch}
+	a := proto.ObjArgs{OID: uint64(oid), Offset: off}
+	if strip >= 0 {
+		a.CopyPolicy, a.ECIndex = 0xff, uint8(strip)
+	}
+	req.SetObj(a)
+	if _, _, err := n.conn(t).Do(ctx, req, data, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (n *node) hash(t testing.TB, oid proto.OID) ([20]byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -158,11 +174,7 @@ func TestCheckRepairsDifferingCopies(t *testing.T) {
 
 	// One copy alone takes a write, as if its writer died before the
 	// others got it.
-	req := proto.Request{Opcode: proto.OpWritePeer, Epoch: a.state(t).State.Epoch()}
-	req.SetObj(proto.ObjArgs{OID: uint64(oid), Offset: 8192})
-	if _, _, err := b.conn(t).Do(ctx, req, bytes.Repeat([]byte{0xab}, 4096), nil); err != nil {
-		t.Fatal(err)
-	}
+	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 8192, bytes.Repeat([]byte{0xab}, 4096))
 	t.Logf("injecting: one copy of %s on %s alone rewritten", oid, b.ip)
 	rep := a.check(t, "vol", false)
 	if rep.Mismatch != 1 || rep.Corrupt+rep.Missing != 0 {
@@ -247,11 +259,7 @@ func TestScrubConvergesDifferingCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := proto.Request{Opcode: proto.OpWritePeer, Epoch: a.state(t).State.Epoch()}
-	req.SetObj(proto.ObjArgs{OID: uint64(oid), Offset: 4096})
-	if _, _, err := b.conn(t).Do(ctx, req, bytes.Repeat([]byte{0xcd}, 4096), nil); err != nil {
-		t.Fatal(err)
-	}
+	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 4096, bytes.Repeat([]byte{0xcd}, 4096))
 	if h, err := b.hash(t, oid); err != nil || h == good {
 		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
 	}
@@ -290,11 +298,7 @@ func TestScrubReencodesInconsistentParity(t *testing.T) {
 		return nil
 	}
 	holder, primary := holderOf(2), holderOf(0)
-	req := proto.Request{Opcode: proto.OpWritePeer, Epoch: a.state(t).State.Epoch()}
-	req.SetObj(proto.ObjArgs{OID: uint64(oid), Offset: 4096, CopyPolicy: 0xff, ECIndex: 2})
-	if _, _, err := holder.conn(t).Do(ctx, req, bytes.Repeat([]byte{0xee}, 4096), nil); err != nil {
-		t.Fatal(err)
-	}
+	holder.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, 2, 4096, bytes.Repeat([]byte{0xee}, 4096))
 	t.Logf("injecting: parity strip of %s on %s alone rewritten", oid, holder.ip)
 	if rep := a.check(t, "vol", false); rep.Mismatch != 1 {
 		t.Fatalf("check after the injection: %+v, want the parity inconsistent", rep)

@@ -155,9 +155,17 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 		}
 		return
 	}
-	// The majority (ties: any) is the good content.
+	// The majority is the good content; a tie goes to the first readable
+	// copy in placement order (the primary's, as the scrub picks), so a
+	// check and a scrub never pull two copies opposite ways.
 	var good [20]byte
 	best := 0
+	for _, c := range cs {
+		if c.err == nil {
+			good, best = c.hash, votes[c.hash]
+			break
+		}
+	}
 	for h, n := range votes {
 		if n > best {
 			good, best = h, n

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"github.com/gosheep/gosheep/api"
 	gcluster "github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/proto"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // dataDir is the node's --dir.
@@ -269,6 +272,14 @@ func TestScrubConvergesDifferingCopies(t *testing.T) {
 		return err == nil && h == good
 	})
 	t.Logf("verified: the scrub gave the differing copy on %s the majority's content", b.ip)
+	var differing, repaired float64
+	for _, n := range c.nodes {
+		differing += n.counter(t, "gosheep_scrub_findings_total", "kind", "differing")
+		repaired += n.counter(t, "gosheep_scrub_findings_total", "kind", "repaired")
+	}
+	if differing < 1 || repaired < 1 {
+		t.Fatalf("scrub findings: %v differing, %v repaired; want both counted", differing, repaired)
+	}
 }
 
 // TestScrubReencodesInconsistentParity: parity left inconsistent with the
@@ -315,4 +326,30 @@ func TestScrubReencodesInconsistentParity(t *testing.T) {
 		t.Fatalf("read after the re-encode: %v, or other bytes than written", err)
 	}
 	t.Logf("verified: the scrub re-encoded the inconsistent parity on %s", holder.ip)
+}
+
+// counter is the value of the counter family{label=value} on n's /metrics.
+func (n *node) counter(t testing.TB, family, label, value string) float64 {
+	t.Helper()
+	url := fmt.Sprintf("http://%s:9100/metrics", n.ip)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
+	if f, ok := fams[family]; ok {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

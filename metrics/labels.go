@@ -270,6 +270,9 @@ func asResult(err error) (proto.Result, bool) {
 const (
 	ScrubRepaired     = "repaired"     // a bad copy was rewritten from a good one
 	ScrubUnrepairable = "unrepairable" // no good copy left
+	// ScrubDiffering: copies of an object that verify but differ (a write
+	// torn by its writer's crash); converging them counts as repaired.
+	ScrubDiffering = "differing"
 
 	RecoveryDone    = "done"    // object recovered onto this node
 	RecoveryFailed  = "failed"  // gave up on the object this run

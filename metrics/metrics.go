@@ -100,7 +100,7 @@ func New(reg prometheus.Registerer, src Sources) *Metrics {
 		}),
 		scrubFindings: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "scrub_findings_total",
-			Help: "Bad object copies found by the scrubber, by kind: repaired or unrepairable.",
+			Help: "Bad object copies found by the scrubber, by kind: repaired, unrepairable, or differing (sound copies that disagree).",
 		}, []string{"kind"}),
 		recoveryObjects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "recovery_objects_total",
@@ -139,7 +139,7 @@ func New(reg prometheus.Registerer, src Sources) *Metrics {
 		m.writtenB.WithLabelValues(f)
 		m.sessions.WithLabelValues(f)
 	}
-	for _, k := range []string{ScrubRepaired, ScrubUnrepairable} {
+	for _, k := range []string{ScrubRepaired, ScrubUnrepairable, ScrubDiffering} {
 		m.scrubFindings.WithLabelValues(k)
 	}
 	for _, o := range []string{RecoveryDone, RecoveryFailed, RecoverySkipped} {
@@ -281,10 +281,11 @@ func (m *Metrics) ChecksumError() {
 }
 
 // ScrubFinding counts one bad copy found by the scrubber; kind is
-// ScrubRepaired or ScrubUnrepairable (anything else counts as "other").
+// ScrubRepaired, ScrubUnrepairable or ScrubDiffering (anything else
+// counts as "other").
 func (m *Metrics) ScrubFinding(kind string) {
 	if m != nil {
-		m.scrubFindings.WithLabelValues(oneOf(kind, ScrubRepaired, ScrubUnrepairable)).Inc()
+		m.scrubFindings.WithLabelValues(oneOf(kind, ScrubRepaired, ScrubUnrepairable, ScrubDiffering)).Inc()
 	}
 }
 

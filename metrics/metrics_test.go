@@ -175,6 +175,7 @@ func TestEventCounters(t *testing.T) {
 	m.ScrubFinding(ScrubRepaired)
 	m.ScrubFinding(ScrubUnrepairable)
 	m.ScrubFinding(ScrubUnrepairable)
+	m.ScrubFinding(ScrubDiffering)
 	m.ScrubFinding("x\xff{}\"")
 	m.RecoveryObject(RecoveryDone)
 	m.RecoveryObject(RecoveryFailed)
@@ -194,6 +195,7 @@ func TestEventCounters(t *testing.T) {
 		{m.checksumErrors, 2},
 		{m.scrubFindings.WithLabelValues("repaired"), 1},
 		{m.scrubFindings.WithLabelValues("unrepairable"), 2},
+		{m.scrubFindings.WithLabelValues("differing"), 1},
 		{m.scrubFindings.WithLabelValues("other"), 1},
 		{m.recoveryObjects.WithLabelValues("done"), 1},
 		{m.recoveryObjects.WithLabelValues("failed"), 1},
@@ -350,7 +352,7 @@ func TestCardinalityBounded(t *testing.T) {
 		{m.sessions, numFrontends},
 		{m.readB, numFrontends},
 		{m.writtenB, numFrontends},
-		{m.scrubFindings, 3},
+		{m.scrubFindings, 4},
 		{m.recoveryObjects, 4},
 		{m.panics, len(panicComponents) + 1},
 	} {

@@ -13,6 +13,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 )
@@ -231,7 +232,7 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 			} else {
 				rep.Repaired++
 				msg += ": repaired"
-				d.metrics.ScrubFinding("repaired")
+				d.metrics.ScrubFinding(metrics.ScrubRepaired)
 			}
 		}
 		rep.Details = append(rep.Details, msg)
@@ -313,7 +314,7 @@ func (d *Daemon) checkEC(ctx context.Context, view *gateway.View, cs codecs, o g
 	}
 	for _, i := range bad {
 		rep.Repaired++
-		d.metrics.ScrubFinding("repaired")
+		d.metrics.ScrubFinding(metrics.ScrubRepaired)
 		rep.Details = append(rep.Details, fmt.Sprintf("%s strip %d on %s: rebuilt", o.OID, i, ts[i].Addr))
 	}
 }
@@ -395,7 +396,7 @@ func (d *Daemon) repairMismatch(ctx context.Context, view *gateway.View, m misma
 		default:
 			rep.Repaired++
 			msg += ": repaired"
-			d.metrics.ScrubFinding("repaired")
+			d.metrics.ScrubFinding(metrics.ScrubRepaired)
 		}
 		rep.Details = append(rep.Details, msg)
 	}

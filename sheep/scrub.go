@@ -7,6 +7,7 @@ import (
 
 	"github.com/gosheep/gosheep/api"
 	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/store"
 )
 
@@ -46,16 +47,17 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 				rerr := d.repairCopy(rctx, o.Key)
 				cancel()
 				if rerr != nil {
-					d.metrics.ScrubFinding("unrepairable")
+					d.metrics.ScrubFinding(metrics.ScrubUnrepairable)
 					d.log.Error("scrub: cannot repair copy", "oid", o.Key.OID, "err", rerr)
 				} else {
-					d.metrics.ScrubFinding("repaired")
+					d.metrics.ScrubFinding(metrics.ScrubRepaired)
 					d.log.Info("scrub: repaired copy", "oid", o.Key.OID, "strip", o.Key.ECIndex)
 				}
 			case err != nil && !errors.Is(err, store.ErrNotFound):
 				d.log.Warn("scrub: verify failed", "oid", o.Key.OID, "err", err)
 			case err == nil && !o.Key.EC:
 				if m, n, ok := d.compareCopies(ctx, o.Key); ok {
+					d.metrics.ScrubFinding(metrics.ScrubDiffering)
 					differ = append(differ, m)
 				} else {
 					done += uint64(n) * uint64(o.Size) // the others hashed theirs

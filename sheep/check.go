@@ -62,16 +62,6 @@ func (d *Daemon) writeCopy(ctx context.Context, epoch uint32, n placement.Node, 
 	return p.Create(ctx, epoch, k, uint32(len(data)), 0, data, true, excl)
 }
 
-// healCopy heals node's copy from data (store.Healer): only its rotten
-// blocks change, so writes that reached it since data was read are kept.
-func (d *Daemon) healCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, data []byte) error {
-	if n.ID == d.node.ID() {
-		return (&localPeer{h: d.h}).Heal(ctx, epoch, k, 0, data, true)
-	}
-	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
-	return p.Heal(ctx, epoch, k, 0, data, true)
-}
-
 // checkVDI compares every copy (or strip) of every object the VDI refers
 // to, and with repair rewrites copies that are missing, corrupt or differ
 // from the majority, and strips that fail parity.
@@ -217,7 +207,7 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 			var err error
 			if kind == "corrupt" {
 				// Only its rotten blocks: the VDI may be in use.
-				err = d.healCopy(ctx, view.Epoch, c.node, c.key, data)
+				err = d.peers.Peer(c.node).Heal(ctx, view.Epoch, c.key, 0, data, true)
 			} else {
 				// Missing: unless one appeared meanwhile (recovery, a
 				// writer).
@@ -343,11 +333,12 @@ type mismatch struct {
 // beside writes. Copies differ for a moment while a write is in flight,
 // so first every leg of any write seen is let run out (a leg ends within
 // the gateway's PeerTimeout, after which the write is retried whole or
-// fails unacknowledged); copies that still hash as they did differ for
-// good (a write torn by a crash). Each is then replaced only if it still
-// hashes the same (store.Replacer), so a write that reaches it meanwhile
-// is kept, and the source is used only if it still hashes to the
-// majority's content.
+// fails unacknowledged). Then the source, a copy with the majority's
+// content, is read and used only if it still hashes as it did (a write
+// that was in flight has landed on it otherwise), and each differing
+// copy is replaced only if it still hashes as it did (store.Replacer), so
+// a write that reaches it meanwhile is kept. Copies that kept their
+// hashes through the wait differ for good (a write torn by a crash).
 func (d *Daemon) repairMismatches(ctx context.Context, view *gateway.View, ms []mismatch, rep *api.CheckReport) {
 	if !sleepCtx(ctx, d.gw.PeerTimeout()+time.Second) {
 		for _, m := range ms {
@@ -363,24 +354,18 @@ func (d *Daemon) repairMismatches(ctx context.Context, view *gateway.View, ms []
 func (d *Daemon) repairMismatch(ctx context.Context, view *gateway.View, m mismatch, rep *api.CheckReport) {
 	var src *copyState
 	for i, c := range m.cs {
-		if c.err != nil {
-			continue // missing or corrupt: repaired (or not) already
-		}
-		h, err := d.hashOn(ctx, c.node, c.key)
-		if err != nil || h != c.hash {
-			rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ, and changed while checked (in use?): not repaired; check again", m.o.OID))
-			return
-		}
-		if src == nil && c.hash == m.good {
+		if c.err == nil && c.hash == m.good {
 			src = &m.cs[i]
+			break
 		}
 	}
 	data, err := d.readCopy(ctx, src.node, src.key, m.o.Size)
 	if err == nil && sha1.Sum(data) != m.good {
-		err = fmt.Errorf("changed while read: %w", store.ErrChanged)
+		rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ, and changed while checked (in use?): not repaired; check again", m.o.OID))
+		return
 	}
 	for _, c := range m.cs {
-		if c.err != nil || c.hash == m.good {
+		if c.err != nil || c.hash == m.good { // missing or corrupt: handled already
 			continue
 		}
 		msg := fmt.Sprintf("%s on %s: differs from the majority", m.o.OID, c.node.Addr)
@@ -388,7 +373,7 @@ func (d *Daemon) repairMismatch(ctx context.Context, view *gateway.View, m misma
 			rep.Details = append(rep.Details, msg+": repair source unreadable: "+err.Error())
 			continue
 		}
-		switch rerr := d.replaceCopy(ctx, view.Epoch, c.node, c.key, c.hash, data); {
+		switch rerr := d.peers.Peer(c.node).(replacer).replaceIf(ctx, view.Epoch, c.key, c.hash, data, true); {
 		case errors.Is(rerr, store.ErrChanged) || errors.Is(rerr, proto.ResAgain):
 			msg += ": written meanwhile: not repaired; check again"
 		case rerr != nil:
@@ -400,16 +385,4 @@ func (d *Daemon) repairMismatch(ctx context.Context, view *gateway.View, m misma
 		}
 		rep.Details = append(rep.Details, msg)
 	}
-}
-
-// replaceCopy replaces node's copy with data if it still hashes to want
-// (store.Replacer).
-func (d *Daemon) replaceCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, want [20]byte, data []byte) error {
-	if n.ID == d.node.ID() {
-		return d.h.guarded(ctx, k, func() error {
-			return d.store.ReplaceIf(ctx, k, want, data, store.WriteOpts{Epoch: epoch, Sync: true})
-		})
-	}
-	p := &remotePeer{pool: d.pool, addr: n.Addr.String()}
-	return p.replaceIf(ctx, epoch, k, want, data)
 }

@@ -43,6 +43,7 @@ type Daemon struct {
 	gw      *gateway.Gateway
 	vols    *volume.Manager
 	h       *handler
+	peers   *peers // this node's store and every other node's, by placement node
 	srv     *native.Server
 	ln      net.Listener
 	fe      frontEnds
@@ -130,10 +131,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.log = d.log.With("node", d.node.ID())
 	local := &localPeer{}
+	d.peers = &peers{self: d.node.ID(), local: local, pool: d.pool}
 	d.codecs = &erasure.Codecs{}
 	d.gw = gateway.New(gateway.Config{
 		Self: d.node.ID(), Views: d.views, Codecs: codecs{d.codecs}, Logger: d.log,
-		Peers: &peers{self: d.node.ID(), local: local, pool: d.pool},
+		Peers: d.peers,
 		Strict: func() bool {
 			var on bool
 			d.node.FSM().Read(func(s *cluster.State) { on = s.Format != nil && s.Format.Flags&proto.ClusterFlagStrict != 0 })

@@ -97,24 +97,12 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		}
 		err = h.guarded(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
 	case proto.OpHealPeer:
-		hl, ok := h.store.(store.Healer)
-		if !ok {
-			return h.errRsp(req, fmt.Errorf("peer heal of %s: this store cannot heal: %w", k.OID, proto.ResNoSupport))
-		}
-		err = h.guarded(ctx, k, func() error {
-			_, err := hl.Heal(ctx, k, a.Offset, data, opts)
-			return err
-		})
+		err = (&localPeer{h: h}).Heal(ctx, req.Epoch, k, a.Offset, data, opts.Sync)
 	case proto.OpReplacePeer:
-		rp, ok := h.store.(store.Replacer)
-		if !ok {
-			return h.errRsp(req, fmt.Errorf("peer replace of %s: this store cannot: %w", k.OID, proto.ResNoSupport))
-		}
 		if len(data) <= sha1.Size || a.Offset != 0 {
 			return h.errRsp(req, fmt.Errorf("peer replace of %s: %d bytes at %d: %w", k.OID, len(data), a.Offset, proto.ResInvalidParms))
 		}
-		want := [sha1.Size]byte(data[:sha1.Size])
-		err = h.guarded(ctx, k, func() error { return rp.ReplaceIf(ctx, k, want, data[sha1.Size:], opts) })
+		err = (&localPeer{h: h}).replaceIf(ctx, req.Epoch, k, [sha1.Size]byte(data[:sha1.Size]), data[sha1.Size:], opts.Sync)
 	case proto.OpReadPeerSums:
 		return h.readPeerSums(ctx, req, k)
 	case proto.OpRemovePeer:

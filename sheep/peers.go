@@ -93,6 +93,14 @@ func (l *localPeer) Heal(ctx context.Context, epoch uint32, k store.Key, off uin
 	})
 }
 
+func (l *localPeer) replaceIf(ctx context.Context, epoch uint32, k store.Key, want [20]byte, data []byte, sync bool) error {
+	rp, ok := l.h.store.(store.Replacer)
+	if !ok {
+		return fmt.Errorf("replace of %s: this store cannot: %w", k.OID, proto.ResNoSupport)
+	}
+	return l.h.guarded(ctx, k, func() error { return rp.ReplaceIf(ctx, k, want, data, l.opts(epoch, sync)) })
+}
+
 func (l *localPeer) ECWrite(ctx context.Context, epoch uint32, o gateway.Object, op gateway.ECOp, off, n uint32, data []byte, sync bool) error {
 	return l.h.gw.HandleECWrite(ctx, epoch, o, op, off, n, data, sync)
 }
@@ -178,10 +186,17 @@ func (r *remotePeer) Heal(ctx context.Context, epoch uint32, k store.Key, off ui
 	return r.do(ctx, peerReq(proto.OpHealPeer, epoch, k, off, sync), data, nil)
 }
 
-// replaceIf replaces the peer's copy with data if it still hashes to want
-// (store.Replacer; store.ErrChanged, as ResAgain, if not).
-func (r *remotePeer) replaceIf(ctx context.Context, epoch uint32, k store.Key, want [20]byte, data []byte) error {
-	return r.doVec(ctx, peerReq(proto.OpReplacePeer, epoch, k, 0, true), want[:], data, nil)
+// replacer is a peer that replaces its copy with data if it still hashes
+// to want (store.Replacer; store.ErrChanged, as ResAgain, if not): only
+// check and the scrub use it, so it is not a gateway.Peer operation.
+type replacer interface {
+	replaceIf(ctx context.Context, epoch uint32, k store.Key, want [20]byte, data []byte, sync bool) error
+}
+
+var _, _ replacer = (*localPeer)(nil), (*remotePeer)(nil)
+
+func (r *remotePeer) replaceIf(ctx context.Context, epoch uint32, k store.Key, want [20]byte, data []byte, sync bool) error {
+	return r.doVec(ctx, peerReq(proto.OpReplacePeer, epoch, k, 0, sync), want[:], data, nil)
 }
 
 // appendSums appends sums to dst as little-endian CRC32C, the wire form

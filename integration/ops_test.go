@@ -114,17 +114,7 @@ func TestMetricsScrape(t *testing.T) {
 			t.Errorf("metric %s missing", want)
 		}
 	}
-	var nbdWritten float64
-	if f, ok := fams["gosheep_written_bytes_total"]; ok {
-		for _, m := range f.Metric {
-			for _, l := range m.Label {
-				if l.GetName() == "frontend" && l.GetValue() == "nbd" {
-					nbdWritten = m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	if nbdWritten < 4<<20 {
+	if nbdWritten := counterIn(fams, "gosheep_written_bytes_total", "frontend", "nbd"); nbdWritten < 4<<20 {
 		t.Fatalf("gosheep_written_bytes_total{frontend=nbd} = %v after writing 4 MiB", nbdWritten)
 	}
 	t.Logf("verified: %d metric families, lint clean, NBD bytes counted", len(fams))

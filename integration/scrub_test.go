@@ -15,6 +15,7 @@ import (
 	"github.com/gosheep/gosheep/api"
 	gcluster "github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/proto"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -342,6 +343,12 @@ func (n *node) counter(t testing.TB, family, label, value string) float64 {
 	if err != nil {
 		t.Fatalf("%s: %v", url, err)
 	}
+	return counterIn(fams, family, label, value)
+}
+
+// counterIn is the value of the counter family{label=value} in fams (0 if
+// absent).
+func counterIn(fams map[string]*dto.MetricFamily, family, label, value string) float64 {
 	if f, ok := fams[family]; ok {
 		for _, m := range f.Metric {
 			for _, l := range m.Label {

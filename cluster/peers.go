@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/atomicfile"
 	"github.com/hashicorp/serf/serf"
 )
 
@@ -50,23 +51,15 @@ func (n *Node) rememberPeers() {
 	if len(addrs) == 0 || slices.Equal(addrs, n.peers) {
 		return
 	}
-	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, peersFile), addrs); err != nil {
+	b, err := json.Marshal(addrs)
+	if err == nil {
+		err = atomicfile.Write(filepath.Join(n.cfg.DataDir, peersFile), b, 0o644)
+	}
+	if err != nil {
 		n.log.Warn("cluster: remembering peers", "err", err)
 		return
 	}
 	n.peers = addrs
-}
-
-func writeFileAtomic(path string, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // retryJoin joins addrs every second (every 30 s after the first 30

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gosheep/gosheep/cluster/placement"
+	"github.com/gosheep/gosheep/internal/atomicfile"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 )
@@ -159,11 +160,7 @@ func (r *Recoverer) saveRecovered(e uint32) error {
 	if r.cfg.StateDir == "" {
 		return nil
 	}
-	tmp := r.statePath() + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(uint64(e), 10)+"\n"), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, r.statePath())
+	return atomicfile.Write(r.statePath(), []byte(strconv.FormatUint(uint64(e), 10)+"\n"), 0o644)
 }
 
 // Status reports progress.

@@ -22,6 +22,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/erasure"
 	"github.com/gosheep/gosheep/gateway"
+	"github.com/gosheep/gosheep/internal/atomicfile"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/recovery"
@@ -363,10 +364,7 @@ func (d *Daemon) checkFormat(s *cluster.State) {
 	}
 	nc.Ctime = s.Format.Ctime
 	b, _ := json.Marshal(nc)
-	tmp := d.configPath() + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err == nil {
-		os.Rename(tmp, d.configPath())
-	}
+	atomicfile.Write(d.configPath(), b, 0o644)
 	d.fmtCtime.Store(s.Format.Ctime)
 }
 

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gosheep/gosheep/internal/sendfile"
 	"github.com/gosheep/gosheep/internal/sockopt"
 	"github.com/gosheep/gosheep/proto"
 )
@@ -105,7 +106,8 @@ type call struct {
 	wtail []byte // sent after wdata (DoTail)
 	rhead []byte // filled first from the response payload (DoHead)
 	rbuf  []byte
-	limit uint32 // largest response payload accepted
+	rpipe *sendfile.Pipe // stages the response payload instead (DoPipe)
+	limit uint32         // largest response payload accepted
 
 	wstate atomic.Int32
 	wdone  chan struct{} // closed once the writer no longer touches wdata
@@ -197,7 +199,7 @@ func (c *Conn) Do(ctx context.Context, req proto.Request, wdata []byte, rbuf []b
 // DoTail is Do with a payload of wdata followed by tail, sent without
 // joining them.
 func (c *Conn) DoTail(ctx context.Context, req proto.Request, wdata, tail []byte, rbuf []byte) (proto.Response, []byte, error) {
-	return c.do(ctx, req, wdata, tail, nil, rbuf)
+	return c.do(ctx, req, wdata, tail, nil, rbuf, nil)
 }
 
 // DoHead is Do for a read whose response payload starts with a part of
@@ -208,10 +210,21 @@ func (c *Conn) DoHead(ctx context.Context, req proto.Request, head, rbuf []byte)
 	if req.DataLength == 0 && req.Flags&proto.FlagWrite == 0 {
 		req.DataLength = uint32(min(uint64(len(head))+uint64(len(rbuf)), math.MaxUint32))
 	}
-	return c.do(ctx, req, nil, nil, head, rbuf)
+	return c.do(ctx, req, nil, nil, head, rbuf, nil)
 }
 
-func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rbuf []byte) (proto.Response, []byte, error) {
+// DoPipe is Do for a read whose response payload is staged in p
+// (sendfile.Pipe.Fill: spliced from the socket into a kernel pipe) rather
+// than read into memory, so that it can be relayed to another connection
+// without passing through this process. req.DataLength is the size
+// wanted. On success p holds the payload, p.Len() bytes. A failure while
+// staging breaks the connection, as a failed read does.
+func (c *Conn) DoPipe(ctx context.Context, req proto.Request, p *sendfile.Pipe) (proto.Response, error) {
+	rsp, _, err := c.do(ctx, req, nil, nil, nil, nil, p)
+	return rsp, err
+}
+
+func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rbuf []byte, rpipe *sendfile.Pipe) (proto.Response, []byte, error) {
 	if err := ctx.Err(); err != nil {
 		return proto.Response{}, nil, err
 	}
@@ -230,7 +243,7 @@ func (c *Conn) do(ctx context.Context, req proto.Request, wdata, tail, rhead, rb
 	} else if req.DataLength == 0 {
 		req.DataLength = uint32(min(uint64(len(rbuf)), math.MaxUint32))
 	}
-	cl := &call{req: req, wdata: wdata, wtail: tail, rhead: rhead, rbuf: rbuf, limit: req.ReplyLimit(),
+	cl := &call{req: req, wdata: wdata, wtail: tail, rhead: rhead, rbuf: rbuf, rpipe: rpipe, limit: req.ReplyLimit(),
 		wdone: make(chan struct{}), done: make(chan struct{})}
 
 	if err := c.register(cl); err != nil {
@@ -482,7 +495,12 @@ func (c *Conn) readLoop() {
 			n -= h
 		}
 		var data []byte
-		if n > 0 {
+		if n > 0 && cl.rpipe != nil {
+			if err := cl.rpipe.Fill(c.nc, br, n); err != nil {
+				c.fail(err)
+				return // the deferred finish fails the call
+			}
+		} else if n > 0 {
 			if cap(cl.rbuf) >= n {
 				data = cl.rbuf[:n]
 			} else {

@@ -531,12 +531,21 @@ type PinnedPeer interface {
 	ReadPinned(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error)
 }
 
-// ReadPinned lends [off, off+n) of a replicated object from this node's
-// copy, verified and pinned, for the caller to send without copying it
-// and then Release. It makes one attempt: ErrNotLocal when this node
-// holds no copy (or the object is erasure coded), and any other error (a
-// rotten or missing copy, no view yet) is for the caller to answer with
-// Read, which tries every copy and repairs.
+// PipedPeer is a Peer on another node that can hand over a verified range
+// of its copy staged in a kernel pipe (sendfile.Pipe), for the front end
+// to relay to its client without copying it through this node's memory.
+type PipedPeer interface {
+	ReadPiped(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error)
+}
+
+// ReadPinned lends [off, off+n) of a replicated object, verified, for the
+// caller to send without copying it and then Release: pinned in this
+// node's copy, or, when this node holds none, staged in a pipe from one
+// other copy (PipedPeer), picked at random as Read picks. It makes one
+// attempt: ErrNotLocal when there is nothing to lend from (erasure
+// coding, no peer that can pipe), and any other error (a rotten or
+// missing copy, no view yet, a peer down) is for the caller to answer
+// with Read, which tries every copy and repairs.
 func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*store.Raw, error) {
 	if err := checkRange(o, off, int(n)); err != nil {
 		return nil, err
@@ -560,7 +569,18 @@ func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*sto
 		}
 		return pp.ReadPinned(ctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
 	}
-	return nil, ErrNotLocal
+	if len(ts) == 0 {
+		return nil, ErrNotLocal
+	}
+	t := ts[rand.IntN(len(ts))]
+	if t.ID == g.cfg.Self { // a local copy its peer cannot lend
+		return nil, ErrNotLocal
+	}
+	pp, ok := g.cfg.Peers.Peer(t).(PipedPeer)
+	if !ok {
+		return nil, ErrNotLocal
+	}
+	return pp.ReadPiped(ctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
 }
 
 // readOrder puts the local copy first, then the rest in random order.

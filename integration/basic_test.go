@@ -71,7 +71,8 @@ func TestThreeNodesWriteOnAReadOnC(t *testing.T) {
 // TestOneCopyReadsThroughOtherNodes: with one copy most objects live on
 // another node than the one read through, so reads go over the peer path
 // (READ_PEER_SUMS with sendfile for whole blocks, READ_PEER for the
-// rest). Data comes back identical through every node, and a block
+// rest; reads of 128 KiB or more inside one object relayed through a
+// pipe). Data comes back identical through every node, and a block
 // rotten on its only copy is an error through every other node, never
 // data.
 func TestOneCopyReadsThroughOtherNodes(t *testing.T) {

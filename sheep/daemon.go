@@ -23,6 +23,7 @@ import (
 	"github.com/gosheep/gosheep/erasure"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/internal/atomicfile"
+	"github.com/gosheep/gosheep/internal/sendfile"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/recovery"
@@ -132,7 +133,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d.log = d.log.With("node", d.node.ID())
 	local := &localPeer{}
-	d.peers = &peers{self: d.node.ID(), local: local, pool: d.pool}
+	d.peers = &peers{self: d.node.ID(), local: local, pool: d.pool, pipes: sendfile.NewPipes(relayPipes)}
 	d.codecs = &erasure.Codecs{}
 	d.gw = gateway.New(gateway.Config{
 		Self: d.node.ID(), Views: d.views, Codecs: codecs{d.codecs}, Logger: d.log,
@@ -470,12 +471,20 @@ func (d *Daemon) shutdown() {
 	if d.pool != nil {
 		d.pool.Close()
 	}
+	if d.peers != nil {
+		d.peers.pipes.Close()
+	}
 	if d.store != nil {
 		d.store.Close()
 	}
 }
 
 var _ io.Closer = (*store.Disk)(nil)
+
+// relayPipes bounds the pipes (sendfile.PipeSize each) staging remote
+// reads for the front ends: the reads in flight of a few busy initiators.
+// Past it, or past the user's pipe budget, reads are copied.
+const relayPipes = 32
 
 // recorder is the metrics.Recorder front ends report to.
 func (d *Daemon) recorder() metrics.Recorder {

@@ -11,6 +11,7 @@ import (
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/target/native"
+	"github.com/gosheep/gosheep/volume"
 )
 
 // peerKeyOf is the store key a peer request addresses: an EC strip when
@@ -84,10 +85,10 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 		opts.Sums = sums
 		err = h.guarded(ctx, k, func() error { return h.store.Write(ctx, k, a.Offset, data, opts) })
 	case proto.OpReadPeer:
-		out = native.Alloc(ctx, int(req.DataLength))
 		if req.Flags&proto.FlagRecovery != 0 {
 			// Recovery reads bypass the epoch gate and on-demand recovery
 			// (no loops), and may read a stale copy (tgt_epoch).
+			out = native.Alloc(ctx, int(req.DataLength))
 			if a.TgtEpoch != 0 {
 				err = h.store.ReadStale(ctx, k, a.TgtEpoch, a.Offset, out)
 			} else {
@@ -95,7 +96,7 @@ func (h *handler) peerIO(ctx context.Context, req *proto.Request, data []byte) (
 			}
 			break
 		}
-		err = h.guarded(ctx, k, func() error { return h.store.Read(ctx, k, a.Offset, out) })
+		return h.readPeer(ctx, req, k)
 	case proto.OpHealPeer:
 		err = (&localPeer{h: h}).Heal(ctx, req.Epoch, k, a.Offset, data, opts.Sync)
 	case proto.OpReplacePeer:
@@ -144,6 +145,48 @@ func (h *handler) readPeerSums(ctx context.Context, req *proto.Request, k store.
 		return h.errRsp(req, fmt.Errorf("peer read of %s outside a server request: %w", k.OID, proto.ResSystemError))
 	}
 	return rsp(req, proto.ResSuccess), appendSums(native.Alloc(ctx, int(4*nb))[:0], sums)
+}
+
+// readPeer answers READ_PEER (not recovery's): verified data. A large
+// range goes from the object file (readPeerLent), anything else, and any
+// range the store cannot lend, is read into memory, which reports rot.
+func (h *handler) readPeer(ctx context.Context, req *proto.Request, k store.Key) (proto.Response, []byte) {
+	if req.DataLength >= volume.LendMin {
+		if r, ok := h.readPeerLent(ctx, req, k); ok {
+			return r, nil
+		}
+	}
+	out := native.Alloc(ctx, int(req.DataLength))
+	if err := h.guarded(ctx, k, func() error { return h.store.Read(ctx, k, req.Obj().Offset, out) }); err != nil {
+		return h.errRsp(req, err)
+	}
+	return rsp(req, proto.ResSuccess), out
+}
+
+// readPeerLent answers a large READ_PEER from the object file: the
+// store checks the range in place and pins it (store.PinnedReader), and
+// the data goes by sendfile, so a gateway relaying it (sendfile.Pipe)
+// never has it in memory on either node. ok is false when the store
+// cannot lend or the lend fails: the caller then reads by copying, which
+// reports the error.
+func (h *handler) readPeerLent(ctx context.Context, req *proto.Request, k store.Key) (proto.Response, bool) {
+	pr, ok := h.store.(store.PinnedReader)
+	if !ok {
+		return proto.Response{}, false
+	}
+	var raw *store.Raw
+	err := h.guarded(ctx, k, func() (err error) {
+		raw, err = pr.ReadPinned(ctx, k, req.Obj().Offset, req.DataLength)
+		return err
+	})
+	if err != nil {
+		return proto.Response{}, false
+	}
+	if !native.AfterReply(ctx, raw.Release) || !native.ReplyTail(ctx, raw.Src, raw.Off, raw.N) {
+		raw.Release()
+		return proto.Response{}, false
+	}
+	return rsp(req, proto.ResSuccess), true
 }
 
 // splitSums parses an OpWritePeerSums payload: n blocks of data, then n

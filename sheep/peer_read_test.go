@@ -37,8 +37,8 @@ func (b badSums) ReadRaw(ctx context.Context, k store.Key, off, n uint32, sums [
 // READ_PEER_SUMS answers ResInvalidParms, as one from before it does).
 type noRaw struct{ localStore }
 
-// peerReadServer serves READ_PEER_SUMS through the real handler code and
-// READ_PEER from the store, over TCP, recording the opcodes it was sent.
+// peerReadServer serves READ_PEER_SUMS and READ_PEER through the real
+// handler code, over TCP, recording the opcodes it was sent.
 type peerReadServer struct {
 	h   *handler
 	mu  sync.Mutex
@@ -54,11 +54,7 @@ func (s *peerReadServer) Handle(ctx context.Context, req *proto.Request, data []
 	case proto.OpReadPeerSums:
 		return s.h.readPeerSums(ctx, req, k)
 	case proto.OpReadPeer:
-		out := native.Alloc(ctx, int(req.DataLength))
-		if err := s.h.store.Read(ctx, k, req.Obj().Offset, out); err != nil {
-			return s.h.errRsp(req, err)
-		}
-		return rsp(req, proto.ResSuccess), out
+		return s.h.readPeer(ctx, req, k)
 	}
 	return rsp(req, proto.ResInvalidParms), nil
 }

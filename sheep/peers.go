@@ -14,6 +14,7 @@ import (
 	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/internal/crc32c"
+	"github.com/gosheep/gosheep/internal/sendfile"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 )
@@ -24,13 +25,14 @@ type peers struct {
 	self  string
 	local *localPeer
 	pool  *client.Pool
+	pipes *sendfile.Pipes // for relaying remote reads (remotePeer.ReadPiped)
 }
 
 func (p *peers) Peer(n placement.Node) gateway.Peer {
 	if n.ID == p.self {
 		return p.local
 	}
-	return &remotePeer{pool: p.pool, addr: n.Addr.String()}
+	return &remotePeer{pool: p.pool, pipes: p.pipes, addr: n.Addr.String()}
 }
 
 // localPeer runs peer operations on this node's store directly (the epoch
@@ -109,8 +111,9 @@ func (l *localPeer) Sync(ctx context.Context) error { return l.h.store.Sync(ctx)
 
 // remotePeer sends peer opcodes to another node.
 type remotePeer struct {
-	pool *client.Pool
-	addr string
+	pool  *client.Pool
+	pipes *sendfile.Pipes
+	addr  string
 }
 
 func peerReq(op proto.Opcode, epoch uint32, k store.Key, off uint32, sync bool) proto.Request {
@@ -252,6 +255,31 @@ func (r *remotePeer) readSums(ctx context.Context, epoch uint32, k store.Key, of
 		}
 	}
 	return nil
+}
+
+// ReadPiped implements gateway.PipedPeer: READ_PEER (the peer verifies
+// the range and sends it from its file) with the answer staged in a pipe
+// from the pool, for a front end to relay without copying. The peer's
+// copy is the only one tried: on any error the caller reads with Read.
+func (r *remotePeer) ReadPiped(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error) {
+	p := r.pipes.Get()
+	if p == nil {
+		return nil, fmt.Errorf("peer %s: no pipe to relay %s: %w", r.addr, k, gateway.ErrNotLocal)
+	}
+	req := peerReq(proto.OpReadPeer, epoch, k, off, false)
+	req.DataLength = n
+	c, err := r.conn(ctx)
+	if err == nil {
+		_, err = c.DoPipe(ctx, req, p)
+	}
+	if err == nil && p.Len() != int(n) {
+		err = fmt.Errorf("peer %s: short read %d of %d: %w", r.addr, p.Len(), n, proto.ResEIO)
+	}
+	if err != nil {
+		p.Release()
+		return nil, err
+	}
+	return store.NewRaw(p, 0, int(n), p.Release), nil
 }
 
 func (r *remotePeer) readPlain(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {

@@ -37,8 +37,9 @@ type PartWriter interface {
 	WritesInParts() bool
 }
 
-// Lent is a verified range of a device lent out of this node's store:
-// its bytes are Src[Off, Off+N), unchanged until Release.
+// Lent is a verified range of a device lent out of this node's store,
+// or staged in a pipe from another node's (sendfile.Pipe, read in
+// order): its bytes are Src[Off, Off+N), unchanged until Release.
 type Lent = store.Raw
 
 // ErrNotLent: the range cannot be lent (a hole, more than one object, no
@@ -52,9 +53,8 @@ var ErrNotLent = errors.New("volume: range not lendable")
 // level at QD32; 1 MiB faster at both).
 const LendMin = 128 << 10
 
-// Lender is implemented by devices that can lend a read out of this
-// node's copy instead of copying it, so a front end can send it with
-// sendfile.
+// Lender is implemented by devices that can lend a read instead of
+// copying it, so a front end can send it with sendfile (or splice).
 type Lender interface {
 	// ReadLent lends [off, off+n). On any error the caller reads with
 	// ReadAt, which tries every copy and repairs.

@@ -31,8 +31,8 @@ type Objects interface {
 }
 
 // PinnedObjects is implemented by Objects that can lend a verified range
-// of this node's copy of an object (gateway.Gateway.ReadPinned); devices
-// then implement Lender.
+// of an object, from this node's copy or relayed from another node's
+// (gateway.Gateway.ReadPinned); devices then implement Lender.
 type PinnedObjects interface {
 	ReadPinned(ctx context.Context, o gateway.Object, off, n uint32) (*store.Raw, error)
 }

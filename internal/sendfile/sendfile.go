@@ -46,19 +46,23 @@ func Send(nc net.Conn, src io.ReaderAt, off int64, n int, buf []byte) error {
 	return nil
 }
 
-// Try sends with sendfile(2) when both ends allow it. handled is false,
+// Try sends with sendfile(2) when both ends allow it (splice(2) from a
+// Pipe). handled is false,
 // with sent bytes already gone, when the caller must copy the rest.
 func Try(nc net.Conn, src io.ReaderAt, off int64, n int) (sent int64, err error, handled bool) {
 	dst, ok := nc.(syscall.Conn)
 	if !ok {
 		return 0, nil, false
 	}
-	sc, ok := src.(syscall.Conn)
-	if !ok {
-		return 0, nil, false
-	}
 	drc, err := dst.SyscallConn()
 	if err != nil {
+		return 0, nil, false
+	}
+	if p, ok := src.(*Pipe); ok {
+		return p.spliceTo(drc, off, n)
+	}
+	sc, ok := src.(syscall.Conn)
+	if !ok {
 		return 0, nil, false
 	}
 	srcRC, err := sc.SyscallConn()

@@ -206,7 +206,7 @@ func (p *Pipe) spliceFrom(nc net.Conn, n int) (int, error) {
 	if err != nil {
 		return 0, nil
 	}
-	moved, mark := 0, 0
+	moved, mark := 0, 1 // mark: the socket's receive low-water mark
 	var serr error
 	err = rc.Read(func(fd uintptr) bool {
 		for moved < n {
@@ -227,11 +227,18 @@ func (p *Pipe) spliceFrom(nc net.Conn, n int) (int, error) {
 				}
 				// Wake once when the rest is here, not for every loopback
 				// segment (as sockopt.Lowat does for reads): the kernel
-				// caps the mark below the receive buffer.
-				if rem := n - moved; rem >= sockopt.MinLowat && rem != mark {
-					if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, rem) == nil {
-						mark = rem
+				// caps the mark below the receive buffer. A mark left
+				// above what remains would never be reached.
+				want := 1
+				if rem := n - moved; rem >= sockopt.MinLowat {
+					want = rem
+				}
+				if want != mark {
+					if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, want); err != nil {
+						serr = fmt.Errorf("set receive low-water mark: %w", err)
+						return true
 					}
+					mark = want
 				}
 				return false
 			case e == unix.EINVAL && moved == 0 && p.inPipe == 0:
@@ -246,7 +253,7 @@ func (p *Pipe) spliceFrom(nc net.Conn, n int) (int, error) {
 		}
 		return true
 	})
-	if mark != 0 {
+	if mark != 1 {
 		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1) })
 	}
 	if err == nil && serr != nil {

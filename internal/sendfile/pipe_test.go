@@ -170,3 +170,29 @@ func TestPipesBounded(t *testing.T) {
 		t.Fatalf("after Close: %d open", ps.open)
 	}
 }
+
+// TestPipeFillSmallReceiveBuffer: with a receive buffer set small, the
+// kernel caps the low-water mark Fill raises below the payload, so Fill
+// wakes several times; the mark must come down as the rest shrinks, or
+// the last bytes (fewer than the mark) never wake it.
+func TestPipeFillSmallReceiveBuffer(t *testing.T) {
+	f, want := testFile(t, 900<<10)
+	src, dst := tcpPair(t)
+	if err := dst.(*net.TCPConn).SetReadBuffer(160 << 10); err != nil {
+		t.Fatal(err)
+	}
+	go WithHeader(src, f, 0, len(want), make([]byte, 48))
+	br := bufio.NewReaderSize(dst, 64<<10)
+	if _, err := io.ReadFull(br, make([]byte, 48)); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPipes(1).Get()
+	defer p.Release()
+	if err := p.Fill(dst, br, len(want)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if _, err := p.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("staged other bytes (%v)", err)
+	}
+}

@@ -138,6 +138,20 @@ func (h *handler) readPeerSums(ctx context.Context, req *proto.Request, k store.
 	if err != nil {
 		return h.errRsp(req, err)
 	}
+	if n := int(nb * store.SumBlock); n < volume.LendMin {
+		// A small range is copied into the response: sendfile would
+		// take a write of its own for the header and keep the response
+		// out of the server's batched writes, which costs more than
+		// the copy (3 nodes, 1 copy, 4 KiB reads at QD32: machine CPU
+		// per read 50-54 -> 43-47 us).
+		out := appendSums(native.Alloc(ctx, int(4*nb)+n)[:0], sums)
+		_, err := raw.Src.ReadAt(out[len(out):len(out)+n], raw.Off)
+		raw.Release()
+		if err != nil {
+			return h.errRsp(req, fmt.Errorf("peer read of %s: %w: %w", k.OID, err, proto.ResEIO))
+		}
+		return rsp(req, proto.ResSuccess), out[:len(out)+n]
+	}
 	// The native server always serves handlers with a request context;
 	// ReplyTail itself copies when the source has no descriptor.
 	if !native.AfterReply(ctx, raw.Release) || !native.ReplyTail(ctx, raw.Src, raw.Off, raw.N) {

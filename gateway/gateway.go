@@ -580,7 +580,11 @@ func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*sto
 	if !ok {
 		return nil, ErrNotLocal
 	}
-	return pp.ReadPiped(ctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
+	// Bounded as any attempt against a peer is: a hung holder costs the
+	// fallback Read, not the caller's whole deadline.
+	pctx, cancel := g.peerCtx(ctx)
+	defer cancel()
+	return pp.ReadPiped(pctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
 }
 
 // readOrder puts the local copy first, then the rest in random order.

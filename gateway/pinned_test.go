@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,6 +88,7 @@ func TestReadPinned(t *testing.T) {
 type pipedCluster struct {
 	*fakeCluster
 	piped map[string]int // ReadPiped calls per node
+	hung  atomic.Bool    // every ReadPiped waits for its context to end
 }
 
 type pipedPeer struct {
@@ -102,6 +104,10 @@ func (p *pipedPeer) ReadPiped(ctx context.Context, epoch uint32, k store.Key, of
 	if err := p.check(ctx, epoch, "read", k); err != nil {
 		return nil, err
 	}
+	if p.pc.hung.Load() {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	p.c.mu.Lock()
 	p.pc.piped[p.n.n.ID]++
 	p.c.mu.Unlock()
@@ -116,7 +122,7 @@ func TestReadPinnedRelays(t *testing.T) {
 	c := newFakeCluster(t, 4)
 	pc := &pipedCluster{fakeCluster: c, piped: map[string]int{}}
 	for _, fn := range c.nodes {
-		fn.gw = New(Config{Self: fn.n.ID, Views: c, Peers: pc, Codecs: fakeCodecs{&c.codecs}, PeerTimeout: 5 * time.Second,
+		fn.gw = New(Config{Self: fn.n.ID, Views: c, Peers: pc, Codecs: fakeCodecs{&c.codecs}, PeerTimeout: 500 * time.Millisecond,
 			DefaultTimeout: 20 * time.Second, Logger: slog.New(slog.DiscardHandler)})
 	}
 	o := Object{OID: proto.DataOID(7, 1), Red: proto.Redundancy{Copies: 2}, Size: testObjSize}
@@ -158,6 +164,19 @@ func TestReadPinnedRelays(t *testing.T) {
 			t.Fatal("a holder relayed")
 		}
 	}
+
+	// A hung holder costs PeerTimeout, not the caller's deadline.
+	pc.hung.Store(true)
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if raw, err := other.gw.ReadPinned(cctx, o, off, n); raw != nil || err == nil {
+		t.Fatal("a relay from a hung holder succeeded")
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("a relay from a hung holder took %v", el)
+	}
+	pc.hung.Store(false)
 
 	c.corrupt(h0, key(o, 0), off+100)
 	h1.down.Store(true)

@@ -481,10 +481,11 @@ func (d *Daemon) shutdown() {
 
 var _ io.Closer = (*store.Disk)(nil)
 
-// relayPipes bounds the pipes (sendfile.PipeSize each) staging remote
-// reads for the front ends: the reads in flight of a few busy initiators.
-// Past it, or past the user's pipe budget, reads are copied.
-const relayPipes = 32
+// relayPipes bounds the pipes (sendfile.PipeSize each, 32 MiB in all)
+// staging remote reads for the front ends: the reads in flight of a few
+// busy initiators. Past it, or past the user's pipe budget, reads are
+// copied.
+const relayPipes = 64
 
 // recorder is the metrics.Recorder front ends report to.
 func (d *Daemon) recorder() metrics.Recorder {

@@ -32,9 +32,10 @@ func (c countPinned) ReadPinned(ctx context.Context, k store.Key, off, n uint32)
 	return c.pr.ReadPinned(ctx, k, off, n)
 }
 
-// TestRemoteReadPiped: a remote read staged in a pipe (the peer lends it
-// from its file, verified) relays to another socket intact; a rotten
-// copy is an error, never data; no free pipe says ErrNotLocal.
+// TestRemoteReadPiped: a remote read staged in pipes (in parts of
+// sendfile.PipeSize, each lent by the peer from its file, verified)
+// relays to another socket intact; a rotten copy is an error, never data;
+// too few free pipes say ErrNotLocal.
 func TestRemoteReadPiped(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -52,7 +53,7 @@ func TestRemoteReadPiped(t *testing.T) {
 	}
 	var lent atomic.Int32
 	srv, peer := startPeerReadServer(t, countPinned{disk, disk, &lent})
-	peer.pipes = sendfile.NewPipes(1)
+	peer.pipes = sendfile.NewPipes(4) // a 2 MiB read takes them all
 	t.Cleanup(peer.pipes.Close)
 
 	relay := func(off, n uint32) ([]byte, error) {
@@ -82,11 +83,12 @@ func TestRemoteReadPiped(t *testing.T) {
 			t.Fatalf("%d+%d: relayed other bytes", r[0], r[1])
 		}
 	}
-	if ops := srv.take(); len(ops) != 3 || slices.IndexFunc(ops, func(o proto.Opcode) bool { return o != proto.OpReadPeer }) >= 0 {
-		t.Fatalf("peer saw %v, want three READ_PEER", ops)
+	// 1 MiB, 2 MiB and 256 KiB: 2 + 4 + 1 parts.
+	if ops := srv.take(); len(ops) != 7 || slices.IndexFunc(ops, func(o proto.Opcode) bool { return o != proto.OpReadPeer }) >= 0 {
+		t.Fatalf("peer saw %v, want seven READ_PEER", ops)
 	}
-	if lent.Load() != 3 {
-		t.Fatalf("peer lent %d reads of 3 from its file", lent.Load())
+	if lent.Load() != 7 {
+		t.Fatalf("peer lent %d reads of 7 from its file", lent.Load())
 	}
 
 	// Rot in the range: the peer refuses to lend, reads by copying,
@@ -100,14 +102,14 @@ func TestRemoteReadPiped(t *testing.T) {
 		t.Fatalf("after an error: %v", err)
 	}
 
-	raw, err := peer.ReadPiped(ctx, 1, k, 2<<20, 1<<20)
+	raw, err := peer.ReadPiped(ctx, 1, k, 2<<20, 2<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := peer.ReadPiped(ctx, 1, k, 2<<20, 1<<20); !errors.Is(err, gateway.ErrNotLocal) {
-		t.Fatalf("with the only pipe in use: %v, want ErrNotLocal", err)
+		t.Fatalf("with every pipe in use: %v, want ErrNotLocal", err)
 	}
-	raw.Release() // unread: the pipe is closed, and a new one opens
+	raw.Release() // unread: the pipes are closed, and new ones open
 	if got, err := relay(3<<20, 1<<20); err != nil || !bytes.Equal(got, want[3<<20:]) {
 		t.Fatalf("after releasing an unread pipe: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"github.com/gosheep/gosheep/api"
 	"github.com/gosheep/gosheep/client"
@@ -258,28 +259,60 @@ func (r *remotePeer) readSums(ctx context.Context, epoch uint32, k store.Key, of
 }
 
 // ReadPiped implements gateway.PipedPeer: READ_PEER (the peer verifies
-// the range and sends it from its file) with the answer staged in a pipe
-// from the pool, for a front end to relay without copying. The peer's
-// copy is the only one tried: on any error the caller reads with Read.
+// the range and sends it from its file) with the answer staged in pipes
+// from the pool, for a front end to relay without copying. A range over
+// sendfile.PipeSize is asked for in parts at once, each on a connection
+// of the pool, as the volume layer splits a copying read: one 1 MiB
+// answer alone on one connection took longer than its halves side by
+// side (3 nodes, 1 copy, seq-read 1M at QD1: 0.62 of tgt against 0.80
+// copying). The peer's copy is the only one tried: on any error the
+// caller reads with Read.
 func (r *remotePeer) ReadPiped(ctx context.Context, epoch uint32, k store.Key, off, n uint32) (*store.Raw, error) {
-	p := r.pipes.Get()
-	if p == nil {
-		return nil, fmt.Errorf("peer %s: no pipe to relay %s: %w", r.addr, k, gateway.ErrNotLocal)
+	parts := max(1, int((n+sendfile.PipeSize-1)/sendfile.PipeSize))
+	ps := make([]*sendfile.Pipe, parts)
+	for i := range ps {
+		if ps[i] = r.pipes.Get(); ps[i] == nil {
+			for _, p := range ps[:i] {
+				p.Release()
+			}
+			return nil, fmt.Errorf("peer %s: no pipe to relay %s: %w", r.addr, k, gateway.ErrNotLocal)
+		}
 	}
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		o := off + uint32(i)*sendfile.PipeSize
+		wg.Go(func() { errs[i] = r.readPipe(ctx, epoch, k, o, min(sendfile.PipeSize, off+n-o), p) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, p := range ps {
+			p.Release()
+		}
+		return nil, err
+	}
+	if parts == 1 {
+		return store.NewRaw(ps[0], 0, int(n), ps[0].Release), nil
+	}
+	c := sendfile.NewChain(ps...)
+	return store.NewRaw(c, 0, int(n), c.Release), nil
+}
+
+// readPipe stages [off, off+n) of k's copy in p.
+func (r *remotePeer) readPipe(ctx context.Context, epoch uint32, k store.Key, off, n uint32, p *sendfile.Pipe) error {
 	req := peerReq(proto.OpReadPeer, epoch, k, off, false)
 	req.DataLength = n
 	c, err := r.conn(ctx)
-	if err == nil {
-		_, err = c.DoPipe(ctx, req, p)
-	}
-	if err == nil && p.Len() != int(n) {
-		err = fmt.Errorf("peer %s: short read %d of %d: %w", r.addr, p.Len(), n, proto.ResEIO)
-	}
 	if err != nil {
-		p.Release()
-		return nil, err
+		return err
 	}
-	return store.NewRaw(p, 0, int(n), p.Release), nil
+	if _, err := c.DoPipe(ctx, req, p); err != nil {
+		return err
+	}
+	if p.Len() != int(n) {
+		return fmt.Errorf("peer %s: short read %d of %d: %w", r.addr, p.Len(), n, proto.ResEIO)
+	}
+	return nil
 }
 
 func (r *remotePeer) readPlain(ctx context.Context, epoch uint32, k store.Key, off uint32, p []byte) error {

@@ -14,9 +14,10 @@ import (
 	"github.com/gosheep/gosheep/internal/sockopt"
 )
 
-// PipeSize is the capacity a pooled pipe asks for: the largest an
-// unprivileged process may set by default (fs.pipe-max-size).
-const PipeSize = 1 << 20
+// PipeSize is the capacity a pooled pipe asks for (at most 1 MiB, the
+// most an unprivileged process may set by default: fs.pipe-max-size),
+// and the part of a relayed read each pipe stages.
+const PipeSize = 512 << 10
 
 // ErrPipeOrder: a Pipe was read out of order; it is a stream.
 var ErrPipeOrder = errors.New("sendfile: pipe read out of order")
@@ -292,14 +293,20 @@ func (p *Pipe) ReadAt(b []byte, off int64) (int, error) {
 	return done, nil
 }
 
-// spliceTo sends up to n bytes from the pipe into dst's socket, as Try.
-func (p *Pipe) spliceTo(drc syscall.RawConn, off int64, n int) (sent int64, err error, handled bool) {
+// spliceTo sends n bytes of the staged stream into dst's socket: the
+// piped ones by splice, then any of the tail by write (they are in
+// memory already).
+func (p *Pipe) spliceTo(drc syscall.RawConn, off int64, n int) (int64, error) {
 	if off != p.pos {
-		return 0, fmt.Errorf("%w: at %d, asked for %d", ErrPipeOrder, p.pos, off), true
+		return 0, fmt.Errorf("%w: at %d, asked for %d", ErrPipeOrder, p.pos, off)
 	}
+	if n > p.n-int(p.pos) {
+		return 0, fmt.Errorf("sendfile: %d bytes asked of a pipe with %d left: %w", n, p.n-int(p.pos), ErrShort)
+	}
+	var sent int64
 	left := min(n, p.inPipe)
 	var serr error
-	err = drc.Write(func(fd uintptr) bool {
+	err := drc.Write(func(fd uintptr) bool {
 		for left > 0 {
 			k, e := unix.Splice(p.r, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			if k > 0 {
@@ -322,14 +329,112 @@ func (p *Pipe) spliceTo(drc syscall.RawConn, off int64, n int) (sent int64, err 
 				return true
 			}
 		}
+		for int(sent) < n {
+			t := p.tail[int(p.pos)-(p.n-len(p.tail)):][:n-int(sent)]
+			k, e := unix.Write(int(fd), t)
+			if k > 0 {
+				p.pos += int64(k)
+				sent += int64(k)
+				continue
+			}
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return false
+			case e != nil:
+				serr = e
+			default:
+				serr = ErrShort
+			}
+			return true
+		}
 		return true
 	})
 	if err == nil && serr != nil {
 		err = fmt.Errorf("sendfile: splice to socket: %w", serr)
 	}
-	if err != nil {
-		return sent, err, true
+	return sent, err
+}
+
+// Chain is a staged stream made of Pipes in order: a payload staged in
+// parts concurrently (each part on a connection of its own), relayed as
+// one. Like a Pipe it is read in order from offset 0.
+type Chain struct {
+	ps  []*Pipe
+	i   int   // the pipe holding the next byte
+	pos int64 // stream offset of the next byte
+}
+
+// NewChain chains ps, each already filled; Release releases them all.
+func NewChain(ps ...*Pipe) *Chain { return &Chain{ps: ps} }
+
+// Len is the bytes staged in all the chain's pipes.
+func (c *Chain) Len() int {
+	n := 0
+	for _, p := range c.ps {
+		n += p.n
 	}
-	// The tail, if n reaches it, is copied by the caller through ReadAt.
-	return sent, nil, int(sent) == n
+	return n
+}
+
+// Release releases every pipe (see Pipe.Release).
+func (c *Chain) Release() {
+	for _, p := range c.ps {
+		p.Release()
+	}
+	c.ps = nil
+}
+
+// next skips the pipes already sent whole.
+func (c *Chain) next() *Pipe {
+	for c.i < len(c.ps) && int(c.ps[c.i].pos) == c.ps[c.i].n {
+		c.i++
+	}
+	if c.i == len(c.ps) {
+		return nil
+	}
+	return c.ps[c.i]
+}
+
+// ReadAt implements io.ReaderAt for the stream (off must be the next
+// byte's offset), copying, as Pipe.ReadAt.
+func (c *Chain) ReadAt(b []byte, off int64) (int, error) {
+	if off != c.pos {
+		return 0, fmt.Errorf("%w: at %d, asked for %d", ErrPipeOrder, c.pos, off)
+	}
+	done := 0
+	for done < len(b) {
+		p := c.next()
+		if p == nil {
+			return done, io.EOF
+		}
+		k, err := p.ReadAt(b[done:min(len(b), done+p.n-int(p.pos))], p.pos)
+		done += k
+		c.pos += int64(k)
+		if err != nil && err != io.EOF {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+func (c *Chain) spliceTo(drc syscall.RawConn, off int64, n int) (int64, error) {
+	if off != c.pos {
+		return 0, fmt.Errorf("%w: at %d, asked for %d", ErrPipeOrder, c.pos, off)
+	}
+	var sent int64
+	for int(sent) < n {
+		p := c.next()
+		if p == nil {
+			return sent, fmt.Errorf("sendfile: %d bytes past the end of a chain: %w", n-int(sent), ErrShort)
+		}
+		k, err := p.spliceTo(drc, p.pos, min(n-int(sent), p.n-int(p.pos)))
+		sent += k
+		c.pos += k
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
 }

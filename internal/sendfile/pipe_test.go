@@ -196,3 +196,48 @@ func TestPipeFillSmallReceiveBuffer(t *testing.T) {
 		t.Fatalf("staged other bytes (%v)", err)
 	}
 }
+
+// TestChainRelay: parts staged in pipes of their own relay as one stream
+// in segments that cross the parts' boundaries (and their tails), by
+// splice to a socket and by copy to a connection without a descriptor.
+func TestChainRelay(t *testing.T) {
+	for _, toSocket := range []bool{true, false} {
+		ps := NewPipes(2)
+		var parts []*Pipe
+		var want []byte
+		for _, n := range []int{PipeSize, 200 << 10} {
+			nc, br, w := staged(t, 48, n)
+			p := ps.Get()
+			if err := p.Fill(nc, br, n); err != nil {
+				t.Fatal(err)
+			}
+			parts = append(parts, p)
+			want = append(want, w...)
+		}
+		c := NewChain(parts...)
+		if c.Len() != len(want) {
+			t.Fatalf("chain of %d bytes, want %d", c.Len(), len(want))
+		}
+		var out, peer net.Conn
+		if toSocket {
+			out, peer = tcpPair(t)
+		} else {
+			out, peer = net.Pipe()
+			defer out.Close()
+		}
+		got := receive(peer, len(want))
+		seg := 300 << 10
+		for off := 0; off < len(want); off += seg {
+			if err := Send(out, c, int64(off), min(seg, len(want)-off), nil); err != nil {
+				t.Fatalf("send at %d: %v", off, err)
+			}
+		}
+		if b := <-got; !bytes.Equal(b, want) {
+			t.Fatalf("to a socket %v: relayed bytes differ", toSocket)
+		}
+		c.Release()
+		if ps.open != 2 || len(ps.free) != 2 {
+			t.Fatalf("after a whole relay: %d open, %d free", ps.open, len(ps.free))
+		}
+	}
+}

@@ -14,6 +14,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// splicer is a staged source (Pipe, Chain) that sends itself.
+type splicer interface {
+	spliceTo(drc syscall.RawConn, off int64, n int) (int64, error)
+}
+
 // ErrShort: the file ended before the bytes the caller asked to send.
 var ErrShort = errors.New("sendfile: source ended early")
 
@@ -58,8 +63,9 @@ func Try(nc net.Conn, src io.ReaderAt, off int64, n int) (sent int64, err error,
 	if err != nil {
 		return 0, nil, false
 	}
-	if p, ok := src.(*Pipe); ok {
-		return p.spliceTo(drc, off, n)
+	if sp, ok := src.(splicer); ok {
+		sent, err := sp.spliceTo(drc, off, n)
+		return sent, err, true
 	}
 	sc, ok := src.(syscall.Conn)
 	if !ok {

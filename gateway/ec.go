@@ -408,6 +408,7 @@ func (g *Gateway) ecRepairLater(o Object) {
 			g.log.Warn("ec read repair failed", "oid", o.OID, "err", err)
 		} else {
 			g.log.Info("ec read repair", "oid", o.OID)
+			g.cfg.Recorder.ReadRepair()
 		}
 	}()
 }

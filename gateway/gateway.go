@@ -92,7 +92,25 @@ type Config struct {
 	// given epoch. Until then an erasure-coded mutation first has every
 	// strip holder settle its strip (nil: always).
 	Settled func(epoch uint32) bool
+	// Recorder receives counts for metrics (nil: none).
+	Recorder Recorder
 }
+
+// Recorder is told what the gateway did that operators count
+// (metrics.Metrics implements it).
+type Recorder interface {
+	// ReadRepair: one copy healed, or one erasure-coded object's strips
+	// rebuilt, after a read found them damaged or missing.
+	ReadRepair()
+	// LentRead: one ReadPinned served, from this node's copy ("local")
+	// or relayed from another's ("relayed").
+	LentRead(how string)
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) ReadRepair()     {}
+func (nopRecorder) LentRead(string) {}
 
 // Gateway routes object I/O. It is safe for concurrent use.
 type Gateway struct {
@@ -116,6 +134,9 @@ func New(cfg Config) *Gateway {
 	}
 	if cfg.DefaultTimeout == 0 {
 		cfg.DefaultTimeout = 60 * time.Second
+	}
+	if cfg.Recorder == nil {
+		cfg.Recorder = nopRecorder{}
 	}
 	return &Gateway{cfg: cfg, log: cfg.Logger, dirty: map[string]placement.Node{}}
 }
@@ -567,7 +588,11 @@ func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*sto
 		if !ok {
 			break
 		}
-		return pp.ReadPinned(ctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
+		raw, err := pp.ReadPinned(ctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
+		if err == nil {
+			g.cfg.Recorder.LentRead("local")
+		}
+		return raw, err
 	}
 	if len(ts) == 0 {
 		return nil, ErrNotLocal
@@ -584,7 +609,11 @@ func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*sto
 	// fallback Read, not the caller's whole deadline.
 	pctx, cancel := g.peerCtx(ctx)
 	defer cancel()
-	return pp.ReadPiped(pctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
+	raw, err := pp.ReadPiped(pctx, v.Epoch, store.ReplicaKey(o.OID), off, n)
+	if err == nil {
+		g.cfg.Recorder.LentRead("relayed")
+	}
+	return raw, err
 }
 
 // readOrder puts the local copy first, then the rest in random order.
@@ -620,6 +649,9 @@ func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement
 		for _, b := range bad {
 			err := g.cfg.Peers.Peer(b).Heal(ctx, v.Epoch, store.ReplicaKey(o.OID), 0, buf, true)
 			g.log.Warn("read repair", "oid", o.OID, "node", b.ID, "from", good.ID, "err", err)
+			if err == nil {
+				g.cfg.Recorder.ReadRepair()
+			}
 		}
 	}()
 }

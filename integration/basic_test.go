@@ -71,8 +71,8 @@ func TestThreeNodesWriteOnAReadOnC(t *testing.T) {
 // TestOneCopyReadsThroughOtherNodes: with one copy most objects live on
 // another node than the one read through, so reads go over the peer path
 // (READ_PEER_SUMS with sendfile for whole blocks, READ_PEER for the
-// rest; reads of 128 KiB or more inside one object relayed through a
-// pipe). Data comes back identical through every node, and a block
+// rest; reads of 128 KiB or more inside one object relayed through
+// pipes, which the nodes' lent-read counters show). Data comes back identical through every node, and a block
 // rotten on its only copy is an error through every other node, never
 // data.
 func TestOneCopyReadsThroughOtherNodes(t *testing.T) {
@@ -93,6 +93,19 @@ func TestOneCopyReadsThroughOtherNodes(t *testing.T) {
 		if !bytes.Equal(got, data) {
 			t.Fatalf("data read through node %d differs from what was written through node 0", i)
 		}
+	}
+	// Reads of objects on other nodes were relayed (and of local ones
+	// lent): most objects are elsewhere, so some node relayed.
+	relayed := 0.0
+	for i, n := range c.nodes {
+		r, l := n.counter(t, "gosheep_lent_reads_total", "how", "relayed"), n.counter(t, "gosheep_lent_reads_total", "how", "local")
+		if r+l == 0 {
+			t.Fatalf("node %d lent no read of 20 MiB", i)
+		}
+		relayed += r
+	}
+	if relayed == 0 {
+		t.Fatal("no node relayed a read of another node's copy")
 	}
 	// Find a data object and the node holding its only copy.
 	holder, oid := -1, proto.OID(0)

@@ -122,6 +122,9 @@ func TestBitRotRepaired(t *testing.T) {
 		h, err := b.hash(t, proto.DataOID(vid, 0))
 		return err == nil && h == good
 	})
+	if n := b.counter(t, "gosheep_read_repairs_total", "", ""); n != 1 {
+		t.Fatalf("%s counted %v read repairs, want 1", b.ip, n)
+	}
 	t.Logf("verified: read through %s returned good data and its copy was repaired", b.ip)
 
 	// 2. Check finds a bad copy and repairs it.
@@ -351,6 +354,9 @@ func (n *node) counter(t testing.TB, family, label, value string) float64 {
 func counterIn(fams map[string]*dto.MetricFamily, family, label, value string) float64 {
 	if f, ok := fams[family]; ok {
 		for _, m := range f.Metric {
+			if label == "" { // a counter without labels
+				return m.GetCounter().GetValue()
+			}
 			for _, l := range m.Label {
 				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()

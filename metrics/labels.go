@@ -294,3 +294,11 @@ func oneOf(s string, allowed ...string) string {
 	}
 	return "other"
 }
+
+// How a lent read was served (gosheep_lent_reads_total's label).
+const (
+	// LentLocal: from this node's copy, checked in place, by sendfile.
+	LentLocal = "local"
+	// LentRelayed: another node's copy, spliced through a pipe.
+	LentRelayed = "relayed"
+)

@@ -43,6 +43,7 @@ type Metrics struct {
 	recoveryObjects *prometheus.CounterVec
 	recoveryBytes   prometheus.Counter
 	readRepairs     prometheus.Counter
+	lentReads       *prometheus.CounterVec
 	epochChanges    prometheus.Counter
 	panics          *prometheus.CounterVec
 
@@ -112,8 +113,12 @@ func New(reg prometheus.Registerer, src Sources) *Metrics {
 		}),
 		readRepairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "read_repairs_total",
-			Help: "Object copies rewritten by the gateway after a read found them missing, stale or corrupt.",
+			Help: "Object copies healed (or erasure-coded objects whose strips were rebuilt) by the gateway after a read found them missing, stale or corrupt.",
 		}),
+		lentReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "lent_reads_total",
+			Help: "Large reads sent without copying them through this node: local (from this node's copy by sendfile) or relayed (another node's copy spliced through a pipe).",
+		}, []string{"how"}),
 		epochChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "epoch_changes_total",
 			Help: "Cluster epoch changes (membership changes) this node has applied.",
@@ -148,11 +153,14 @@ func New(reg prometheus.Registerer, src Sources) *Metrics {
 	for _, c := range panicComponents {
 		m.panics.WithLabelValues(c)
 	}
+	for _, h := range []string{LentLocal, LentRelayed} {
+		m.lentReads.WithLabelValues(h)
+	}
 
 	cs := []prometheus.Collector{
 		m.requests, m.latency, m.errs, m.readB, m.writtenB, m.sessions,
 		m.checksumErrors, m.scrubFindings, m.recoveryObjects, m.recoveryBytes,
-		m.readRepairs, m.epochChanges, m.panics,
+		m.readRepairs, m.lentReads, m.epochChanges, m.panics,
 	}
 	if src != nil {
 		m.src = newSourceCollector(src, m)
@@ -308,6 +316,14 @@ func (m *Metrics) RecoveryBytes(n int64) {
 func (m *Metrics) ReadRepair() {
 	if m != nil {
 		m.readRepairs.Inc()
+	}
+}
+
+// LentRead counts one large read sent without a copy: how is LentLocal
+// or LentRelayed (anything else is not counted).
+func (m *Metrics) LentRead(how string) {
+	if m != nil && (how == LentLocal || how == LentRelayed) {
+		m.lentReads.WithLabelValues(how).Inc()
 	}
 }
 

@@ -68,8 +68,8 @@ func TestLintEveryMetric(t *testing.T) {
 			t.Errorf("%s is untyped", mf.GetName())
 		}
 	}
-	if n != 31 {
-		t.Errorf("gathered %d gosheep families, want 31", n)
+	if n != 32 {
+		t.Errorf("gathered %d gosheep families, want 32", n)
 	}
 	// The scrape-time collector on its own, too.
 	problems, err = testutil.CollectAndLint(m.src)
@@ -183,6 +183,10 @@ func TestEventCounters(t *testing.T) {
 	m.RecoveryBytes(100)
 	m.RecoveryBytes(-7)
 	m.ReadRepair()
+	m.LentRead(LentRelayed)
+	m.LentRead(LentRelayed)
+	m.LentRead(LentLocal)
+	m.LentRead("nonsense")
 	m.EpochChange()
 	m.EpochChange()
 	m.EpochChange()
@@ -196,6 +200,8 @@ func TestEventCounters(t *testing.T) {
 		{m.scrubFindings.WithLabelValues("repaired"), 1},
 		{m.scrubFindings.WithLabelValues("unrepairable"), 2},
 		{m.scrubFindings.WithLabelValues("differing"), 1},
+		{m.lentReads.WithLabelValues("relayed"), 2},
+		{m.lentReads.WithLabelValues("local"), 1},
 		{m.scrubFindings.WithLabelValues("other"), 1},
 		{m.recoveryObjects.WithLabelValues("done"), 1},
 		{m.recoveryObjects.WithLabelValues("failed"), 1},

@@ -135,9 +135,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	local := &localPeer{}
 	d.peers = &peers{self: d.node.ID(), local: local, pool: d.pool, pipes: sendfile.NewPipes(relayPipes)}
 	d.codecs = &erasure.Codecs{}
+	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	d.gw = gateway.New(gateway.Config{
 		Self: d.node.ID(), Views: d.views, Codecs: codecs{d.codecs}, Logger: d.log,
-		Peers: d.peers,
+		Peers: d.peers, Recorder: d.metrics,
 		Strict: func() bool {
 			var on bool
 			d.node.FSM().Read(func(s *cluster.State) { on = s.Format != nil && s.Format.Flags&proto.ClusterFlagStrict != 0 })
@@ -160,7 +161,6 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return 0
 	}
 	d.h.check = d.volumeCheck
-	d.metrics = metrics.New(metrics.NewRegistry(), d)
 	// Front ends first: the metadata watcher and the native handler use
 	// the iSCSI server, which must exist before either runs.
 	if err := d.startFrontEnds(); err != nil {

@@ -184,15 +184,7 @@ func (h *handler) readPeer(ctx context.Context, req *proto.Request, k store.Key)
 // cannot lend or the lend fails: the caller then reads by copying, which
 // reports the error.
 func (h *handler) readPeerLent(ctx context.Context, req *proto.Request, k store.Key) (proto.Response, bool) {
-	pr, ok := h.store.(store.PinnedReader)
-	if !ok {
-		return proto.Response{}, false
-	}
-	var raw *store.Raw
-	err := h.guarded(ctx, k, func() (err error) {
-		raw, err = pr.ReadPinned(ctx, k, req.Obj().Offset, req.DataLength)
-		return err
-	})
+	raw, err := (&localPeer{h: h}).ReadPinned(ctx, req.Epoch, k, req.Obj().Offset, req.DataLength)
 	if err != nil {
 		return proto.Response{}, false
 	}

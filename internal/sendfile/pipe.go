@@ -283,7 +283,7 @@ func (p *Pipe) ReadAt(b []byte, off int64) (int, error) {
 		p.pos += int64(k)
 	}
 	if done < len(b) {
-		k := copy(b[done:], p.tail[min(len(p.tail), int(p.pos)-(p.n-len(p.tail))):])
+		k := copy(b[done:], p.unsentTail())
 		done += k
 		p.pos += int64(k)
 	}
@@ -291,6 +291,12 @@ func (p *Pipe) ReadAt(b []byte, off int64) (int, error) {
 		return done, io.EOF
 	}
 	return done, nil
+}
+
+// unsentTail is the part of the tail not yet handed out; the pipe must
+// be drained (the tail follows the piped bytes).
+func (p *Pipe) unsentTail() []byte {
+	return p.tail[int(p.pos)-(p.n-len(p.tail)):]
 }
 
 // spliceTo sends n bytes of the staged stream into dst's socket: the
@@ -330,8 +336,7 @@ func (p *Pipe) spliceTo(drc syscall.RawConn, off int64, n int) (int64, error) {
 			}
 		}
 		for int(sent) < n {
-			t := p.tail[int(p.pos)-(p.n-len(p.tail)):][:n-int(sent)]
-			k, e := unix.Write(int(fd), t)
+			k, e := unix.Write(int(fd), p.unsentTail()[:n-int(sent)])
 			if k > 0 {
 				p.pos += int64(k)
 				sent += int64(k)

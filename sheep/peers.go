@@ -291,9 +291,6 @@ func (r *remotePeer) ReadPiped(ctx context.Context, epoch uint32, k store.Key, o
 		}
 		return nil, err
 	}
-	if parts == 1 {
-		return store.NewRaw(ps[0], 0, int(n), ps[0].Release), nil
-	}
 	c := sendfile.NewChain(ps...)
 	return store.NewRaw(c, 0, int(n), c.Release), nil
 }

@@ -146,6 +146,7 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 		return c.discardData(n)
 	}
 	off, sn := p.BufferOffset(), p.DataSN()
+	unsolEnd := false
 	// The collecting goroutine is woken only when it has something to do
 	// (solicit more, finish, fail), not for every segment.
 	wake := false
@@ -157,10 +158,13 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 			return c.discardData(n)
 		}
 		t.unsolSN++
-		if p.Final() {
-			t.unsolDone = true
-			wake = true
-		}
+		// The sequence is done only once this segment's bytes count as
+		// received (below): collect, seeing it done while they are still
+		// being read, would solicit them again (an R2T overlapping the
+		// unsolicited data). This reader reads the connection's next PDU
+		// only after this one, so no unsolicited PDU can follow meanwhile.
+		unsolEnd = p.Final()
+		wake = unsolEnd
 	} else {
 		var r *r2t
 		for _, x := range t.r2ts {
@@ -229,6 +233,9 @@ func (c *conn) dataOut(p *pdu.PDU) error {
 		t.pieces = append(t.pieces, dst)
 	}
 	t.received += n
+	if unsolEnd {
+		t.unsolDone = true
+	}
 	if wake || (t.want > 0 && t.received >= t.want) {
 		t.kick()
 	}

@@ -93,6 +93,7 @@ type Disk struct {
 	stDirty  bool // stale/ entries changed since the last Sync
 
 	evictPending atomic.Bool
+	noCachestat  atomic.Bool // cachestat(2) failed: write in pieces (writeData)
 
 	used    atomic.Int64 // bytes allocated by object and stale files
 	objects atomic.Int64 // live objects

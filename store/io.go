@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/gosheep/gosheep/internal/crc32c"
 	"github.com/gosheep/gosheep/store/vfs"
+	"golang.org/x/sys/unix"
 )
 
 // writeScratch holds a mutation's checksum pairs and the two partial
@@ -401,7 +403,7 @@ func (d *Disk) writeDataLocked(o *object, sc *writeScratch, off uint32, end uint
 			if err := d.punchLocked(o, s, e); err != nil {
 				return err
 			}
-		} else if err := writePieces(o.f, data[s-uint64(off):e-uint64(off)], base+int64(s)); err != nil {
+		} else if err := d.writeData(o.f, data[s-uint64(off):e-uint64(off)], base+int64(s)); err != nil {
 			return ioError("write", o.key, err)
 		}
 	}
@@ -665,6 +667,50 @@ func verifyRun(h *header, sums []byte, b0 uint32, run []byte, k Key, stale bool,
 // CPU per write by ~20 % and cost 1 MiB writes ~3 %; 16 KiB gained nothing
 // more (3 nodes, iSCSI, interleaved runs).
 const pieceSize = 32 << 10
+
+// writeData writes data at off: in one write when every page of the range
+// is in the page cache already (no folio is created, so pieces would only
+// cost syscalls: 32 for a 1 MiB write, ~4 % of its CPU on one node), in
+// pieces otherwise.
+func (d *Disk) writeData(f vfs.File, data []byte, off int64) error {
+	if len(data) > pieceSize && !d.noCachestat.Load() {
+		switch ok, err := resident(f, off, int64(len(data))); {
+		case err != nil:
+			d.noCachestat.Store(true) // an old kernel: pieces from now on
+		case ok:
+			_, err := f.WriteAt(data, off)
+			return err
+		}
+	}
+	return writePieces(f, data, off)
+}
+
+// resident reports whether every page of f's range [off, off+n) is in the
+// page cache (cachestat(2), Linux 6.5). A file without a descriptor (a
+// test's fault-injecting one) reports false.
+func resident(f vfs.File, off, n int64) (bool, error) {
+	sc, ok := f.(syscall.Conn)
+	if !ok {
+		return false, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false, nil
+	}
+	var cs unix.Cachestat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(off), Len: uint64(n)}, &cs, 0)
+	}); err != nil {
+		return false, nil
+	}
+	if serr != nil {
+		return false, serr
+	}
+	ps := int64(os.Getpagesize())
+	pages := (off+n-1)/ps - off/ps + 1
+	return cs.Cache == uint64(pages), nil
+}
 
 // writePieces writes data at off in writes that do not cross a pieceSize
 // boundary of the file.

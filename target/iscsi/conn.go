@@ -395,7 +395,14 @@ func (c *conn) readOne() error {
 	}
 	if n := p.DataLen(); n > 0 {
 		if p.Opcode() == pdu.OpSCSICmd {
-			p.Data = c.srv.bufs.get(int(n))
+			// Room for the whole write (pooled sizes only), so that
+			// collect gathers the rest into this buffer instead of
+			// copying the immediate data (a quarter of a 1 MiB write).
+			size := int(n)
+			if p.Flags()&pdu.FlagWrite != 0 {
+				size = max(size, int(min(p.EDTL(), 1<<maxPoolShift)))
+			}
+			p.Data = c.srv.bufs.get(size)[:n]
 		} else {
 			p.Data = make([]byte, n)
 		}

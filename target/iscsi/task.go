@@ -514,11 +514,20 @@ func (t *task) streams(want uint32) bool {
 func (t *task) collect(want uint32, ws *scsi.WriteStream) ([]byte, error) {
 	c := t.c
 	p := &c.sess.params
-	buf := c.srv.bufs.get(int(want))
 	t.mu.Lock()
-	t.want = want
+	var buf []byte
 	pos := uint32(0)
-	for _, pc := range t.pieces {
+	pieces := t.pieces
+	if len(pieces) > 0 && cap(pieces[0]) >= int(want) {
+		// The immediate data's buffer has room for it all (readOne).
+		buf = pieces[0][:want]
+		pos = uint32(len(pieces[0]))
+		pieces = pieces[1:]
+	} else {
+		buf = c.srv.bufs.get(int(want))
+	}
+	t.want = want
+	for _, pc := range pieces {
 		if pos < want {
 			copy(buf[pos:], pc)
 		}

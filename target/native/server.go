@@ -399,6 +399,11 @@ type conn struct {
 	readFn   func()        // c.readRole, made once: a method value allocates
 	inline   *serve.Handoff[*task]
 	lowat    sockopt.Lowat // raised while a large payload is read
+	// bareHeader (the reader's): the last payload was at least br's
+	// buffer, so it was read past it, and the next header is read alone
+	// from the socket: through br, the fill would take the next payload's
+	// first 32 KiB with it, to be copied out again. Same one syscall.
+	bareHeader bool
 
 	wmu     sync.Mutex // held while writing a response
 	waiters atomic.Int32
@@ -477,7 +482,11 @@ func (c *conn) readUntilTask() (next *task) {
 		case <-c.ctx.Done():
 			return nil
 		}
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		var hr io.Reader = c.br
+		if c.bareHeader && c.br.Buffered() == 0 {
+			hr = c.nc
+		}
+		if _, err := io.ReadFull(hr, hdr[:]); err != nil {
 			<-c.sem
 			if err != io.EOF {
 				c.s.log.Debug("native: read header", "remote", c.nc.RemoteAddr(), "err", err)
@@ -486,6 +495,7 @@ func (c *conn) readUntilTask() (next *task) {
 		}
 		t := &task{srv: c.s}
 		t.req.Unmarshal(hdr[:]) // cannot fail: HeaderSize bytes
+		c.bareHeader = t.req.Flags&proto.FlagWrite != 0 && t.req.DataLength >= readBufSize
 		run, ok := c.admit(t)
 		if !ok {
 			return nil

@@ -449,14 +449,25 @@ func (c *Conn) readLoop() {
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	lowat := sockopt.NewLowat(c.nc) // raised while a large payload is read
 	var hdr [proto.HeaderSize]byte
+	// bare: the last payload was at least br's buffer, so it was read
+	// past it; the next header is then read alone from the socket, since
+	// a fill of br would take the next payload's first 64 KiB with it, to
+	// be copied out again (or copied into a relay's pipe instead of
+	// spliced). The same one syscall.
+	bare := false
 	for {
 		claimed = nil
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		var hr io.Reader = br
+		if bare && br.Buffered() == 0 {
+			hr = c.nc
+		}
+		if _, err := io.ReadFull(hr, hdr[:]); err != nil {
 			c.fail(err)
 			return
 		}
 		var rsp proto.Response
 		rsp.Unmarshal(hdr[:]) // cannot fail: HeaderSize bytes
+		bare = rsp.DataLength >= uint32(br.Size())
 		c.mu.Lock()
 		cl, ok := c.pending[rsp.ID]
 		if ok {

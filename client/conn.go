@@ -449,25 +449,19 @@ func (c *Conn) readLoop() {
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	lowat := sockopt.NewLowat(c.nc) // raised while a large payload is read
 	var hdr [proto.HeaderSize]byte
-	// bare: the last payload was at least br's buffer, so it was read
-	// past it; the next header is then read alone from the socket, since
-	// a fill of br would take the next payload's first 64 KiB with it, to
-	// be copied out again (or copied into a relay's pipe instead of
-	// spliced). The same one syscall.
-	bare := false
+	// Behind a large payload the header is read alone (sockopt.HeaderFrom),
+	// so that the next payload is not copied out of br, or into a relay's
+	// pipe instead of spliced.
+	last := 0
 	for {
 		claimed = nil
-		var hr io.Reader = br
-		if bare && br.Buffered() == 0 {
-			hr = c.nc
-		}
-		if _, err := io.ReadFull(hr, hdr[:]); err != nil {
+		if _, err := io.ReadFull(sockopt.HeaderFrom(br, c.nc, last), hdr[:]); err != nil {
 			c.fail(err)
 			return
 		}
 		var rsp proto.Response
 		rsp.Unmarshal(hdr[:]) // cannot fail: HeaderSize bytes
-		bare = rsp.DataLength >= uint32(br.Size())
+		last = int(rsp.DataLength)
 		c.mu.Lock()
 		cl, ok := c.pending[rsp.ID]
 		if ok {

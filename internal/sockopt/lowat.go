@@ -94,3 +94,18 @@ func (l Lowat) set(n int) bool {
 	})
 	return err == nil && serr == nil
 }
+
+// HeaderFrom returns what to read a message's header from: the connection
+// c itself when br, a buffered reader of c, is empty and the payload
+// before the header (last bytes) was at least br's size, else br. Such a
+// payload was read past br, straight into its buffer; a header read
+// through br would fill br with what follows, behind a large payload
+// mostly the next payload, to be copied out of br again (a quarter of an
+// iSCSI 256 KiB data segment). Read alone, the header costs the same one
+// syscall, and the payload is again read past br.
+func HeaderFrom(br *bufio.Reader, c io.Reader, last int) io.Reader {
+	if last >= br.Size() && br.Buffered() == 0 {
+		return c
+	}
+	return br
+}

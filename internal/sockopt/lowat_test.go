@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -95,5 +96,20 @@ func TestLowatShortStreamOnSocket(t *testing.T) {
 	_, err := l.ReadFull(bufio.NewReader(srv), make([]byte, 1<<20))
 	if err != io.ErrUnexpectedEOF {
 		t.Fatalf("got %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func TestHeaderFrom(t *testing.T) {
+	src := strings.NewReader(strings.Repeat("x", 64))
+	br := bufio.NewReaderSize(src, 16)
+	if HeaderFrom(br, src, 15) != io.Reader(br) {
+		t.Error("after a small payload: not the buffered reader")
+	}
+	if HeaderFrom(br, src, 16) != io.Reader(src) {
+		t.Error("after a payload the buffer's size, nothing buffered: not the connection")
+	}
+	br.ReadByte() // buffers 15 more bytes
+	if HeaderFrom(br, src, 1<<20) != io.Reader(br) {
+		t.Error("with bytes buffered: not the buffered reader")
 	}
 }

@@ -122,12 +122,7 @@ type conn struct {
 	readFn   func()        // c.readRole, made once: a method value allocates
 	inline   *serve.Handoff[*task]
 	lowat    sockopt.Lowat
-	// bareHeader: the last PDU's data segment was at least the reader's
-	// buffer, so it was read past the buffer and the next header is read
-	// alone from the socket. Through the buffer, the fill would take the
-	// next segment's first 64 KiB with it, to be copied out again (a
-	// quarter of a 256 KiB Data-Out); alone, it is the same one syscall.
-	bareHeader bool
+	lastData int // the last PDU's data segment length (sockopt.HeaderFrom)
 }
 
 func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
@@ -393,14 +388,10 @@ func (c *conn) readData(dst []byte) error {
 // command then owns.
 func (c *conn) readOne() error {
 	p := &pdu.PDU{}
-	var hr io.Reader = c.br
-	if c.bareHeader && c.br.Buffered() == 0 {
-		hr = c.nc
-	}
-	if err := pdu.ReadHeader(hr, c.lim, p); err != nil {
+	if err := pdu.ReadHeader(sockopt.HeaderFrom(c.br, c.nc, c.lastData), c.lim, p); err != nil {
 		return err
 	}
-	c.bareHeader = p.DataLen() >= uint32(c.br.Size())
+	c.lastData = int(p.DataLen())
 	if p.Opcode() == pdu.OpDataOut && c.sess.tgt != nil {
 		return c.dataOut(p)
 	}

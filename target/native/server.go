@@ -393,17 +393,13 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	sem      chan struct{} // one token per request in flight
-	handlers sync.WaitGroup
-	readDone chan struct{} // closed when reading has ended
-	readFn   func()        // c.readRole, made once: a method value allocates
-	inline   *serve.Handoff[*task]
-	lowat    sockopt.Lowat // raised while a large payload is read
-	// bareHeader (the reader's): the last payload was at least br's
-	// buffer, so it was read past it, and the next header is read alone
-	// from the socket: through br, the fill would take the next payload's
-	// first 32 KiB with it, to be copied out again. Same one syscall.
-	bareHeader bool
+	sem         chan struct{} // one token per request in flight
+	handlers    sync.WaitGroup
+	readDone    chan struct{} // closed when reading has ended
+	readFn      func()        // c.readRole, made once: a method value allocates
+	inline      *serve.Handoff[*task]
+	lowat       sockopt.Lowat // raised while a large payload is read
+	lastPayload int           // the reader's: the last request's payload length (sockopt.HeaderFrom)
 
 	wmu     sync.Mutex // held while writing a response
 	waiters atomic.Int32
@@ -482,11 +478,7 @@ func (c *conn) readUntilTask() (next *task) {
 		case <-c.ctx.Done():
 			return nil
 		}
-		var hr io.Reader = c.br
-		if c.bareHeader && c.br.Buffered() == 0 {
-			hr = c.nc
-		}
-		if _, err := io.ReadFull(hr, hdr[:]); err != nil {
+		if _, err := io.ReadFull(sockopt.HeaderFrom(c.br, c.nc, c.lastPayload), hdr[:]); err != nil {
 			<-c.sem
 			if err != io.EOF {
 				c.s.log.Debug("native: read header", "remote", c.nc.RemoteAddr(), "err", err)
@@ -495,7 +487,10 @@ func (c *conn) readUntilTask() (next *task) {
 		}
 		t := &task{srv: c.s}
 		t.req.Unmarshal(hdr[:]) // cannot fail: HeaderSize bytes
-		c.bareHeader = t.req.Flags&proto.FlagWrite != 0 && t.req.DataLength >= readBufSize
+		c.lastPayload = 0
+		if t.req.Flags&proto.FlagWrite != 0 {
+			c.lastPayload = int(t.req.DataLength)
+		}
 		run, ok := c.admit(t)
 		if !ok {
 			return nil

@@ -93,10 +93,12 @@ func (c *conn) transmit(dev volume.Device, info ExportInfo) {
 func (t *tx) readLoop() error {
 	cfg := &t.s.cfg
 	var h [requestSize]byte
+	last := 0 // the last request's payload length (sockopt.HeaderFrom)
 	for {
-		if _, err := io.ReadFull(t.br, h[:]); err != nil {
+		if _, err := io.ReadFull(sockopt.HeaderFrom(t.br, t.nc, last), h[:]); err != nil {
 			return err
 		}
+		last = 0
 		if m := binary.BigEndian.Uint32(h[0:4]); m != magicRequest {
 			return fmt.Errorf("%w: bad request magic %#x", errProtocol, m)
 		}
@@ -117,6 +119,7 @@ func (t *tx) readLoop() error {
 		}
 		switch r.typ {
 		case cmdWrite:
+			last = int(r.length)
 			if r.length > cfg.MaxPayload {
 				// Keep the stream in sync without buffering the payload,
 				// or hang up if even reading it is unreasonable.

@@ -19,6 +19,32 @@ type Member struct {
 	Space uint64         `json:"space"` // bytes of capacity; 0 = gateway only
 }
 
+// PortNumber is node id's number in the cluster, counted from 1 in the
+// order nodes first became members: the epoch history, which every node
+// agrees on and which only grows, makes it the same on every node,
+// distinct for every node that has ever been a member, and kept across
+// restarts and absences. The iSCSI target uses it as the node's portal
+// group tag and relative target port identifier. ok is false for a node
+// that has not been a member yet (or past 65535 nodes).
+func (s *State) PortNumber(id string) (n uint16, ok bool) {
+	seen := map[string]bool{}
+	for _, e := range s.Epochs {
+		for _, m := range e.Members {
+			if seen[m.ID] {
+				continue
+			}
+			seen[m.ID] = true
+			if m.ID == id {
+				if len(seen) > 0xffff {
+					return 0, false
+				}
+				return uint16(len(seen)), true
+			}
+		}
+	}
+	return 0, false
+}
+
 // EpochLog is one entry of the epoch history: the member set from that epoch on.
 type EpochLog struct {
 	Epoch   uint32   `json:"epoch"`

@@ -312,3 +312,32 @@ func TestMetaVersionGatesReservations(t *testing.T) {
 		t.Fatal("Clone drops the metadata version")
 	}
 }
+
+// Node numbers follow first membership, and stay through departures and
+// returns: every node computes the same from the same history.
+func TestPortNumber(t *testing.T) {
+	s := runScenario(t, []step{format(1)}) // members: a
+	m := func(ids ...string) []Member {
+		var out []Member
+		for _, id := range ids {
+			out = append(out, Member{ID: id})
+		}
+		return out
+	}
+	for _, ms := range [][]Member{m("c", "a"), m("b"), m("a", "b", "d")} {
+		if r := s.Apply(&Command{Op: CmdEpoch, Members: ms}); r.Code != 0 {
+			t.Fatalf("epoch %v: %v", ms, r.Code)
+		}
+	}
+	for id, want := range map[string]uint16{"a": 1, "c": 2, "b": 3, "d": 4} {
+		if n, ok := s.PortNumber(id); !ok || n != want {
+			t.Errorf("%s: %d %v, want %d", id, n, ok, want)
+		}
+	}
+	if n, ok := s.PortNumber("e"); ok {
+		t.Errorf("never a member, numbered %d", n)
+	}
+	if n, ok := s.Clone().PortNumber("d"); !ok || n != 4 {
+		t.Errorf("clone: d is %d %v", n, ok)
+	}
+}

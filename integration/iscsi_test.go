@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,14 +69,36 @@ func TestISCSIOnCluster(t *testing.T) {
 		t.Fatal("image read back through another node differs")
 	}
 	t.Logf("verified: 256 MiB written through %s read back identical through %s", c.nodes[0].ip, c.nodes[2].ip)
-	// Identity is the same on every node (multipath sees one disk).
-	var ids []string
+	// The logical unit's identity is the same on every node (multipath
+	// sees one disk); each node is a target port of its own.
+	var lus []string
+	ports := map[string]string{}
 	for _, n := range c.nodes {
-		out := runCmd(t, time.Minute, "iscsi-inq", "-e", "1", "-c", "0x83", iscsiURL(n, "disk"))
-		ids = append(ids, out)
+		// iscsi-inq takes the page code in decimal: 131 is 0x83.
+		out := runCmd(t, time.Minute, "iscsi-inq", "-e", "1", "-c", "131", iscsiURL(n, "disk"))
+		var lu []string
+		port := ""
+		for _, d := range strings.Split(out, "DEVICE DESIGNATOR #")[1:] {
+			_, d, _ = strings.Cut(d, "\n") // the designator's number
+			switch {
+			case strings.Contains(d, "Association:(0) LOGICAL_UNIT"):
+				lu = append(lu, d)
+			case strings.Contains(d, "Association:(1) TARGET_PORT") && strings.Contains(d, "SCSI_NAME_STRING"):
+				port = d
+			}
+		}
+		if len(lu) < 2 || port == "" {
+			t.Fatalf("VPD 0x83 through %s lacks LU designators or the target port name:\n%s", n.ip, out)
+		}
+		if o, dup := ports[port]; dup {
+			t.Fatalf("%s and %s report the same target port:\n%s", o, n.ip, port)
+		}
+		ports[port] = n.ip
+		slices.Sort(lu)
+		lus = append(lus, strings.Join(lu, ""))
 	}
-	if ids[0] != ids[1] || ids[1] != ids[2] {
-		t.Fatalf("device identification differs between nodes:\n%s", strings.Join(ids, "\n---\n"))
+	if lus[0] != lus[1] || lus[1] != lus[2] {
+		t.Fatalf("logical unit designators differ between nodes:\n%s", strings.Join(lus, "\n---\n"))
 	}
 	// Delete: the target goes away everywhere.
 	if _, err := c.nodes[0].meta(t, metaDelete("other")); err != nil {

@@ -72,6 +72,18 @@ func TestReservationsFenceAcrossNodes(t *testing.T) {
 
 	mustSCSI(t, "A registers through node 0", prOut(a0, prRegister, 0, 0, 0xa), statusGood)
 	mustSCSI(t, "A registers through node 2", prOut(a2, prRegister, 0, 0, 0xa), statusGood)
+	// Each node is a target port of its own: A's two registrations name
+	// two relative target ports (READ FULL STATUS).
+	fs := a0.SCSI([]byte{0x5e, 3, 0, 0, 0, 0, 0, 1, 0, 0}, true, 256, nil)
+	mustSCSI(t, "READ FULL STATUS", fs, statusGood)
+	rels := map[uint16]bool{}
+	for d := fs.Data[min(8, len(fs.Data)):]; len(d) >= 24; {
+		rels[binary.BigEndian.Uint16(d[18:])] = true
+		d = d[min(len(d), 24+int(binary.BigEndian.Uint32(d[20:]))):]
+	}
+	if len(rels) != 2 {
+		t.Fatalf("READ FULL STATUS: relative target ports %v of A's two registrations, want two: % x", rels, fs.Data)
+	}
 	mustSCSI(t, "A reserves through node 0", prOut(a0, prReserve, prWERO, 0xa, 0), statusGood)
 	mustSCSI(t, "B writes through node 1", write1(b1, 1), statusResv)
 	mustSCSI(t, "A writes through node 2", write1(a2, 2), statusGood)

@@ -23,6 +23,13 @@ type frontEnds struct {
 	unsub     func()
 }
 
+// portNumber is this node's number in the cluster (cluster.State.PortNumber),
+// its iSCSI portal group tag and relative target port identifier.
+func (d *Daemon) portNumber() (n uint16, ok bool) {
+	d.node.FSM().Read(func(s *cluster.State) { n, ok = s.PortNumber(d.node.ID()) })
+	return n, ok
+}
+
 // startFrontEnds starts iSCSI, NBD and metrics listeners as configured.
 func (d *Daemon) startFrontEnds() error {
 	fe := &d.fe
@@ -34,7 +41,7 @@ func (d *Daemon) startFrontEnds() error {
 		fe.listeners = append(fe.listeners, ln)
 		fe.iscsi = iscsi.New(iscsi.Config{
 			Logger: d.log.With("frontend", "iscsi"), Recorder: d.recorder(), AdvertiseAddrs: []string{ln.Addr().String()},
-			PortID: d.node.ID(), Reservations: clusterResv{d},
+			PortID: d.node.ID(), Reservations: clusterResv{d}, PortNumber: d.portNumber,
 		})
 		d.h.waitAborts = fe.iscsi.WaitAborts
 		d.wg.Add(1)

@@ -37,6 +37,7 @@ const (
 	loginInvalidDuring   = 0x020b
 	loginInitiatorError  = 0x0200
 	loginTargetError     = 0x0300
+	loginUnavailable     = 0x0301
 	loginOutOfResources  = 0x0302
 )
 
@@ -70,6 +71,7 @@ type loginState struct {
 	ourMRDSL   uint32
 	textBuf    []byte
 	sentTPGT   bool
+	tpgt       uint16 // the portal group tag sent: the session's relative target port
 }
 
 // login runs the login phase. On success c.sess is set and the connection
@@ -186,8 +188,12 @@ func (ls *loginState) step(p *pdu.PDU) (bool, error) {
 		}
 	}
 	if !ls.sentTPGT && !ls.discovery {
-		resp = append(resp, pdu.KV{Key: "TargetPortalGroupTag", Value: strconv.Itoa(int(c.srv.cfg.PortalGroupTag))})
-		ls.sentTPGT = true
+		tag, ok := c.srv.portTag()
+		if !ok {
+			return ls.fail(p, loginUnavailable, "this node has no port number yet")
+		}
+		resp = append(resp, pdu.KV{Key: "TargetPortalGroupTag", Value: strconv.Itoa(int(tag))})
+		ls.sentTPGT, ls.tpgt = true, tag
 	}
 	if ls.stage == stageSecurity {
 		r, status, why := ls.chapStep(kvs)
@@ -588,7 +594,7 @@ func (ls *loginState) enterFullFeature(p *pdu.PDU) error {
 		se.params.firstBurst = se.params.maxBurst
 	}
 	if ls.tgt != nil {
-		se.nexus = &scsi.Nexus{InitiatorName: ls.initiator, ISID: ls.isid, RelPort: 1}
+		se.nexus = &scsi.Nexus{InitiatorName: ls.initiator, ISID: ls.isid, RelPort: max(ls.tpgt, 1)}
 		se.nexus.ID = se.nexus.InitiatorPort()
 		if s.cfg.PortID != "" {
 			// The same initiator port reaching another node is another

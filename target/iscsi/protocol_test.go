@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,6 +215,62 @@ func TestDiscoveryAdvertisedPortal(t *testing.T) {
 	}
 	if err := c.Logout(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPortNumber: with PortNumber set, the node's number is the portal
+// group tag a login and SendTargets report, and the relative target port
+// the LU reports; a node without one yet refuses logins to a target for
+// now (and still answers discovery).
+func TestPortNumber(t *testing.T) {
+	var mu sync.Mutex
+	num, known := uint16(0), false
+	ts := startServer(t, Config{PortNumber: func() (uint16, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return num, known
+	}}, "a")
+	sendTargets := func(c *client) string {
+		var h pdu.Header
+		h.SetOpcode(pdu.OpTextReq)
+		h[0] |= 0x40
+		h.SetFlags(0x80)
+		h.SetITT(77)
+		h.SetField20(pdu.ReservedTag)
+		binary.BigEndian.PutUint32(h[24:], c.CmdSN)
+		c.Send(&h, []byte("SendTargets=All\x00"))
+		return string(c.Recv().Data)
+	}
+	d := dial(t, ts.addr)
+	if _, err := d.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
+		t.Fatal(err)
+	}
+	if got := sendTargets(d); got != "TargetName="+IQN("a")+"\x00" {
+		t.Errorf("SendTargets without a number: %q", got)
+	}
+	c := dial(t, ts.addr)
+	p, err := c.Login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("a"), "SessionType=Normal")
+	if err == nil || p == nil || p.Header[36] != 3 || p.Header[37] != 1 {
+		t.Fatalf("login without a number: %v", err)
+	}
+	mu.Lock()
+	num, known = 7, true
+	mu.Unlock()
+	if got := sendTargets(d); !strings.HasSuffix(got, ",7\x00") {
+		t.Errorf("SendTargets: %q, want the tag 7", got)
+	}
+	c = dial(t, ts.addr)
+	p, err = c.Login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("a"), "SessionType=Normal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kvs, _ := pdu.ParseText(p.Data); !slices.Contains(kvs, pdu.KV{Key: "TargetPortalGroupTag", Value: "7"}) {
+		t.Errorf("login response: %q, want TargetPortalGroupTag=7", p.Data)
+	}
+	c.DrainUA()
+	r := c.SCSI([]byte{0x12, 1, 0x83, 0, 255, 0}, true, 255, nil)
+	if !bytes.Contains(r.Data, []byte{0x10 | 0x80 | 0x04, 0, 4, 0, 0, 0, 7}) {
+		t.Errorf("VPD 0x83 without relative target port 7: % x", r.Data)
 	}
 }
 

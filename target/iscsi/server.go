@@ -36,8 +36,16 @@ type Config struct {
 	// SendTargets. Default: each listener's address; for a listener on an
 	// unspecified address, the address the discovery connection reached.
 	AdvertiseAddrs []string
-	// PortalGroupTag is the target portal group tag (default 1).
+	// PortalGroupTag is the target portal group tag, and the relative
+	// target port identifier (default 1), unless PortNumber is set.
 	PortalGroupTag uint16
+	// PortNumber, when set, is looked up at each login and discovery in
+	// place of PortalGroupTag: the node's number in the cluster, so that
+	// every node exporting a VDI is a target port of its own (a portal
+	// group tag, a relative target port identifier and a target port name
+	// of its own). ok false (no number yet) refuses logins to a target as
+	// unavailable for now.
+	PortNumber func() (n uint16, ok bool)
 	// QueueDepth is the CmdSN window per session (default 128).
 	QueueDepth int
 	// MaxRecvDataSegmentLength is the largest data segment we accept
@@ -537,9 +545,25 @@ func (s *Server) sessionByTSIH(tsih uint16) *session {
 	return s.tsih[tsih]
 }
 
-// portals returns the TargetAddress values for a connection.
+// portTag returns this target port's portal group tag, which is also its
+// relative target port identifier; ok is false while it is not known.
+func (s *Server) portTag() (uint16, bool) {
+	if s.cfg.PortNumber == nil {
+		return s.cfg.PortalGroupTag, true
+	}
+	n, ok := s.cfg.PortNumber()
+	return n, ok && n != 0
+}
+
+// portals returns the TargetAddress values for a connection: none while
+// the portal group tag is not known (the initiator then uses the portal
+// it reached).
 func (s *Server) portals(c *conn) []string {
-	tag := fmt.Sprintf(",%d", s.cfg.PortalGroupTag)
+	t, ok := s.portTag()
+	if !ok {
+		return nil
+	}
+	tag := fmt.Sprintf(",%d", t)
 	if len(s.cfg.AdvertiseAddrs) > 0 {
 		out := make([]string, len(s.cfg.AdvertiseAddrs))
 		for i, a := range s.cfg.AdvertiseAddrs {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/gosheep/gosheep/volume"
@@ -65,6 +66,56 @@ func TestIdentityStable(t *testing.T) {
 	}
 	if NAA(42) == NAA(43) {
 		t.Fatal("NAA does not depend on the VID")
+	}
+}
+
+// designators splits a Device Identification page into its designators,
+// keyed "association/type" with their values.
+func designators(t *testing.T, page []byte) map[string][][]byte {
+	t.Helper()
+	out := map[string][][]byte{}
+	if len(page) < 4 || page[1] != 0x83 {
+		t.Fatalf("not a 0x83 page: % x", page)
+	}
+	d := page[4:]
+	for len(d) >= 4 {
+		l := int(d[3])
+		if 4+l > len(d) {
+			t.Fatalf("designator overruns the page: % x", d)
+		}
+		k := fmt.Sprintf("%d/%d", d[1]>>4&3, d[1]&0xf)
+		out[k] = append(out[k], d[4:4+l])
+		d = d[4+l:]
+	}
+	return out
+}
+
+// Through two nodes' ports the LU is one disk (its designators equal) on
+// two target ports (relative port and port name differ).
+func TestIdentityPerPort(t *testing.T) {
+	lu, _, n1 := newLU(t)
+	n2 := &Nexus{ID: "i1@node2", InitiatorName: "iqn.test:i1", ISID: 1, RelPort: 2}
+	lu.Attach(n2)
+	p1 := designators(t, do(t, lu, n1, []byte{0x12, 1, 0x83, 0, 255, 0}, nil).Data)
+	p2 := designators(t, do(t, lu, n2, []byte{0x12, 1, 0x83, 0, 255, 0}, nil).Data)
+	const (
+		naa, t10  = "0/3", "0/1"
+		rel, name = "1/4", "1/8"
+		dev       = "2/8"
+	)
+	for _, k := range []string{naa, t10, dev} {
+		if fmt.Sprintf("%x", p1[k]) != fmt.Sprintf("%x", p2[k]) || len(p1[k]) != 1 {
+			t.Errorf("designator %s: % x through port 1, % x through port 2", k, p1[k], p2[k])
+		}
+	}
+	if got := p2[rel]; len(got) != 1 || !bytes.Equal(got[0], []byte{0, 0, 0, 2}) {
+		t.Errorf("relative target port through port 2: % x", got)
+	}
+	if got := p1[rel]; len(got) != 1 || !bytes.Equal(got[0], []byte{0, 0, 0, 1}) {
+		t.Errorf("relative target port through port 1: % x", got)
+	}
+	if got := p2[name]; len(got) != 1 || string(bytes.TrimRight(got[0], "\x00")) != "iqn.2026-11.io.gosheep:v,t,0x0002" || len(got[0])%4 != 0 {
+		t.Errorf("target port name through port 2: %q", got)
 	}
 }
 

@@ -65,7 +65,7 @@ func execInquiry(ctx ctxT, c *Cmd, _ []byte) Result {
 	case 0x80:
 		page = vpdPage(0x80, []byte(Serial(c.lu.cfg.VID)))
 	case 0x83:
-		page = vpdPage(0x83, c.lu.deviceID())
+		page = vpdPage(0x83, c.lu.deviceID(c.nexus))
 	case 0xb0:
 		page = vpdPage(0xb0, c.lu.blockLimits())
 	case 0xb1:
@@ -114,24 +114,40 @@ func designator(proto, codeSet, piv, assoc, typ byte, val []byte) []byte {
 	return d
 }
 
-func (lu *LU) deviceID() []byte {
+// deviceID is the Device Identification page as seen through nexus n's
+// target port: the LU's designators, the same through every node (so
+// multipath sees one disk), and the port's, which differ.
+func (lu *LU) deviceID(n *Nexus) []byte {
 	var out []byte
 	naa := make([]byte, 8)
 	binary.BigEndian.PutUint64(naa, NAA(lu.cfg.VID))
 	out = append(out, designator(0, gotgtscsi.INQ_CODE_BIN, 0, gotgtscsi.ASS_LU, gotgtscsi.DESG_NAA, naa)...)
 	t10 := []byte(vendorID + Serial(lu.cfg.VID))
 	out = append(out, designator(0, gotgtscsi.INQ_CODE_ASCII, 0, gotgtscsi.ASS_LU, gotgtscsi.DESG_T10, t10)...)
-	port := []byte{0, 0, 0, 1}
+	rel := uint16(1)
+	if n != nil && n.RelPort != 0 {
+		rel = n.RelPort
+	}
+	port := []byte{0, 0, byte(rel >> 8), byte(rel)}
 	out = append(out, designator(gotgtscsi.PIV_ISCSI, gotgtscsi.INQ_CODE_BIN, 1, gotgtscsi.ASS_TGT_PORT, gotgtscsi.DESG_REL_TGT_PORT, port)...)
 	if lu.cfg.TargetIQN != "" && len(lu.cfg.TargetIQN) < 220 {
-		name := []byte(lu.cfg.TargetIQN)
-		name = append(name, 0)
-		for len(name)%4 != 0 {
-			name = append(name, 0)
-		}
-		out = append(out, designator(gotgtscsi.PIV_ISCSI, gotgtscsi.INQ_CODE_UTF8, 1, gotgtscsi.ASS_TGT_DEV, gotgtscsi.DESG_SCSI, name)...)
+		// The iSCSI target port name (RFC 7143 §4.2.7.1): the target
+		// name and the portal group tag, which is the relative port.
+		out = append(out, designator(gotgtscsi.PIV_ISCSI, gotgtscsi.INQ_CODE_UTF8, 1, gotgtscsi.ASS_TGT_PORT, gotgtscsi.DESG_SCSI,
+			scsiName(fmt.Sprintf("%s,t,0x%04x", lu.cfg.TargetIQN, rel)))...)
+		out = append(out, designator(gotgtscsi.PIV_ISCSI, gotgtscsi.INQ_CODE_UTF8, 1, gotgtscsi.ASS_TGT_DEV, gotgtscsi.DESG_SCSI, scsiName(lu.cfg.TargetIQN))...)
 	}
 	return out
+}
+
+// scsiName is a SCSI name string designator's value: NUL-terminated and
+// padded to a multiple of 4 bytes (SPC-4 §7.8.6.11).
+func scsiName(s string) []byte {
+	name := append([]byte(s), 0)
+	for len(name)%4 != 0 {
+		name = append(name, 0)
+	}
+	return name
 }
 
 func (lu *LU) blockLimits() []byte {

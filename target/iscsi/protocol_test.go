@@ -180,14 +180,9 @@ func TestTSIHNoLeak(t *testing.T) {
 	}
 }
 
-// TestDiscoveryAdvertisedPortal: SendTargets=All lists every target with
-// the configured advertised portal.
-func TestDiscoveryAdvertisedPortal(t *testing.T) {
-	ts := startServer(t, Config{AdvertiseAddrs: []string{"192.0.2.10:3260", "[2001:db8::1]:3260"}, PortalGroupTag: 3}, "a", "b")
-	c := dial(t, ts.addr)
-	if _, err := c.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
-		t.Fatal(err)
-	}
+// sendTargets asks a discovery session for SendTargets=All (ITT 77) and
+// returns the answer.
+func sendTargets(c *client) *pdu.PDU {
 	var h pdu.Header
 	h.SetOpcode(pdu.OpTextReq)
 	h[0] |= 0x40
@@ -196,7 +191,18 @@ func TestDiscoveryAdvertisedPortal(t *testing.T) {
 	h.SetField20(pdu.ReservedTag)
 	binary.BigEndian.PutUint32(h[24:], c.CmdSN)
 	c.Send(&h, []byte("SendTargets=All\x00"))
-	p := c.Recv()
+	return c.Recv()
+}
+
+// TestDiscoveryAdvertisedPortal: SendTargets=All lists every target with
+// the configured advertised portal.
+func TestDiscoveryAdvertisedPortal(t *testing.T) {
+	ts := startServer(t, Config{AdvertiseAddrs: []string{"192.0.2.10:3260", "[2001:db8::1]:3260"}, PortalGroupTag: 3}, "a", "b")
+	c := dial(t, ts.addr)
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
+		t.Fatal(err)
+	}
+	p := sendTargets(c)
 	if p.Opcode() != pdu.OpTextResp || p.ITT() != 77 {
 		t.Fatalf("response %v", p.Header.String())
 	}
@@ -230,22 +236,11 @@ func TestPortNumber(t *testing.T) {
 		defer mu.Unlock()
 		return num, known
 	}}, "a")
-	sendTargets := func(c *client) string {
-		var h pdu.Header
-		h.SetOpcode(pdu.OpTextReq)
-		h[0] |= 0x40
-		h.SetFlags(0x80)
-		h.SetITT(77)
-		h.SetField20(pdu.ReservedTag)
-		binary.BigEndian.PutUint32(h[24:], c.CmdSN)
-		c.Send(&h, []byte("SendTargets=All\x00"))
-		return string(c.Recv().Data)
-	}
 	d := dial(t, ts.addr)
 	if _, err := d.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
 		t.Fatal(err)
 	}
-	if got := sendTargets(d); got != "TargetName="+IQN("a")+"\x00" {
+	if got := string(sendTargets(d).Data); got != "TargetName="+IQN("a")+"\x00" {
 		t.Errorf("SendTargets without a number: %q", got)
 	}
 	c := dial(t, ts.addr)
@@ -256,7 +251,7 @@ func TestPortNumber(t *testing.T) {
 	mu.Lock()
 	num, known = 7, true
 	mu.Unlock()
-	if got := sendTargets(d); !strings.HasSuffix(got, ",7\x00") {
+	if got := string(sendTargets(d).Data); !strings.HasSuffix(got, ",7\x00") {
 		t.Errorf("SendTargets: %q, want the tag 7", got)
 	}
 	c = dial(t, ts.addr)

@@ -123,7 +123,16 @@ type conn struct {
 	inline   *serve.Handoff[*task]
 	lowat    sockopt.Lowat
 	lastData int // the last PDU's data segment length (sockopt.HeaderFrom)
+	// presized: bytes of immediate-data buffers sized beyond their data
+	// for the rest of a write (readOne), not yet covered by a task's
+	// budget. A command dropped before it becomes a task (a CmdSN gap
+	// never filled, a rejection) keeps its share: later writes on this
+	// connection are then only copied, as before presizing.
+	presized atomic.Int64
 }
+
+// maxPresized bounds conn.presized.
+const maxPresized = 8 << 20
 
 func newConn(s *Server, nc net.Conn, lnAddr net.Addr) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -400,9 +409,17 @@ func (c *conn) readOne() error {
 			// Room for the whole write (pooled sizes only), so that
 			// collect gathers the rest into this buffer instead of
 			// copying the immediate data (a quarter of a 1 MiB write).
+			// The room is not in the server's buffer budget until the
+			// command's task takes it, so a connection holds at most
+			// maxPresized of it (task.pre gives it back).
 			size := int(n)
-			if p.Flags()&pdu.FlagWrite != 0 {
-				size = max(size, int(min(p.EDTL(), 1<<maxPoolShift)))
+			if p.Flags()&pdu.FlagWrite != 0 && p.EDTL() > n {
+				want := int(min(p.EDTL(), 1<<maxPoolShift))
+				if extra := int64(capFor(want) - capFor(size)); c.presized.Add(extra) <= maxPresized {
+					size = want
+				} else {
+					c.presized.Add(-extra)
+				}
 			}
 			p.Data = c.srv.bufs.get(size)[:n]
 		} else {

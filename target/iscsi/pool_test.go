@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 )
@@ -87,5 +88,72 @@ func TestBufPoolClasses(t *testing.T) {
 	bp.put(make([]byte, 5000))
 	if b := bp.get(5000); cap(b) != 8192 {
 		t.Errorf("foreign buffer recycled: cap %d", cap(b))
+	}
+}
+
+// presizedOf sums the connections' presized immediate-data room.
+func presizedOf(ts *testServer) int64 {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var n int64
+	for c := range ts.conns {
+		n += c.presized.Load()
+	}
+	return n
+}
+
+// Immediate data is read into a buffer with room for the whole write, but
+// a connection holds at most maxPresized of such room outside the buffer
+// budget (here: writes held for a CmdSN gap), and gives it back once the
+// commands run.
+func TestPresizedBounded(t *testing.T) {
+	ts := startServer(t, Config{}, "pz")
+	c := dial(t, ts.addr)
+	c.LoginNormal(IQN("pz"), "InitialR2T=Yes", "ImmediateData=Yes", "FirstBurstLength=65536")
+	c.DrainUA()
+	const edtl = 4 << 20
+	if 4*(edtl-4096) <= maxPresized {
+		t.Fatalf("four held writes would not reach the bound %d", maxPresized)
+	}
+	gap := c.CmdSN
+	for i := range uint32(4) {
+		var h pdu.Header
+		h.SetOpcode(pdu.OpSCSICmd)
+		h.SetFlags(pdu.FlagFinal | pdu.FlagWrite)
+		h.SetITT(1000 + i)
+		h.SetField20(edtl)
+		binary.BigEndian.PutUint32(h[24:], gap+1+i)                         // after the gap
+		copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, edtl / 512 >> 8, 0, 0}) // WRITE(10) LBA 0, 4 MiB
+		c.Send(&h, make([]byte, 4096))
+	}
+	held := func() (n int) {
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		for c := range ts.conns {
+			c.tmu.Lock()
+			n += len(c.pending)
+			c.tmu.Unlock()
+		}
+		return n
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for held() < 4 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := presizedOf(ts); n == 0 || n > maxPresized {
+		t.Fatalf("held for the gap: %d bytes presized, want 1..%d", n, maxPresized)
+	}
+	// Fill the gap: the four run, take their buffers into the budget.
+	var h pdu.Header
+	h.SetOpcode(pdu.OpSCSICmd)
+	h.SetFlags(pdu.FlagFinal)
+	h.SetITT(999)
+	binary.BigEndian.PutUint32(h[24:], gap) // TEST UNIT READY
+	c.Send(&h, nil)
+	for presizedOf(ts) != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := presizedOf(ts); n != 0 {
+		t.Fatalf("after the commands ran: %d bytes presized, want 0", n)
 	}
 }

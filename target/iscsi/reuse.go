@@ -30,6 +30,15 @@ func class(n int) int {
 	return max(c, 0)
 }
 
+// capFor is the capacity get(n) returns.
+func capFor(n int) int {
+	c := class(n)
+	if c < 0 {
+		return n
+	}
+	return 1 << (c + minPoolShift)
+}
+
 // get returns a buffer of length n. Its contents are arbitrary: callers
 // overwrite all of it before anyone reads it.
 func (bp *bufPool) get(n int) []byte {

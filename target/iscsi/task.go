@@ -38,6 +38,7 @@ type task struct {
 	unsolSN    uint32   // next DataSN of the unsolicited sequence
 	received   uint32   // contiguous bytes received
 	pieces     [][]byte // Data-Out before collect: pooled buffers, in order
+	pre        int64    // pieces[0]'s room beyond its data, counted in c.presized
 	buf        []byte   // pooled, allocated once the command knows its length
 	want       uint32
 	reading    bool         // the reader is filling buf outside mu
@@ -77,13 +78,22 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 		wake: make(chan struct{}, 1),
 	}
 	t.ctx, t.abort = context.WithCancel(c.ctx)
+	// drop gives back the immediate data of a command that will not run.
+	drop := func() {}
 	if len(p.Data) > 0 {
+		pre := int64(cap(p.Data) - capFor(len(p.Data))) // readOne's room for the rest
+		drop = func() {
+			c.presized.Add(-pre)
+			c.srv.bufs.put(p.Data)
+		}
 		if !t.write || !se.params.immediateData || uint32(len(p.Data)) > se.params.firstBurst {
+			drop()
 			se.done1(&p.Header)
 			return c.sendReject(rejectProtocol, &p.Header)
 		}
 		t.pieces = [][]byte{p.Data[:min(uint32(len(p.Data)), t.edtl)]}
 		t.received = uint32(len(t.pieces[0]))
+		t.pre = pre
 	}
 	t.unsolLimit = t.received
 	if t.write && !se.params.initialR2T {
@@ -93,12 +103,14 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 	c.tmu.Lock()
 	if _, busy := c.tasks[t.itt]; busy || t.itt == pdu.ReservedTag {
 		c.tmu.Unlock()
+		drop()
 		se.done1(&p.Header)
 		return c.sendReject(rejectTaskInProgress, &p.Header)
 	}
 	if len(c.tasks) >= se.window+maxImmediateTasks {
 		// Immediate commands bypass the CmdSN window; bound them.
 		c.tmu.Unlock()
+		drop()
 		t.sendStatus(scsi.Result{Status: scsi.StatusTaskSetFull}, 0, 0)
 		t.abort()
 		return nil
@@ -279,6 +291,8 @@ func (t *task) release() {
 		bufs.put(pc)
 	}
 	t.pieces = nil
+	t.c.presized.Add(-t.pre)
+	t.pre = 0
 	if t.dataIn != nil {
 		bufs.put(t.dataIn)
 		t.dataIn = nil
@@ -519,8 +533,11 @@ func (t *task) collect(want uint32, ws *scsi.WriteStream) ([]byte, error) {
 	pos := uint32(0)
 	pieces := t.pieces
 	if len(pieces) > 0 && cap(pieces[0]) >= int(want) {
-		// The immediate data's buffer has room for it all (readOne).
+		// The immediate data's buffer has room for it all (readOne);
+		// run's budget covers it now.
 		buf = pieces[0][:want]
+		c.presized.Add(-t.pre)
+		t.pre = 0
 		pos = uint32(len(pieces[0]))
 		pieces = pieces[1:]
 	} else {

@@ -161,6 +161,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return 0
 	}
 	d.h.check = d.volumeCheck
+	d.h.served = func() uint32 {
+		if v := d.views.View(); v != nil {
+			return v.Epoch
+		}
+		return 0
+	}
 	// Front ends first: the metadata watcher and the native handler use
 	// the iSCSI server, which must exist before either runs.
 	if err := d.startFrontEnds(); err != nil {

@@ -43,7 +43,12 @@ type handler struct {
 	everywhere func(ctx context.Context, index uint64)
 	// waitAborts waits for this node's PREEMPT AND ABORT aborts.
 	waitAborts func(ctx context.Context) error
-	started    time.Time
+	// served is the epoch this node serves I/O in: its placement view's,
+	// which Daemon.watch advances only after recovery has learned the
+	// epoch. The FSM's epoch moves first, before the watchers run. nil:
+	// the FSM's (tests without a daemon).
+	served  func() uint32
+	started time.Time
 }
 
 func rsp(req *proto.Request, res proto.Result) proto.Response {

@@ -25,11 +25,19 @@ func peerKeyOf(a proto.ObjArgs) store.Key {
 
 // checkEpoch refuses peer requests from another epoch: an older sender
 // must refresh its placement (OLD_NODE_VER); a newer one waits briefly for
-// this node to catch up, then gets NEW_NODE_VER and retries.
+// this node to catch up, then gets NEW_NODE_VER and retries. The epoch
+// compared is the one this node serves (h.served), not its FSM's: in
+// between, recovery has not learned the new epoch yet, and its guard
+// would let a request of that epoch read a copy it has still to fetch
+// (a strip this node is new to reads as missing).
 func (h *handler) checkEpoch(ctx context.Context, e uint32) error {
 	deadline := time.Now().Add(2 * time.Second)
+	epoch := h.epoch
+	if h.served != nil {
+		epoch = h.served
+	}
 	for {
-		cur := h.epoch()
+		cur := epoch()
 		switch {
 		case e == cur:
 			return nil

@@ -685,10 +685,10 @@ func (d *Disk) writeData(f vfs.File, data []byte, off int64) error {
 	return writePieces(f, data, off)
 }
 
-// resident reports whether every page of f's range [off, off+n) is in the
-// page cache (cachestat(2), Linux 6.5). A file without a descriptor (a
-// test's fault-injecting one) reports false.
-func resident(f vfs.File, off, n int64) (bool, error) {
+// withFD runs fn with f's descriptor. ran is false for a file without
+// one (a test's fault-injecting file); err is the descriptor's
+// (closed under us).
+func withFD(f vfs.File, fn func(fd uintptr)) (ran bool, err error) {
 	sc, ok := f.(syscall.Conn)
 	if !ok {
 		return false, nil
@@ -697,11 +697,18 @@ func resident(f vfs.File, off, n int64) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
+	return true, rc.Control(fn)
+}
+
+// resident reports whether every page of f's range [off, off+n) is in the
+// page cache (cachestat(2), Linux 6.5). A file without a descriptor (a
+// test's fault-injecting one) reports false.
+func resident(f vfs.File, off, n int64) (bool, error) {
 	var cs unix.Cachestat_t
 	var serr error
-	if err := rc.Control(func(fd uintptr) {
+	if ran, err := withFD(f, func(fd uintptr) {
 		serr = unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(off), Len: uint64(n)}, &cs, 0)
-	}); err != nil {
+	}); !ran || err != nil {
 		return false, nil
 	}
 	if serr != nil {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"runtime/debug"
 	"slices"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -137,15 +136,7 @@ func (d *Disk) mapData(o *object) (m []byte, ok bool, err error) {
 	if p := o.mapped.Load(); p != nil {
 		return *p, true, nil
 	}
-	sc, ok := o.f.(syscall.Conn)
-	if !ok {
-		return nil, false, nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil, false, nil
-	}
-	cerr := rc.Control(func(fd uintptr) {
+	ok, cerr := withFD(o.f, func(fd uintptr) {
 		// dataOff is page-aligned, as mmap needs. The mapping stays
 		// (a mapping per read cost ~8 % of a 1 MiB read), and so do
 		// its pages: dropping them after each check (MADV_DONTNEED)
@@ -153,6 +144,9 @@ func (d *Disk) mapData(o *object) (m []byte, ok bool, err error) {
 		// (MADV_POPULATE_READ) ~5 %, in interleaved runs.
 		m, err = unix.Mmap(int(fd), int64(o.h.dataOff), int(o.h.size), unix.PROT_READ, unix.MAP_SHARED)
 	})
+	if !ok {
+		return nil, false, nil
+	}
 	if cerr != nil {
 		return nil, false, cerr
 	}

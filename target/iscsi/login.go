@@ -594,7 +594,7 @@ func (ls *loginState) enterFullFeature(p *pdu.PDU) error {
 		se.params.firstBurst = se.params.maxBurst
 	}
 	if ls.tgt != nil {
-		se.nexus = &scsi.Nexus{InitiatorName: ls.initiator, ISID: ls.isid, RelPort: max(ls.tpgt, 1)}
+		se.nexus = &scsi.Nexus{InitiatorName: ls.initiator, ISID: ls.isid, RelPort: ls.tpgt}
 		se.nexus.ID = se.nexus.InitiatorPort()
 		if s.cfg.PortID != "" {
 			// The same initiator port reaching another node is another

@@ -62,6 +62,15 @@ type Nexus struct {
 	RelPort       uint16
 }
 
+// RelativePort is the relative target port identifier of n's target
+// port: RelPort, or 1 when unset (0 is reserved, SPC-4).
+func (n *Nexus) RelativePort() uint16 {
+	if n == nil || n.RelPort == 0 {
+		return 1
+	}
+	return n.RelPort
+}
+
 // InitiatorPort is the iSCSI initiator port name (RFC 7143 §4.2.7.1).
 func (n *Nexus) InitiatorPort() string {
 	return fmt.Sprintf("%s,i,0x%012x", n.InitiatorName, n.ISID)

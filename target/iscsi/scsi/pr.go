@@ -265,7 +265,7 @@ func execPROut(ctx ctxT, c *Cmd, p []byte) Result {
 		return invalidCDB(1, 4)
 	}
 	return resvResult(c.lu.change(ctx, resv.Op{
-		Kind: resv.OpPROut, Nexus: c.nexus.ID, Port: c.nexus.InitiatorPort(), Rel: max(c.nexus.RelPort, 1),
+		Kind: resv.OpPROut, Nexus: c.nexus.ID, Port: c.nexus.InitiatorPort(), Rel: c.nexus.RelativePort(),
 		SA: cdb[1] & 0x1f, Scope: cdb[2] >> 4, Type: cdb[2] & 0x0f,
 		Key: be64(p[0:]), SAKey: be64(p[8:]),
 	}))

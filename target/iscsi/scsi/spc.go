@@ -124,10 +124,7 @@ func (lu *LU) deviceID(n *Nexus) []byte {
 	out = append(out, designator(0, gotgtscsi.INQ_CODE_BIN, 0, gotgtscsi.ASS_LU, gotgtscsi.DESG_NAA, naa)...)
 	t10 := []byte(vendorID + Serial(lu.cfg.VID))
 	out = append(out, designator(0, gotgtscsi.INQ_CODE_ASCII, 0, gotgtscsi.ASS_LU, gotgtscsi.DESG_T10, t10)...)
-	rel := uint16(1)
-	if n != nil && n.RelPort != 0 {
-		rel = n.RelPort
-	}
+	rel := n.RelativePort()
 	port := []byte{0, 0, byte(rel >> 8), byte(rel)}
 	out = append(out, designator(gotgtscsi.PIV_ISCSI, gotgtscsi.INQ_CODE_BIN, 1, gotgtscsi.ASS_TGT_PORT, gotgtscsi.DESG_REL_TGT_PORT, port)...)
 	if lu.cfg.TargetIQN != "" && len(lu.cfg.TargetIQN) < 220 {

@@ -432,6 +432,23 @@ func (c *conn) readOne() error {
 	return c.handle(p)
 }
 
+// discard gives back what a PDU that will not run holds: a SCSI
+// command's pooled immediate-data buffer and its room counted in
+// presized (readOne). Without it a connection that saw enough dropped
+// writes would copy immediate data for the rest of its life.
+func (c *conn) discard(p *pdu.PDU) {
+	if p.Opcode() != pdu.OpSCSICmd || p.Data == nil {
+		return
+	}
+	c.presized.Add(-presizeOf(p.Data))
+	c.srv.bufs.put(p.Data)
+	p.Data = nil
+}
+
+// presizeOf is the room readOne gave an immediate-data buffer beyond its
+// data's own pool class (0 for one not presized).
+func presizeOf(b []byte) int64 { return int64(cap(b) - capFor(len(b))) }
+
 // isSequenced reports whether a PDU carries a CmdSN that advances.
 func isSequenced(p *pdu.PDU) bool {
 	switch p.Opcode() {
@@ -448,6 +465,7 @@ func (c *conn) handle(p *pdu.PDU) error {
 		switch op {
 		case pdu.OpTextReq, pdu.OpLogoutReq, pdu.OpNOPOut:
 		default:
+			c.discard(p)
 			return c.sendReject(rejectProtocol, &p.Header)
 		}
 	}
@@ -471,16 +489,22 @@ func (c *conn) handle(p *pdu.PDU) error {
 	if int32(sn-exp) < 0 || int32(maxSN-sn) < 0 {
 		// Outside the window: silently ignored (RFC 7143 §4.2.2.1).
 		se.mu.Unlock()
+		c.discard(p)
 		return nil
 	}
 	if sn != exp {
 		// A gap: hold the command until the missing ones arrive.
 		se.mu.Unlock()
 		c.tmu.Lock()
-		if _, dup := c.pending[sn]; !dup && len(c.pending) < se.window {
+		_, dup := c.pending[sn]
+		held := !dup && len(c.pending) < se.window
+		if held {
 			c.pending[sn] = p
 		}
 		c.tmu.Unlock()
+		if !held {
+			c.discard(p)
+		}
 		return nil
 	}
 	se.mu.Unlock()

@@ -157,3 +157,64 @@ func TestPresizedBounded(t *testing.T) {
 		t.Fatalf("after the commands ran: %d bytes presized, want 0", n)
 	}
 }
+
+// Writes that never run (outside the CmdSN window, a duplicate of one
+// held for a gap, one on a discovery session) give back their presized
+// room at once, not when the connection closes.
+func TestPresizedDropped(t *testing.T) {
+	ts := startServer(t, Config{}, "pd")
+	c := dial(t, ts.addr)
+	c.LoginNormal(IQN("pd"), "InitialR2T=Yes", "ImmediateData=Yes", "FirstBurstLength=65536")
+	c.DrainUA()
+	const edtl = 4 << 20
+	write := func(itt, sn uint32) {
+		var h pdu.Header
+		h.SetOpcode(pdu.OpSCSICmd)
+		h.SetFlags(pdu.FlagFinal | pdu.FlagWrite)
+		h.SetITT(itt)
+		h.SetField20(edtl)
+		binary.BigEndian.PutUint32(h[24:], sn)
+		copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, edtl / 512 >> 8, 0, 0}) // WRITE(10) LBA 0, 4 MiB
+		c.Send(&h, make([]byte, 4096))
+	}
+	gap := c.CmdSN
+	write(1000, gap+1)       // held for the gap
+	write(1001, gap+1)       // a duplicate of it: dropped
+	write(1002, gap+100_000) // outside the window: dropped
+	// An immediate NOP-Out is answered after the reader has handled
+	// everything before it.
+	var nop pdu.Header
+	nop.SetOpcode(pdu.OpNOPOut)
+	nop[0] |= 0x40 // immediate
+	nop.SetFlags(pdu.FlagFinal)
+	nop.SetITT(2000)
+	nop.SetField20(pdu.ReservedTag)
+	binary.BigEndian.PutUint32(nop[24:], gap)
+	c.Send(&nop, nil)
+	if r := c.Recv(); r.Opcode() != pdu.OpNOPIn {
+		t.Fatalf("got opcode %#x, want a NOP-In", r.Opcode())
+	}
+	if n, want := presizedOf(ts), int64(capFor(edtl)-capFor(4096)); n != want {
+		t.Fatalf("one write held, two dropped: %d bytes presized, want %d (the held one's)", n, want)
+	}
+
+	// A discovery session rejects a SCSI command: its room goes back too.
+	d := dial(t, ts.addr)
+	if _, err := d.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery", "InitialR2T=Yes", "ImmediateData=Yes", "FirstBurstLength=65536"); err != nil {
+		t.Fatal(err)
+	}
+	d.CmdSN = gap // unused: the command is rejected before sequencing
+	var h pdu.Header
+	h.SetOpcode(pdu.OpSCSICmd)
+	h.SetFlags(pdu.FlagFinal | pdu.FlagWrite)
+	h.SetITT(1)
+	h.SetField20(edtl)
+	copy(h[32:], []byte{0x2a, 0, 0, 0, 0, 0, 0, edtl / 512 >> 8, 0, 0})
+	d.Send(&h, make([]byte, 4096))
+	if r := d.Recv(); r.Opcode() != pdu.OpReject {
+		t.Fatalf("discovery session: got opcode %#x, want a Reject", r.Opcode())
+	}
+	if n, want := presizedOf(ts), int64(capFor(edtl)-capFor(4096)); n != want {
+		t.Fatalf("after the discovery session's command: %d bytes presized, want %d", n, want)
+	}
+}

@@ -81,11 +81,8 @@ func (c *conn) scsiCommand(p *pdu.PDU) error {
 	// drop gives back the immediate data of a command that will not run.
 	drop := func() {}
 	if len(p.Data) > 0 {
-		pre := int64(cap(p.Data) - capFor(len(p.Data))) // readOne's room for the rest
-		drop = func() {
-			c.presized.Add(-pre)
-			c.srv.bufs.put(p.Data)
-		}
+		pre := presizeOf(p.Data) // readOne's room for the rest
+		drop = func() { c.discard(p) }
 		if !t.write || !se.params.immediateData || uint32(len(p.Data)) > se.params.firstBurst {
 			drop()
 			se.done1(&p.Header)

@@ -243,6 +243,18 @@ func (c *Conn) GetHash(ctx context.Context, oid proto.OID, tgtEpoch uint32) ([20
 	return rsp.Hash(), nil
 }
 
+// GetSumsHash returns the fingerprint of the peer's replica of oid read
+// from its block checksums (GET_SUMS_HASH, store.SumsHash).
+func (c *Conn) GetSumsHash(ctx context.Context, oid proto.OID) ([20]byte, error) {
+	r := proto.Request{Opcode: proto.OpGetSumsHash}
+	r.SetObj(proto.ObjArgs{OID: uint64(oid)})
+	rsp, err := c.simple(ctx, r)
+	if err != nil {
+		return [20]byte{}, err
+	}
+	return rsp.Hash(), nil
+}
+
 // Exist reports whether the peer holds oid (EXIST); ResNoObj is "false".
 func (c *Conn) Exist(ctx context.Context, oid proto.OID, ecIndex uint8) (bool, error) {
 	r := proto.Request{Opcode: proto.OpExist}

@@ -102,6 +102,10 @@ const (
 	// (GET_HASH), then the new content (offset 0). Otherwise nothing
 	// changes and the answer is ResAgain (store.Replacer).
 	OpReplacePeer Opcode = 0xeb
+	// OpGetSumsHash is GET_HASH of the object's block checksums instead of
+	// its data (store.SumsHash): a cheap first comparison of copies, which
+	// reads no data. A node without it refuses it as unknown.
+	OpGetSumsHash Opcode = 0xec
 )
 
 // Internal reports whether the opcode belongs to the sheep-to-sheep/dog protocol.
@@ -140,7 +144,7 @@ var opNames = map[Opcode]string{
 	OpReweight: "REWEIGHT", OpStat: "STAT", OpExist: "EXIST", OpClusterInfo: "CLUSTER_INFO",
 	OpRepairReplica: "REPAIR_REPLICA", OpOIDsExist: "OIDS_EXIST", OpGetRecovery: "GET_RECOVERY",
 	OpSetRecovery: "SET_RECOVERY", OpMeta: "META", OpSyncPeer: "SYNC_PEER",
-	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS", OpHealPeer: "HEAL_PEER", OpReplacePeer: "REPLACE_PEER",
+	OpClusterState: "CLUSTER_STATE", OpNodeInfo: "NODE_INFO", OpObjInfo: "OBJ_INFO", OpECWrite: "EC_WRITE", OpZeroPeer: "ZERO_PEER", OpListObjs: "LIST_OBJS", OpWritePeerSums: "WRITE_PEER_SUMS", OpReadPeerSums: "READ_PEER_SUMS", OpHealPeer: "HEAL_PEER", OpReplacePeer: "REPLACE_PEER", OpGetSumsHash: "GET_SUMS_HASH",
 }
 
 func (o Opcode) String() string {

@@ -28,15 +28,27 @@ type copyState struct {
 
 // hashOn returns the SHA-1 of key's copy on node (checksums verified there).
 func (d *Daemon) hashOn(ctx context.Context, n placement.Node, k store.Key) ([20]byte, error) {
+	return d.digestOn(ctx, n, k, proto.OpGetHash, d.store.Hash)
+}
+
+// sumsHashOn returns the fingerprint of key's copy on node read from its
+// block checksums (store.SumsHash; GET_SUMS_HASH).
+func (d *Daemon) sumsHashOn(ctx context.Context, n placement.Node, k store.Key) ([20]byte, error) {
+	return d.digestOn(ctx, n, k, proto.OpGetSumsHash, d.store.SumsHash)
+}
+
+// digestOn asks node for a digest of key's copy: local from this store,
+// else with op, which answers in GET_HASH's response field.
+func (d *Daemon) digestOn(ctx context.Context, n placement.Node, k store.Key, op proto.Opcode,
+	local func(context.Context, store.Key) ([20]byte, error)) ([20]byte, error) {
 	if n.ID == d.node.ID() {
-		return d.store.Hash(ctx, k)
+		return local(ctx, k)
 	}
 	c, err := d.pool.Get(ctx, n.Addr.String())
 	if err != nil {
 		return [20]byte{}, fmt.Errorf("%s: %v: %w", n.Addr, err, proto.ResNetworkError)
 	}
-	req := peerReq(proto.OpGetHash, 0, k, 0, false)
-	rsp, _, err := c.Do(ctx, req, nil, nil)
+	rsp, _, err := c.Do(ctx, peerReq(op, 0, k, 0, false), nil, nil)
 	if err != nil {
 		return [20]byte{}, err
 	}

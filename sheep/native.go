@@ -134,6 +134,8 @@ func (h *handler) dispatch(ctx context.Context, req *proto.Request, data []byte)
 		return rsp(req, proto.ResSuccess), nil
 	case proto.OpGetHash:
 		return h.getHash(ctx, req)
+	case proto.OpGetSumsHash:
+		return h.getSumsHash(ctx, req)
 	case proto.OpExist:
 		return h.exist(ctx, req)
 	case proto.OpGetObjList:

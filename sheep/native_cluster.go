@@ -9,6 +9,7 @@ import (
 	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/recovery"
+	"github.com/gosheep/gosheep/store"
 	"github.com/gosheep/gosheep/target/native"
 )
 
@@ -75,7 +76,17 @@ func (h *handler) statSheep(req *proto.Request) (proto.Response, []byte) {
 }
 
 func (h *handler) getHash(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
-	d, err := h.store.Hash(ctx, peerKeyOf(req.Obj()))
+	return h.digest(ctx, req, h.store.Hash)
+}
+
+// getSumsHash answers GET_SUMS_HASH: the fingerprint of the copy's block
+// checksums (store.SumsHash), in GET_HASH's response field.
+func (h *handler) getSumsHash(ctx context.Context, req *proto.Request) (proto.Response, []byte) {
+	return h.digest(ctx, req, h.store.SumsHash)
+}
+
+func (h *handler) digest(ctx context.Context, req *proto.Request, of func(context.Context, store.Key) ([20]byte, error)) (proto.Response, []byte) {
+	d, err := of(ctx, peerKeyOf(req.Obj()))
 	if err != nil {
 		return h.errRsp(req, err)
 	}

@@ -691,3 +691,39 @@ func TestRescan(t *testing.T) {
 		t.Fatal("no background rescan")
 	}
 }
+
+// SumsHash: copies with the same content agree however they got it (one
+// create; a sparse create then writes, a written block of zeros against a
+// hole, on two stores as two nodes would), and a one-block difference
+// shows, without reading the data.
+func TestSumsHash(t *testing.T) {
+	a := openT(t, t.TempDir(), Options{NoSync: true})
+	b := openT(t, t.TempDir(), Options{NoSync: true})
+	k := ReplicaKey(16)
+	const size = 4 << 20
+	content := pattern(7, size)
+	clear(content[1<<20 : 1<<20+8192]) // zeros: written on a, a hole on b
+	mustCreate(t, a, k, size, 0, content)
+	mustCreate(t, b, k, size, 0, nil)
+	for _, r := range [][2]int{{0, 1 << 20}, {1<<20 + 8192, size}} {
+		if err := b.Write(bg, k, uint32(r[0]), content[r[0]:r[1]], WriteOpts{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ha, err := a.SumsHash(bg, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hb, err := b.SumsHash(bg, k); err != nil || hb != ha {
+		t.Fatalf("same content: %x against %x (%v)", hb, ha, err)
+	}
+	if err := b.Write(bg, k, 2<<20+100, []byte{content[2<<20+100] ^ 1}, WriteOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	if hb, err := b.SumsHash(bg, k); err != nil || hb == ha {
+		t.Fatalf("one byte changed: fingerprints still equal (%v)", err)
+	}
+	if _, err := a.SumsHash(bg, ReplicaKey(17)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing object: %v, want ErrNotFound", err)
+	}
+}

@@ -107,6 +107,13 @@ type Store interface {
 	List(ctx context.Context) ([]ObjInfo, error)
 	// Hash returns the SHA-1 of the object's logical content (holes read as zeros).
 	Hash(ctx context.Context, k Key) ([20]byte, error)
+	// SumsHash returns a fingerprint of the object's content read from its
+	// block checksums alone (no data is read): equal content gives equal
+	// fingerprints. Different content gives different ones unless a
+	// changed block's CRC32C collides (2^-32 per block); a block still
+	// holding a crash's remnant can make equal content differ. A cheap
+	// first comparison of copies, confirmed with Hash.
+	SumsHash(ctx context.Context, k Key) ([20]byte, error)
 	// Verify reads the whole object and checks every block checksum.
 	Verify(ctx context.Context, k Key) error
 	// Sync makes every acknowledged mutation durable.

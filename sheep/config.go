@@ -38,6 +38,9 @@ type Config struct {
 
 	ScrubRate     uint64        // bytes per second a background scrub verifies (0 disables)
 	ScrubInterval time.Duration // pause between scrub passes
+	// ConvergeInterval is the pause between passes comparing replicated
+	// copies by their checksums (0 disables).
+	ConvergeInterval time.Duration
 
 	// Test hooks.
 	EpochDelay time.Duration

@@ -198,6 +198,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.wg.Add(1)
 		go func() { defer d.wg.Done(); d.scrub(d.ctx, cfg.ScrubRate, every) }()
 	}
+	if cfg.ConvergeInterval > 0 {
+		d.wg.Add(1)
+		go func() { defer d.wg.Done(); d.converge(d.ctx, cfg.ConvergeInterval) }()
+	}
 	if err := d.embeddedDefaults(ctx); err != nil {
 		return nil, err
 	}

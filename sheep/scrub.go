@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gosheep/gosheep/api"
+	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/metrics"
 	"github.com/gosheep/gosheep/store"
@@ -73,13 +74,62 @@ func (d *Daemon) scrub(ctx context.Context, rate uint64, every time.Duration) {
 				}
 			}
 		}
-		if len(differ) > 0 {
-			if view := d.views.View(); view != nil {
-				rep := &api.CheckReport{}
-				d.repairMismatches(ctx, view, differ, rep)
-				d.log.Warn("scrub: copies differed", "objects", len(differ), "repaired", rep.Repaired, "details", rep.Details)
+		d.repairDiffering(ctx, "scrub", differ)
+	}
+}
+
+// repairDiffering gives the copies a pass found differing the majority's
+// content (repairMismatches) and logs what came of it.
+func (d *Daemon) repairDiffering(ctx context.Context, pass string, differ []mismatch) {
+	if len(differ) == 0 {
+		return
+	}
+	if view := d.views.View(); view != nil {
+		rep := &api.CheckReport{}
+		d.repairMismatches(ctx, view, differ, rep)
+		d.log.Warn(pass+": copies differed", "objects", len(differ), "repaired", rep.Repaired, "details", rep.Details)
+	}
+}
+
+// convergeRate bounds a converge pass: objects compared per second (two
+// small peer requests each, with three copies).
+const convergeRate = 1000
+
+// converge compares, every interval, the copies of each replicated object
+// this node is the primary holder of, by their checksum fingerprints
+// (compareCopies: no data is read unless they differ), and gives copies
+// that differ the majority's content. It is the scrub's comparison
+// without the scrub's reading of every byte, so it can run often: copies
+// left different by a write torn by its writer's crash agree again within
+// minutes instead of at the next scrub. Findings count as the scrub's.
+func (d *Daemon) converge(ctx context.Context, every time.Duration) {
+	for {
+		if !sleepCtx(ctx, every) {
+			return
+		}
+		objs, err := d.store.List(ctx)
+		if err != nil {
+			continue
+		}
+		start := time.Now()
+		var differ []mismatch
+		for i, o := range objs {
+			if ctx.Err() != nil {
+				return
+			}
+			if o.Key.EC {
+				continue
+			}
+			if m, _, ok := d.compareCopies(ctx, o.Key); ok {
+				d.metrics.ScrubFinding(metrics.ScrubDiffering)
+				differ = append(differ, m)
+			}
+			due := time.Duration(i+1) * time.Second / convergeRate
+			if wait := due - time.Since(start); wait > 0 && !sleepCtx(ctx, wait) {
+				return
 			}
 		}
+		d.repairDiffering(ctx, "converge", differ)
 	}
 }
 
@@ -120,6 +170,9 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 	if len(ts) < 2 || ts[0].ID != d.node.ID() {
 		return m, 0, false
 	}
+	if d.sumsAgree(ctx, ts, k) {
+		return m, 0, false
+	}
 	// The copies are hashed one after another, so a write landing
 	// between two of them shows as a difference: look twice.
 	var cs []copyState
@@ -149,6 +202,22 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 		}
 	}
 	return mismatch{o: o, cs: cs, good: good}, n, true
+}
+
+// sumsAgree reports whether every copy's checksum fingerprint is the same
+// (store.SumsHash): then their content is, and no data need be read. Any
+// failure (a missing copy, a node without GET_SUMS_HASH) says no, and the
+// copies' data are compared instead.
+func (d *Daemon) sumsAgree(ctx context.Context, ts []placement.Node, k store.Key) bool {
+	var first [20]byte
+	for i, t := range ts {
+		h, err := d.sumsHashOn(ctx, t, k)
+		if err != nil || (i > 0 && h != first) {
+			return false
+		}
+		first = h
+	}
+	return true
 }
 
 // repairCopy rebuilds a corrupt local copy: an erasure-coded strip through

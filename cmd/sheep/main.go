@@ -138,6 +138,7 @@ iSCSI and NBD.`,
 	f.StringVar(&cfg.CreateVDI, "create", "", "create this volume at start if missing, NAME:SIZE (e.g. vol0:10G)")
 	f.StringVar(&scrubRate, "scrub-rate", "32M", `bytes per second the background scrub verifies ("0" disables)`)
 	f.DurationVar(&cfg.ScrubInterval, "scrub-interval", 24*time.Hour, "pause between background scrub passes")
+	f.DurationVar(&cfg.ConvergeInterval, "converge-interval", 5*time.Minute, `pause between passes that compare the copies of replicated objects by their checksums (reading no data) and give copies left different by a crashed writer the majority's content ("0" disables)`)
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file (for developers)")
 	f.MarkHidden("cpuprofile")

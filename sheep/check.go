@@ -55,6 +55,20 @@ func (d *Daemon) digestOn(ctx context.Context, n placement.Node, k store.Key, op
 	return rsp.Hash(), nil
 }
 
+// sameHashes reports whether two looks at the same copies found each
+// readable copy with the hash it had, and the same ones readable.
+func sameHashes(a, b []copyState) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if (a[i].err == nil) != (b[i].err == nil) || (a[i].err == nil && a[i].hash != b[i].hash) {
+			return false
+		}
+	}
+	return true
+}
+
 // readCopy reads a whole copy from node, bypassing recovery guards.
 func (d *Daemon) readCopy(ctx context.Context, n placement.Node, k store.Key, size uint32) ([]byte, error) {
 	buf := make([]byte, size)
@@ -136,16 +150,31 @@ func (d *Daemon) targets(view *gateway.View, o gateway.Object) []placement.Node 
 }
 
 func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gateway.Object, repair bool, rep *api.CheckReport, differ *[]mismatch) {
-	var cs []copyState
-	votes := map[[20]byte]int{}
-	for _, n := range d.targets(view, o) {
-		k := store.ReplicaKey(o.OID)
-		h, err := d.hashOn(ctx, n, k)
-		cs = append(cs, copyState{node: n, key: k, hash: h, err: err})
-		if err == nil {
-			votes[h]++
+	look := func() (cs []copyState, votes map[[20]byte]int) {
+		votes = map[[20]byte]int{}
+		for _, n := range d.targets(view, o) {
+			k := store.ReplicaKey(o.OID)
+			h, err := d.hashOn(ctx, n, k)
+			cs = append(cs, copyState{node: n, key: k, hash: h, err: err})
+			if err == nil {
+				votes[h]++
+			}
 		}
-		rep.Copies++
+		return cs, votes
+	}
+	cs, votes := look()
+	rep.Copies += len(cs)
+	// The copies are hashed one after another, so a write landing between
+	// two of them shows as a difference: look again. Copies that differ
+	// for good (a torn write) hash as they did; if any hash moved, the
+	// object is being written, and its differences are not reported.
+	inUse := false
+	if len(votes) > 1 {
+		again, votes2 := look()
+		if !sameHashes(cs, again) {
+			cs, votes = again, votes2
+			inUse = len(votes) > 1
+		}
 	}
 	if len(votes) == 0 {
 		allMissing := true
@@ -182,6 +211,7 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 		}
 	}
 	var data []byte
+	noted := false // the in-use note is given once per object
 	for _, c := range cs {
 		kind := ""
 		switch {
@@ -194,6 +224,12 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 		case c.err != nil:
 			rep.Unreachable++
 			rep.Details = append(rep.Details, fmt.Sprintf("%s on %s: unreachable: %v", o.OID, c.node.Addr, c.err))
+			continue
+		case c.hash != good && inUse:
+			if !noted {
+				noted = true
+				rep.Details = append(rep.Details, fmt.Sprintf("%s: copies changing while checked (in use?): not compared; check again", o.OID))
+			}
 			continue
 		case c.hash != good:
 			rep.Mismatch++

@@ -9,6 +9,7 @@ import (
 	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/gateway"
 	"github.com/gosheep/gosheep/metrics"
+	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
 )
 
@@ -170,15 +171,22 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 	if len(ts) < 2 || ts[0].ID != d.node.ID() {
 		return m, 0, false
 	}
-	if d.sumsAgree(ctx, ts, k) {
+	switch agree, fallback := sumsAgree(ctx, ts, k, d.sumsHashOn); {
+	case agree:
+		return m, 0, false
+	case !fallback:
+		// A copy is missing or unreachable: the data compare would fail
+		// too, after reading the others.
 		return m, 0, false
 	}
 	// The copies are hashed one after another, so a write landing
-	// between two of them shows as a difference: look twice.
-	var cs []copyState
+	// between two of them shows as a difference: look twice. Copies that
+	// differ for good hash the same both times; if any hash moved, the
+	// object is being written, and the next pass looks again.
+	var cs, prev []copyState
 	votes := map[[20]byte]int{}
 	for range 2 {
-		cs, votes = cs[:0], map[[20]byte]int{}
+		prev, cs, votes = cs, nil, map[[20]byte]int{}
 		for _, t := range ts {
 			h, err := d.hashOn(ctx, t, k)
 			if err != nil {
@@ -194,6 +202,9 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 			return m, n, false
 		}
 	}
+	if !sameHashes(prev, cs) {
+		return m, n, false
+	}
 	// The majority; a tie goes to this copy, so every pass picks the same.
 	good, best := cs[0].hash, votes[cs[0].hash]
 	for h, c := range votes {
@@ -205,19 +216,30 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 }
 
 // sumsAgree reports whether every copy's checksum fingerprint is the same
-// (store.SumsHash): then their content is, and no data need be read. Any
-// failure (a missing copy, a node without GET_SUMS_HASH) says no, and the
-// copies' data are compared instead.
-func (d *Daemon) sumsAgree(ctx context.Context, ts []placement.Node, k store.Key) bool {
+// (store.SumsHash): then their content is, and no data need be read.
+// fallback says the copies' data are to be compared instead: the
+// fingerprints differ, or a node does not know GET_SUMS_HASH (it answers
+// an unknown opcode with ResInvalidParms). A copy that is missing or
+// unreachable gives neither. fp is sumsHashOn.
+func sumsAgree(ctx context.Context, ts []placement.Node, k store.Key,
+	fp func(context.Context, placement.Node, store.Key) ([20]byte, error)) (agree, fallback bool) {
 	var first [20]byte
+	agree = true
 	for i, t := range ts {
-		h, err := d.sumsHashOn(ctx, t, k)
-		if err != nil || (i > 0 && h != first) {
-			return false
+		h, err := fp(ctx, t, k)
+		switch {
+		case errors.Is(err, proto.ResInvalidParms):
+			return false, true
+		case err != nil:
+			return false, false
+		case i > 0 && h != first:
+			agree = false // ask the others still: one may be missing
 		}
-		first = h
+		if i == 0 {
+			first = h
+		}
 	}
-	return true
+	return agree, !agree
 }
 
 // repairCopy rebuilds a corrupt local copy: an erasure-coded strip through

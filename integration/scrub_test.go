@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -379,6 +380,60 @@ func TestConvergeDifferingCopies(t *testing.T) {
 	if repaired != 1 || differing < 1 {
 		t.Fatalf("findings: %v differing, %v repaired; want the one torn object repaired, once", differing, repaired)
 	}
+}
+
+// TestConvergeAfterNodeLeaves: a node leaving the cluster (it may have
+// died in the middle of writes) brings the converge pass forward: copies
+// left different converge within seconds, with the pass's interval an
+// hour.
+func TestConvergeAfterNodeLeaves(t *testing.T) {
+	c := newCluster(t, 4, "--scrub-interval", "1h", "--converge-interval", "1h")
+	c.format("3")
+	a := c.nodes[0]
+	vid := createVDI(t, a, "vol", 16<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := openVDI(t, a, "vol").WriteAt(ctx, randomBytes(16<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	// An object node 0 holds, and a node that holds none of its copies.
+	var oid proto.OID
+	var holders []*node
+	var other *node
+	for i := range uint32(4) {
+		o := proto.DataOID(vid, i)
+		holders, other = nil, nil
+		for _, n := range c.nodes {
+			if slices.Contains(n.dataObjects(t), o) {
+				holders = append(holders, n)
+			} else {
+				other = n
+			}
+		}
+		if len(holders) == 3 && other != nil && other != a && holders[0] == a {
+			oid = o
+			break
+		}
+	}
+	if oid == 0 {
+		t.Fatal("no object with three copies, one of them on node 0, and a node without one")
+	}
+	good, err := a.hash(t, oid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := holders[1]
+	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 4096, bytes.Repeat([]byte{0x77}, 4096))
+	if h, err := b.hash(t, oid); err != nil || h == good {
+		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
+	}
+	t.Logf("injecting: one copy of %s on %s alone rewritten; killing %s, which holds none", oid, b.ip, other.ip)
+	other.kill()
+	waitFor(t, "copies to converge after the node left", 90*time.Second, func() bool {
+		h, err := b.hash(t, oid)
+		return err == nil && h == good
+	})
+	t.Logf("verified: %s left, and the pass it brought forward gave %s's copy the majority's content", other.ip, b.ip)
 }
 
 // TestCheckHotObject: `vdi check` of a volume being written reports no

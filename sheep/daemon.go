@@ -69,6 +69,7 @@ type Daemon struct {
 	// the format (wiping it for a new one).
 	reconciled chan struct{}
 	gcKick     chan struct{} // a VDI was reclaimed: look for its leftovers
+	convKick   chan struct{} // a node left: a converge pass is due soon
 }
 
 // codecs adapts package erasure to the gateway.
@@ -95,7 +96,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	d := &Daemon{cfg: cfg, r: r, log: cfg.Logger, done: make(chan struct{}), replayed: make(chan struct{}),
-		reconciled: make(chan struct{}), gcKick: make(chan struct{}, 1)}
+		reconciled: make(chan struct{}), gcKick: make(chan struct{}, 1), convKick: make(chan struct{}, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -261,9 +262,19 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 			d.metrics.EpochChange()
 		}
 		d.startRecovery(cur)
+		if nodeLeft(old, cur) {
+			// It may have died writing: its writes may have reached some
+			// copies and not others.
+			d.kickConverge()
+		}
 	}
 	if c == nil || c.Op == cluster.CmdRecoveryDone {
 		d.maybePurge(cur)
+	}
+	if c != nil && c.Op == cluster.CmdRecoveryDone && cur.Current() != nil && recoveredAll(cur, cur.Current()) {
+		// Copies recovery has just made are comparable now (the pass
+		// after a departure skipped objects with one missing).
+		d.kickConverge()
 	}
 	if c != nil && c.Op == cluster.CmdResv && r.Code == proto.ResSuccess {
 		d.installResv(cur, c.VID)
@@ -281,6 +292,31 @@ func (d *Daemon) watch(old, cur *cluster.State, c *cluster.Command, r *cluster.R
 		// commands) reach their callers before the listeners close.
 		time.AfterFunc(time.Second, d.Stop)
 	}
+}
+
+// kickConverge brings the next converge pass forward.
+func (d *Daemon) kickConverge() {
+	select {
+	case d.convKick <- struct{}{}:
+	default: // a pass is due already
+	}
+}
+
+// nodeLeft reports whether a member of old's epoch is not in cur's.
+func nodeLeft(old, cur *cluster.State) bool {
+	if old == nil || old.Current() == nil || cur.Current() == nil {
+		return false
+	}
+	in := map[string]bool{}
+	for _, m := range cur.Current().Members {
+		in[m.ID] = true
+	}
+	for _, m := range old.Current().Members {
+		if !in[m.ID] {
+			return true
+		}
+	}
+	return false
 }
 
 // isReplayed reports whether the node caught up with the cluster's

@@ -102,36 +102,57 @@ const convergeRate = 1000
 // that differ the majority's content. It is the scrub's comparison
 // without the scrub's reading of every byte, so it can run often: copies
 // left different by a write torn by its writer's crash agree again within
-// minutes instead of at the next scrub. Findings count as the scrub's.
+// minutes instead of at the next scrub. A node leaving the cluster (it
+// may have died writing) brings the next pass forward, once the writes
+// it had in flight have run out (the gateway's peer timeout), and so does
+// the end of recovery (objects with a copy missing were skipped).
+// Findings count as the scrub's.
 func (d *Daemon) converge(ctx context.Context, every time.Duration) {
+	t := time.NewTimer(every)
+	defer t.Stop()
 	for {
-		if !sleepCtx(ctx, every) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-d.convKick:
+			if !sleepCtx(ctx, d.gw.PeerTimeout()+time.Second) {
+				return
+			}
+		}
+		if !d.convergePass(ctx) {
 			return
 		}
-		objs, err := d.store.List(ctx)
-		if err != nil {
+		t.Reset(every) // a pause between passes; no stale tick survives Reset
+	}
+}
+
+// convergePass is one pass of converge; false when ctx ended it.
+func (d *Daemon) convergePass(ctx context.Context) bool {
+	objs, err := d.store.List(ctx)
+	if err != nil {
+		return ctx.Err() == nil
+	}
+	start := time.Now()
+	var differ []mismatch
+	for i, o := range objs {
+		if ctx.Err() != nil {
+			return false
+		}
+		if o.Key.EC {
 			continue
 		}
-		start := time.Now()
-		var differ []mismatch
-		for i, o := range objs {
-			if ctx.Err() != nil {
-				return
-			}
-			if o.Key.EC {
-				continue
-			}
-			if m, _, ok := d.compareCopies(ctx, o.Key); ok {
-				d.metrics.ScrubFinding(metrics.ScrubDiffering)
-				differ = append(differ, m)
-			}
-			due := time.Duration(i+1) * time.Second / convergeRate
-			if wait := due - time.Since(start); wait > 0 && !sleepCtx(ctx, wait) {
-				return
-			}
+		if m, _, ok := d.compareCopies(ctx, o.Key); ok {
+			d.metrics.ScrubFinding(metrics.ScrubDiffering)
+			differ = append(differ, m)
 		}
-		d.repairDiffering(ctx, "converge", differ)
+		due := time.Duration(i+1) * time.Second / convergeRate
+		if wait := due - time.Since(start); wait > 0 && !sleepCtx(ctx, wait) {
+			return false
+		}
 	}
+	d.repairDiffering(ctx, "converge", differ)
+	return true
 }
 
 // checkParity has the parity of an erasure-coded object this node is the

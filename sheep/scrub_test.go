@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/cluster/placement"
 	"github.com/gosheep/gosheep/proto"
 	"github.com/gosheep/gosheep/store"
@@ -46,5 +47,33 @@ func TestSumsAgree(t *testing.T) {
 				t.Fatalf("agree %v, fallback %v; want %v, %v", agree, fallback, tc.agree, tc.fallback)
 			}
 		})
+	}
+}
+
+// nodeLeft tells a departure (which brings a converge pass forward) from
+// a join or the first epoch.
+func TestNodeLeft(t *testing.T) {
+	state := func(ids ...string) *cluster.State {
+		var ms []cluster.Member
+		for _, id := range ids {
+			ms = append(ms, cluster.Member{ID: id})
+		}
+		return &cluster.State{Epochs: []cluster.EpochLog{{Epoch: 1, Members: ms}}}
+	}
+	for _, tc := range []struct {
+		name     string
+		old, cur *cluster.State
+		left     bool
+	}{
+		{"first epoch", nil, state("a"), false},
+		{"no epoch before", &cluster.State{}, state("a"), false},
+		{"a join", state("a", "b"), state("a", "b", "c"), false},
+		{"a departure", state("a", "b", "c"), state("a", "c"), true},
+		{"one leaves as another joins", state("a", "b"), state("a", "c"), true},
+		{"the same members", state("a", "b"), state("b", "a"), false},
+	} {
+		if got := nodeLeft(tc.old, tc.cur); got != tc.left {
+			t.Errorf("%s: nodeLeft %v, want %v", tc.name, got, tc.left)
+		}
 	}
 }

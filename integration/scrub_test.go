@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gosheep/gosheep/api"
+	"github.com/gosheep/gosheep/client/vdi"
 	gcluster "github.com/gosheep/gosheep/cluster"
 	"github.com/gosheep/gosheep/proto"
 	dto "github.com/prometheus/client_model/go"
@@ -64,6 +65,39 @@ func (n *node) writeOneCopy(t testing.TB, ctx context.Context, epoch uint32, oid
 	req.SetObj(a)
 	if _, _, err := n.conn(t).Do(ctx, req, data, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// keepWriting writes n-byte blocks to vol in the background, write i at
+// at(i), each with other content than the last, until the returned stop
+// is called; stop returns the first write error. wrote, when not nil,
+// sees each block written (on the writer's goroutine).
+func keepWriting(ctx context.Context, vol *vdi.VDI, n int, at func(i int) uint64, wrote func(off uint64, b []byte)) (stop func() error) {
+	quit := make(chan struct{})
+	werr := make(chan error, 1)
+	go func() {
+		buf := randomBytes(n)
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				werr <- nil
+				return
+			default:
+			}
+			buf[0]++
+			off := at(i)
+			if err := vol.WriteAt(ctx, buf, off); err != nil {
+				werr <- err
+				return
+			}
+			if wrote != nil {
+				wrote(off, buf)
+			}
+		}
+	}()
+	return func() error {
+		close(quit)
+		return <-werr
 	}
 }
 
@@ -213,26 +247,9 @@ func TestCheckRepairsDifferingCopies(t *testing.T) {
 	}
 
 	// Writes to another object go on during the repair.
-	stop := make(chan struct{})
-	werr := make(chan error, 1)
-	go func() {
-		buf := randomBytes(64 << 10)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				werr <- nil
-				return
-			default:
-			}
-			if err := vol.WriteAt(ctx, buf, 8<<20+uint64(i%16)*(64<<10)); err != nil {
-				werr <- err
-				return
-			}
-		}
-	}()
+	stop := keepWriting(ctx, vol, 64<<10, func(i int) uint64 { return 8<<20 + uint64(i%16)*(64<<10) }, nil)
 	rep = a.check(t, "vol", true)
-	close(stop)
-	if err := <-werr; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("writes during the repair: %v", err)
 	}
 	if rep.Repaired != 1 {
@@ -313,25 +330,8 @@ func TestConvergeDifferingCopies(t *testing.T) {
 	}
 	// Another object is written all along: its copies differ only while a
 	// write is in flight, which the pass must not take for a torn write.
-	stop := make(chan struct{})
-	werr := make(chan error, 1)
-	go func() {
-		buf := randomBytes(64 << 10)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				werr <- nil
-				return
-			default:
-			}
-			off := uint64(i%16) * (64 << 10)
-			if err := vol.WriteAt(ctx, buf, off); err != nil {
-				werr <- err
-				return
-			}
-			copy(data[off:], buf)
-		}
-	}()
+	stop := keepWriting(ctx, vol, 64<<10, func(i int) uint64 { return uint64(i%16) * (64 << 10) },
+		func(off uint64, b []byte) { copy(data[off:], b) })
 	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 12288, bytes.Repeat([]byte{0x5a}, 4096))
 	if h, err := b.hash(t, oid); err != nil || h == good {
 		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
@@ -341,8 +341,7 @@ func TestConvergeDifferingCopies(t *testing.T) {
 		h, err := b.hash(t, oid)
 		return err == nil && h == good
 	})
-	close(stop)
-	if err := <-werr; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("writes during the passes: %v", err)
 	}
 	t.Logf("verified: the converge pass gave the differing copy on %s the majority's content", b.ip)
@@ -451,26 +450,9 @@ func TestCheckHotObject(t *testing.T) {
 	if err := vol.WriteAt(ctx, randomBytes(8<<20), 0); err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
-	werr := make(chan error, 1)
 	var writes atomic.Int64
-	go func() {
-		buf := randomBytes(4096)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				werr <- nil
-				return
-			default:
-			}
-			buf[0]++
-			if err := vol.WriteAt(ctx, buf, 4<<20+uint64(i%256)*4096); err != nil {
-				werr <- err
-				return
-			}
-			writes.Add(1)
-		}
-	}()
+	stop := keepWriting(ctx, vol, 4096, func(i int) uint64 { return 4<<20 + uint64(i%256)*4096 },
+		func(uint64, []byte) { writes.Add(1) })
 	var bad []api.CheckReport
 	for range 10 {
 		before := writes.Load()
@@ -482,8 +464,7 @@ func TestCheckHotObject(t *testing.T) {
 			bad = append(bad, rep)
 		}
 	}
-	close(stop)
-	if err := <-werr; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if len(bad) > 0 {

@@ -9,16 +9,24 @@ import (
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 )
 
+// immediateSession starts a target for name and logs in to it with
+// immediate data and solicited bursts (InitialR2T), plus extra keys.
+func immediateSession(t *testing.T, name string, extra ...string) (*testServer, *client) {
+	t.Helper()
+	ts := startServer(t, Config{}, name)
+	c := dial(t, ts.addr)
+	c.LoginNormal(IQN(name), append([]string{"InitialR2T=Yes", "ImmediateData=Yes"}, extra...)...)
+	c.DrainUA()
+	return ts, c
+}
+
 // TestDataOutAfterAbort: a write aborted while the target waits for its
 // solicited Data-Out gives its pooled buffer back; the Data-Out that
 // arrives afterwards is read and dropped (the connection stays framed),
 // and later commands reusing pooled buffers read and write exactly their
 // own data.
 func TestDataOutAfterAbort(t *testing.T) {
-	ts := startServer(t, Config{}, "ab")
-	c := dial(t, ts.addr)
-	c.LoginNormal(IQN("ab"), "InitialR2T=Yes", "ImmediateData=Yes", "MaxBurstLength=65536")
-	c.DrainUA()
+	ts, c := immediateSession(t, "ab", "MaxBurstLength=65536")
 	const n = 64 << 10
 	stale := bytes.Repeat([]byte{0xee}, n)
 	const itt = 900
@@ -107,10 +115,7 @@ func presizedOf(ts *testServer) int64 {
 // budget (here: writes held for a CmdSN gap), and gives it back once the
 // commands run.
 func TestPresizedBounded(t *testing.T) {
-	ts := startServer(t, Config{}, "pz")
-	c := dial(t, ts.addr)
-	c.LoginNormal(IQN("pz"), "InitialR2T=Yes", "ImmediateData=Yes", "FirstBurstLength=65536")
-	c.DrainUA()
+	ts, c := immediateSession(t, "pz", "FirstBurstLength=65536")
 	const edtl = 4 << 20
 	if 4*(edtl-4096) <= maxPresized {
 		t.Fatalf("four held writes would not reach the bound %d", maxPresized)
@@ -162,10 +167,7 @@ func TestPresizedBounded(t *testing.T) {
 // held for a gap, one on a discovery session) give back their presized
 // room at once, not when the connection closes.
 func TestPresizedDropped(t *testing.T) {
-	ts := startServer(t, Config{}, "pd")
-	c := dial(t, ts.addr)
-	c.LoginNormal(IQN("pd"), "InitialR2T=Yes", "ImmediateData=Yes", "FirstBurstLength=65536")
-	c.DrainUA()
+	ts, c := immediateSession(t, "pd", "FirstBurstLength=65536")
 	const edtl = 4 << 20
 	write := func(itt, sn uint32) {
 		var h pdu.Header

@@ -101,6 +101,31 @@ func keepWriting(ctx context.Context, vol *vdi.VDI, n int, at func(i int) uint64
 	}
 }
 
+// tearCopy rewrites one 4 KiB block of b's copy of oid alone, as a
+// write torn by its writer's crash leaves it, and returns the hash the
+// other copies keep (a's).
+func tearCopy(t *testing.T, ctx context.Context, a, b *node, oid proto.OID, off uint32, fill byte) [20]byte {
+	t.Helper()
+	good, err := a.hash(t, oid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, off, bytes.Repeat([]byte{fill}, 4096))
+	if h, err := b.hash(t, oid); err != nil || h == good {
+		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
+	}
+	return good
+}
+
+// waitHash waits until n's copy of oid hashes to want.
+func (n *node) waitHash(t *testing.T, oid proto.OID, want [20]byte, within time.Duration, what string) {
+	t.Helper()
+	waitFor(t, what, within, func() bool {
+		h, err := n.hash(t, oid)
+		return err == nil && h == want
+	})
+}
+
 func (n *node) hash(t testing.TB, oid proto.OID) ([20]byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -211,14 +236,10 @@ func TestCheckRepairsDifferingCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	oid := proto.DataOID(vid, 1)
-	good, err := a.hash(t, oid)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// One copy alone takes a write, as if its writer died before the
 	// others got it.
-	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 8192, bytes.Repeat([]byte{0xab}, 4096))
+	good := tearCopy(t, ctx, a, b, oid, 8192, 0xab)
 	t.Logf("injecting: one copy of %s on %s alone rewritten", oid, b.ip)
 	rep := a.check(t, "vol", false)
 	if rep.Mismatch != 1 || rep.Corrupt+rep.Missing != 0 {
@@ -242,7 +263,8 @@ func TestCheckRepairsDifferingCopies(t *testing.T) {
 	}
 	t.Logf("verified: a repair during a write to the object left it alone: %q", rep.Details)
 	copy(data[4<<20+65536:], later)
-	if good, err = a.hash(t, oid); err != nil {
+	good, err := a.hash(t, oid)
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -282,19 +304,9 @@ func TestScrubConvergesDifferingCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	oid := proto.DataOID(vid, 0)
-	good, err := a.hash(t, oid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 4096, bytes.Repeat([]byte{0xcd}, 4096))
-	if h, err := b.hash(t, oid); err != nil || h == good {
-		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
-	}
+	good := tearCopy(t, ctx, a, b, oid, 4096, 0xcd)
 	t.Logf("injecting: one copy of %s on %s alone rewritten", oid, b.ip)
-	waitFor(t, "copies to converge", 60*time.Second, func() bool {
-		h, err := b.hash(t, oid)
-		return err == nil && h == good
-	})
+	b.waitHash(t, oid, good, 60*time.Second, "copies to converge")
 	t.Logf("verified: the scrub gave the differing copy on %s the majority's content", b.ip)
 	var differing, repaired float64
 	for _, n := range c.nodes {
@@ -324,23 +336,13 @@ func TestConvergeDifferingCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	oid := proto.DataOID(vid, 2)
-	good, err := a.hash(t, oid)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Another object is written all along: its copies differ only while a
 	// write is in flight, which the pass must not take for a torn write.
 	stop := keepWriting(ctx, vol, 64<<10, func(i int) uint64 { return uint64(i%16) * (64 << 10) },
 		func(off uint64, b []byte) { copy(data[off:], b) })
-	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 12288, bytes.Repeat([]byte{0x5a}, 4096))
-	if h, err := b.hash(t, oid); err != nil || h == good {
-		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
-	}
+	good := tearCopy(t, ctx, a, b, oid, 12288, 0x5a)
 	t.Logf("injecting: one copy of %s on %s alone rewritten", oid, b.ip)
-	waitFor(t, "copies to converge", 60*time.Second, func() bool {
-		h, err := b.hash(t, oid)
-		return err == nil && h == good
-	})
+	b.waitHash(t, oid, good, 60*time.Second, "copies to converge")
 	if err := stop(); err != nil {
 		t.Fatalf("writes during the passes: %v", err)
 	}
@@ -417,21 +419,11 @@ func TestConvergeAfterNodeLeaves(t *testing.T) {
 	if oid == 0 {
 		t.Fatal("no object with three copies, one of them on node 0, and a node without one")
 	}
-	good, err := a.hash(t, oid)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := holders[1]
-	b.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, -1, 4096, bytes.Repeat([]byte{0x77}, 4096))
-	if h, err := b.hash(t, oid); err != nil || h == good {
-		t.Fatalf("the injected write did not change %s's copy (%v)", b.ip, err)
-	}
+	good := tearCopy(t, ctx, a, b, oid, 4096, 0x77)
 	t.Logf("injecting: one copy of %s on %s alone rewritten; killing %s, which holds none", oid, b.ip, other.ip)
 	other.kill()
-	waitFor(t, "copies to converge after the node left", 90*time.Second, func() bool {
-		h, err := b.hash(t, oid)
-		return err == nil && h == good
-	})
+	b.waitHash(t, oid, good, 90*time.Second, "copies to converge after the node left")
 	t.Logf("verified: %s left, and the pass it brought forward gave %s's copy the majority's content", other.ip, b.ip)
 }
 

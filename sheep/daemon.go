@@ -69,7 +69,7 @@ type Daemon struct {
 	// the format (wiping it for a new one).
 	reconciled chan struct{}
 	gcKick     chan struct{} // a VDI was reclaimed: look for its leftovers
-	convKick   chan struct{} // a node left: a converge pass is due soon
+	convKick   chan struct{} // a node left, or recovery ended: a converge pass is due
 }
 
 // codecs adapts package erasure to the gateway.

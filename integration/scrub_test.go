@@ -381,6 +381,15 @@ func TestConvergeDifferingCopies(t *testing.T) {
 	if repaired != 1 || differing < 1 {
 		t.Fatalf("findings: %v differing, %v repaired; want the one torn object repaired, once", differing, repaired)
 	}
+	var byFP, byData float64
+	for _, n := range c.nodes {
+		byFP += n.counter(t, "gosheep_copy_comparisons_total", "by", "fingerprint")
+		byData += n.counter(t, "gosheep_copy_comparisons_total", "by", "data")
+	}
+	if byFP == 0 || byData == 0 {
+		t.Fatalf("comparisons: %v by fingerprint, %v by data; want both (equal copies by fingerprint, the torn one by data)", byFP, byData)
+	}
+	t.Logf("verified: %v comparisons decided by fingerprint, %v by data", byFP, byData)
 }
 
 // TestConvergeAfterNodeLeaves: a node leaving the cluster (it may have

@@ -94,6 +94,7 @@ func TestHandlerOverHTTP(t *testing.T) {
 		"gosheep_recovery_objects_total":         dto.MetricType_COUNTER,
 		"gosheep_panics_recovered_total":         dto.MetricType_COUNTER,
 		"gosheep_lent_reads_total":               dto.MetricType_COUNTER,
+		"gosheep_copy_comparisons_total":         dto.MetricType_COUNTER,
 		"go_goroutines":                          dto.MetricType_GAUGE,
 		"process_cpu_seconds_total":              dto.MetricType_COUNTER,
 		"promhttp_metric_handler_requests_total": dto.MetricType_COUNTER,

@@ -301,4 +301,9 @@ const (
 	LentLocal = "local"
 	// LentRelayed: another node's copy, spliced through a pipe.
 	LentRelayed = "relayed"
+
+	// CompareFingerprint: copies compared by their checksum tables alone.
+	CompareFingerprint = "fingerprint"
+	// CompareData: copies compared by hashing their data.
+	CompareData = "data"
 )

@@ -44,6 +44,7 @@ type Metrics struct {
 	recoveryBytes   prometheus.Counter
 	readRepairs     prometheus.Counter
 	lentReads       *prometheus.CounterVec
+	comparisons     *prometheus.CounterVec
 	epochChanges    prometheus.Counter
 	panics          *prometheus.CounterVec
 
@@ -115,6 +116,10 @@ func New(reg prometheus.Registerer, src Sources) *Metrics {
 			Namespace: namespace, Name: "read_repairs_total",
 			Help: "Object copies healed (or erasure-coded objects whose strips were rebuilt) by the gateway after a read found them missing, stale or corrupt.",
 		}),
+		comparisons: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "copy_comparisons_total",
+			Help: "Replicated objects whose copies the scrub or the converge pass compared, by what decided: fingerprint (the copies' checksum tables agreed, no data read) or data (the copies' data were hashed).",
+		}, []string{"by"}),
 		lentReads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "lent_reads_total",
 			Help: "Large reads sent without copying them through this node: local (from this node's copy by sendfile) or relayed (another node's copy spliced through a pipe).",
@@ -156,11 +161,14 @@ func New(reg prometheus.Registerer, src Sources) *Metrics {
 	for _, h := range []string{LentLocal, LentRelayed} {
 		m.lentReads.WithLabelValues(h)
 	}
+	for _, b := range []string{CompareFingerprint, CompareData} {
+		m.comparisons.WithLabelValues(b)
+	}
 
 	cs := []prometheus.Collector{
 		m.requests, m.latency, m.errs, m.readB, m.writtenB, m.sessions,
 		m.checksumErrors, m.scrubFindings, m.recoveryObjects, m.recoveryBytes,
-		m.readRepairs, m.lentReads, m.epochChanges, m.panics,
+		m.readRepairs, m.lentReads, m.comparisons, m.epochChanges, m.panics,
 	}
 	if src != nil {
 		m.src = newSourceCollector(src, m)
@@ -324,6 +332,14 @@ func (m *Metrics) ReadRepair() {
 func (m *Metrics) LentRead(how string) {
 	if m != nil && (how == LentLocal || how == LentRelayed) {
 		m.lentReads.WithLabelValues(how).Inc()
+	}
+}
+
+// CopiesCompared counts one object whose copies were compared: by is
+// CompareFingerprint or CompareData (anything else is not counted).
+func (m *Metrics) CopiesCompared(by string) {
+	if m != nil && (by == CompareFingerprint || by == CompareData) {
+		m.comparisons.WithLabelValues(by).Inc()
 	}
 }
 

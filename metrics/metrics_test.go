@@ -68,8 +68,8 @@ func TestLintEveryMetric(t *testing.T) {
 			t.Errorf("%s is untyped", mf.GetName())
 		}
 	}
-	if n != 32 {
-		t.Errorf("gathered %d gosheep families, want 32", n)
+	if n != 33 {
+		t.Errorf("gathered %d gosheep families, want 33", n)
 	}
 	// The scrape-time collector on its own, too.
 	problems, err = testutil.CollectAndLint(m.src)
@@ -187,6 +187,10 @@ func TestEventCounters(t *testing.T) {
 	m.LentRead(LentRelayed)
 	m.LentRead(LentLocal)
 	m.LentRead("nonsense")
+	m.CopiesCompared(CompareFingerprint)
+	m.CopiesCompared(CompareFingerprint)
+	m.CopiesCompared(CompareData)
+	m.CopiesCompared("nonsense")
 	m.EpochChange()
 	m.EpochChange()
 	m.EpochChange()
@@ -202,6 +206,8 @@ func TestEventCounters(t *testing.T) {
 		{m.scrubFindings.WithLabelValues("differing"), 1},
 		{m.lentReads.WithLabelValues("relayed"), 2},
 		{m.lentReads.WithLabelValues("local"), 1},
+		{m.comparisons.WithLabelValues("fingerprint"), 2},
+		{m.comparisons.WithLabelValues("data"), 1},
 		{m.scrubFindings.WithLabelValues("other"), 1},
 		{m.recoveryObjects.WithLabelValues("done"), 1},
 		{m.recoveryObjects.WithLabelValues("failed"), 1},
@@ -338,6 +344,7 @@ func TestCardinalityBounded(t *testing.T) {
 		m.Sessions(randName(), 1)
 		m.ScrubFinding(randName())
 		m.RecoveryObject(randName())
+		m.CopiesCompared(randName())
 		m.PanicRecovered(randName())
 	}
 	// Random names all land in "other" (a valid name by chance is fine too).
@@ -359,6 +366,7 @@ func TestCardinalityBounded(t *testing.T) {
 		{m.readB, numFrontends},
 		{m.writtenB, numFrontends},
 		{m.scrubFindings, 4},
+		{m.comparisons, 2},
 		{m.recoveryObjects, 4},
 		{m.panics, len(panicComponents) + 1},
 	} {

@@ -194,12 +194,14 @@ func (d *Daemon) compareCopies(ctx context.Context, k store.Key) (m mismatch, n 
 	}
 	switch agree, fallback := sumsAgree(ctx, ts, k, d.sumsHashOn); {
 	case agree:
+		d.metrics.CopiesCompared(metrics.CompareFingerprint)
 		return m, 0, false
 	case !fallback:
 		// A copy is missing or unreachable: the data compare would fail
 		// too, after reading the others.
 		return m, 0, false
 	}
+	d.metrics.CopiesCompared(metrics.CompareData)
 	// The copies are hashed one after another, so a write landing
 	// between two of them shows as a difference: look twice. Copies that
 	// differ for good hash the same both times; if any hash moved, the

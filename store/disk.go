@@ -564,6 +564,24 @@ func (d *Disk) pinRead(ctx context.Context, k Key) (o *object, unpin func(), err
 	}, nil
 }
 
+// lockWrite enters the store and locks k's object for writing (its file
+// not necessarily open): the prologue of every mutation. unlockWrite
+// undoes it. (No closure, as pinRead's: this is every write's path.)
+func (d *Disk) lockWrite(ctx context.Context, k Key) (*object, error) {
+	if err := d.begin(ctx); err != nil {
+		return nil, err
+	}
+	o := d.acquire(k)
+	o.mu.Lock()
+	return o, nil
+}
+
+func (d *Disk) unlockWrite(o *object) {
+	o.mu.Unlock()
+	d.release(o)
+	d.exit()
+}
+
 // markUnsynced records that o has mutations a Sync must fsync.
 func (d *Disk) markUnsynced(o *object) {
 	if d.noSync || o.unsynced.Load() {

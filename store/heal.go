@@ -37,14 +37,11 @@ type Healer interface {
 
 // Heal implements Healer.
 func (d *Disk) Heal(ctx context.Context, k Key, off uint32, data []byte, wo WriteOpts) (int, error) {
-	if err := d.begin(ctx); err != nil {
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
 		return 0, err
 	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	defer d.unlockWrite(o)
 	if err := d.openLocked(o); err != nil {
 		if !errors.Is(err, ErrCorrupt) || off != 0 || len(data) == 0 {
 			return 0, err
@@ -139,17 +136,14 @@ var ErrChanged = proto.NewError(proto.ResAgain, "store: object changed since it 
 
 // ReplaceIf implements Replacer.
 func (d *Disk) ReplaceIf(ctx context.Context, k Key, want [20]byte, data []byte, wo WriteOpts) error {
-	if err := d.begin(ctx); err != nil {
-		return err
-	}
-	defer d.exit()
 	if len(data) == 0 || uint64(len(data)) > math.MaxUint32 {
 		return fmt.Errorf("store: replace of %s with %d bytes: %w", k, len(data), proto.ResInvalidParms)
 	}
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
+		return err
+	}
+	defer d.unlockWrite(o)
 	if err := d.openLocked(o); err != nil {
 		return err
 	}

@@ -77,17 +77,14 @@ func checkRange(k Key, size uint32, off uint32, n uint64) error {
 // renamed into place, so readers and crashes see the old object or the
 // whole new one.
 func (d *Disk) Create(ctx context.Context, k Key, size uint32, off uint32, data []byte, wo WriteOpts) error {
-	if err := d.begin(ctx); err != nil {
-		return err
-	}
-	defer d.exit()
 	if err := checkRange(k, size, off, uint64(len(data))); err != nil {
 		return err
 	}
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
+		return err
+	}
+	defer d.unlockWrite(o)
 	if wo.Exclusive {
 		exists := o.f != nil
 		if !exists {
@@ -243,47 +240,33 @@ func (d *Disk) createLocked(o *object, size uint32, off uint32, data []byte, wo 
 
 // Write implements Store.
 func (d *Disk) Write(ctx context.Context, k Key, off uint32, data []byte, wo WriteOpts) error {
-	if err := d.begin(ctx); err != nil {
-		return err
-	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if err := d.openLocked(o); err != nil {
-		return err
-	}
-	if err := checkRange(k, o.h.size, off, uint64(len(data))); err != nil {
-		return err
-	}
-	if len(data) == 0 {
-		return nil
-	}
-	return d.mutateLocked(o, off, uint32(len(data)), data, wo)
+	return d.mutate(ctx, k, off, uint64(len(data)), data, wo)
 }
 
 // Zero implements Store: whole blocks become holes, partial blocks are
 // rewritten with zeros.
 func (d *Disk) Zero(ctx context.Context, k Key, off, n uint32, wo WriteOpts) error {
-	if err := d.begin(ctx); err != nil {
+	return d.mutate(ctx, k, off, uint64(n), nil, wo)
+}
+
+// mutate is Write (data) and Zero (nil data) of n bytes at off: the
+// object opened and locked, the range checked, then mutateLocked.
+func (d *Disk) mutate(ctx context.Context, k Key, off uint32, n uint64, data []byte, wo WriteOpts) error {
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
 		return err
 	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	defer d.unlockWrite(o)
 	if err := d.openLocked(o); err != nil {
 		return err
 	}
-	if err := checkRange(k, o.h.size, off, uint64(n)); err != nil {
+	if err := checkRange(k, o.h.size, off, n); err != nil {
 		return err
 	}
 	if n == 0 {
 		return nil
 	}
-	return d.mutateLocked(o, off, n, nil, wo)
+	return d.mutateLocked(o, off, uint32(n), data, wo)
 }
 
 // mutateLocked writes data (or zeros, if data is nil) to [off, off+n) of

@@ -19,14 +19,11 @@ import (
 
 // Remove implements Store.
 func (d *Disk) Remove(ctx context.Context, k Key) error {
-	if err := d.begin(ctx); err != nil {
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
 		return err
 	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	defer d.unlockWrite(o)
 	path := d.objPath(k)
 	var alloc int64
 	if o.f != nil {
@@ -45,7 +42,7 @@ func (d *Disk) Remove(ctx context.Context, k Key) error {
 		alloc = d.closedAlloc(k, st.Alloc)
 	}
 	d.nsMu.RLock()
-	err := d.fs.Remove(path)
+	err = d.fs.Remove(path)
 	if err == nil {
 		d.account(k, false, 0, -alloc, -1)
 	}

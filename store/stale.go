@@ -16,14 +16,11 @@ import (
 // one was meant to be, then renamed; an existing stale copy of the same
 // epoch is replaced.
 func (d *Disk) Stash(ctx context.Context, k Key, epoch uint32) error {
-	if err := d.begin(ctx); err != nil {
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
 		return err
 	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	defer d.unlockWrite(o)
 	path, dst := d.objPath(k), d.stalePath(k, epoch)
 	if d.isUnsynced(k) {
 		// A corrupt object is stashed as is; there is nothing to make durable.
@@ -57,7 +54,7 @@ func (d *Disk) Stash(ctx context.Context, k Key, epoch uint32) error {
 		return ioError("stash", k, err)
 	}
 	d.nsMu.RLock()
-	err := d.fs.Rename(path, dst)
+	err = d.fs.Rename(path, dst)
 	if err == nil {
 		// The file moves from obj/ to stale/ (which matters to a rescan in
 		// progress) and replaces any stale copy of the same epoch.
@@ -85,14 +82,11 @@ func (d *Disk) isUnsynced(k Key) bool {
 
 // Unstash implements Stasher.
 func (d *Disk) Unstash(ctx context.Context, k Key, epoch uint32) error {
-	if err := d.begin(ctx); err != nil {
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
 		return err
 	}
-	defer d.exit()
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	defer d.unlockWrite(o)
 	path, src := d.objPath(k), d.stalePath(k, epoch)
 	if o.f != nil {
 		return fmt.Errorf("store: unstash %v.%d: %w", k, epoch, ErrExists)
@@ -130,16 +124,13 @@ func (d *Disk) Unstash(ctx context.Context, k Key, epoch uint32) error {
 
 // PurgeStale implements Stasher.
 func (d *Disk) PurgeStale(ctx context.Context, k Key, epoch uint32) error {
-	if err := d.begin(ctx); err != nil {
-		return err
-	}
-	defer d.exit()
 	// k's lock orders this against a Stash replacing the same stale name,
 	// which keeps the space accounting exact.
-	o := d.acquire(k)
-	defer d.release(o)
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	o, err := d.lockWrite(ctx, k)
+	if err != nil {
+		return err
+	}
+	defer d.unlockWrite(o)
 	p := d.stalePath(k, epoch)
 	st, err := d.fs.Stat(p)
 	if isNotExist(err) {

@@ -436,6 +436,65 @@ func TestConvergeAfterNodeLeaves(t *testing.T) {
 	t.Logf("verified: %s left, and the pass it brought forward gave %s's copy the majority's content", other.ip, b.ip)
 }
 
+// TestConvergeLeavesRecoveryAlone: copies a returning node holds from
+// before it left are outdated, not torn, until recovery brings them up to
+// date. With recovery off, the converge pass (every second here) must
+// leave them alone: with two copies, a tie goes to the primary, and an
+// outdated primary's copy would replace the current one, undoing
+// acknowledged writes.
+func TestConvergeLeavesRecoveryAlone(t *testing.T) {
+	c := newCluster(t, 3, "--scrub-interval", "1h", "--converge-interval", "1s")
+	c.format("2")
+	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
+	const size = 64 << 20
+	createVDI(t, a, "vol", size)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := openVDI(t, a, "vol").WriteAt(ctx, randomBytes(size), 0); err != nil {
+		t.Fatal(err)
+	}
+	c.waitRecovered(a, b, cc)
+
+	t.Logf("injecting: kill -9 %s, then rewrite the whole volume", cc.ip)
+	cc.kill()
+	waitFor(t, "two-member epoch", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == 2 })
+	model := randomBytes(size)
+	if err := openVDI(t, a, "vol").WriteAt(ctx, model, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.waitRecovered(a, b)
+
+	if out, err := a.dog(t, nil, "cluster", "recover", "disable"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Logf("injecting: recovery off, restart %s: its copies are outdated", cc.ip)
+	cc.restart()
+	waitFor(t, "three-member epoch", 30*time.Second, func() bool { return len(a.state(t).State.Current().Members) == 3 })
+	// Passes run every second; a repair waits out the peer timeout (10 s)
+	// before it replaces anything.
+	time.Sleep(20 * time.Second)
+	// Nor may `vdi check --repair`, which sees the outdated copies differ.
+	rep := a.check(t, "vol", true)
+	if rep.Repaired != 0 || !strings.Contains(strings.Join(rep.Details, "\n"), "recovery is under way") {
+		t.Fatalf("check --repair during recovery: %+v, want nothing repaired and why", rep)
+	}
+
+	if out, err := a.dog(t, nil, "cluster", "recover", "enable"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	c.waitRecovered(a, b, cc)
+	for _, n := range []*node{a, b, cc} {
+		got := make([]byte, size)
+		if err := openVDI(t, n, "vol").ReadAt(ctx, got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, model) {
+			t.Fatalf("read through %s: acknowledged writes undone", n.ip)
+		}
+	}
+	t.Logf("verified: every acknowledged byte is intact through each node")
+}
+
 // TestCheckHotObject: `vdi check` of a volume being written reports no
 // differing copies: copies differ for a moment while a write is in
 // flight, and a check that hashed them one after another took that for a

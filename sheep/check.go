@@ -105,6 +105,13 @@ func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, 
 		return nil, err
 	}
 	rep := &api.CheckReport{VDI: name}
+	if repair && !d.views.Settled(view.Epoch) {
+		// A copy can be outdated until recovery has brought it up to date,
+		// and a repair would take it for the good one if outdated copies
+		// outvote the current one. Report, repair nothing.
+		repair = false
+		rep.Details = append(rep.Details, "recovery is under way: nothing repaired; check again once it has finished")
+	}
 	objs := []gateway.Object{{OID: proto.InodeOID(v.VID), Red: proto.Redundancy{Copies: v.Redundancy().NrCopies()}, Size: proto.InodeSize}}
 	seen := map[proto.OID]bool{}
 	for idx, owner := range ino.DataVDIID {
@@ -388,10 +395,21 @@ type mismatch struct {
 // a write that reaches it meanwhile is kept. Copies that kept their
 // hashes through the wait differ for good (a write torn by a crash).
 func (d *Daemon) repairMismatches(ctx context.Context, view *gateway.View, ms []mismatch, rep *api.CheckReport) {
-	if !sleepCtx(ctx, d.gw.PeerTimeout()+time.Second) {
+	notNow := func(why string) {
 		for _, m := range ms {
-			rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ: not repaired: %v", m.o.OID, ctx.Err()))
+			rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ: not repaired: %s", m.o.OID, why))
 		}
+	}
+	if !sleepCtx(ctx, d.gw.PeerTimeout()+time.Second) {
+		notNow(ctx.Err().Error())
+		return
+	}
+	// While recovery of the epoch is under way somewhere, a copy may differ
+	// because it is outdated (its node was away), not torn: two outdated
+	// copies would outvote the current one, and a tie would go to an
+	// outdated primary, undoing acknowledged writes. Those are recovery's.
+	if cur := d.views.View(); cur == nil || cur.Epoch != view.Epoch || !d.views.Settled(view.Epoch) {
+		notNow("recovery is under way; check again once it has finished")
 		return
 	}
 	for _, m := range ms {

@@ -473,7 +473,11 @@ func TestConvergeLeavesRecoveryAlone(t *testing.T) {
 	// Passes run every second; a repair waits out the peer timeout (10 s)
 	// before it replaces anything.
 	time.Sleep(20 * time.Second)
-	// Nor may `vdi check --repair`, which sees the outdated copies differ.
+	// check sees the outdated copies differ, and says they may be only
+	// outdated; `vdi check --repair` must not repair them either.
+	if rep := a.check(t, "vol", false); !strings.Contains(strings.Join(rep.Details, "\n"), "may be outdated") {
+		t.Fatalf("check during recovery: %+v, want it to say copies may be outdated", rep)
+	}
 	rep := a.check(t, "vol", true)
 	if rep.Repaired != 0 || !strings.Contains(strings.Join(rep.Details, "\n"), "recovery is under way") {
 		t.Fatalf("check --repair during recovery: %+v, want nothing repaired and why", rep)

@@ -105,12 +105,16 @@ func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, 
 		return nil, err
 	}
 	rep := &api.CheckReport{VDI: name}
-	if repair && !d.views.Settled(view.Epoch) {
+	if !d.views.Settled(view.Epoch) {
 		// A copy can be outdated until recovery has brought it up to date,
 		// and a repair would take it for the good one if outdated copies
 		// outvote the current one. Report, repair nothing.
-		repair = false
-		rep.Details = append(rep.Details, "recovery is under way: nothing repaired; check again once it has finished")
+		if repair {
+			repair = false
+			rep.Details = append(rep.Details, "recovery is under way: nothing repaired; check again once it has finished")
+		} else {
+			rep.Details = append(rep.Details, "recovery is under way: copies that differ may be outdated, not damaged; check again once it has finished")
+		}
 	}
 	objs := []gateway.Object{{OID: proto.InodeOID(v.VID), Red: proto.Redundancy{Copies: v.Redundancy().NrCopies()}, Size: proto.InodeSize}}
 	seen := map[proto.OID]bool{}

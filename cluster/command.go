@@ -37,6 +37,13 @@ const (
 	// CmdSync changes nothing: a proposer that sees it applied locally has
 	// applied everything committed before it (a linearisable read point).
 	CmdSync = "sync"
+	// CmdCheckWorking changes nothing either: it fails with ResReadonly
+	// unless VID is a live working VDI at its place in the log. Its
+	// result is the leader's answer, so a proposer need not wait to apply
+	// it (Node.Decide): a follower learns of a commit only with the next
+	// append, up to two CommitTimeouts later. Builds before it answer
+	// ResInvalidParms (unknown command), and change nothing either.
+	CmdCheckWorking = "check_working"
 )
 
 // Command is one replicated metadata change. Only the fields its Op uses are
@@ -148,6 +155,12 @@ func (s *State) Apply(c *Command) *Result {
 		return &Result{VID: v.VID}
 	case CmdSync:
 		return &Result{}
+	case CmdCheckWorking:
+		v, ok := s.VDIs[c.VID]
+		if !ok || v.Deleted || v.IsSnapshot() {
+			return fail(proto.ResReadonly, "vdi %#x is not a working vdi", c.VID)
+		}
+		return &Result{VID: v.VID}
 	case CmdShutdown:
 		s.Status = StatusShutdown
 		return &Result{}

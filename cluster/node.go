@@ -422,6 +422,19 @@ func memberFromTags(name string, tags map[string]string) (Member, bool) {
 // Propose commits c through Raft (forwarding to the leader when this node is
 // not it) and waits until this node's FSM has applied it.
 func (n *Node) Propose(ctx context.Context, c *Command) (*Result, error) {
+	return n.propose(ctx, c, true)
+}
+
+// Decide commits c like Propose but returns the leader's result without
+// waiting for this node to apply c: for commands that change nothing and
+// whose answer is all the caller needs (CmdCheckWorking). A follower
+// learns of a commit only with the leader's next append, which takes up
+// to two CommitTimeouts when nothing else is being written.
+func (n *Node) Decide(ctx context.Context, c *Command) (*Result, error) {
+	return n.propose(ctx, c, false)
+}
+
+func (n *Node) propose(ctx context.Context, c *Command, apply bool) (*Result, error) {
 	if c.Time == 0 {
 		c.Time = time.Now().UnixNano()
 	}
@@ -430,7 +443,7 @@ func (n *Node) Propose(ctx context.Context, c *Command) (*Result, error) {
 	for {
 		r, err := n.proposeOnce(ctx, c)
 		if err == nil {
-			if !n.waitApplied(ctx, r.Index) {
+			if apply && !n.waitApplied(ctx, r.Index) {
 				return nil, ctx.Err()
 			}
 			return r, nil
@@ -504,14 +517,7 @@ func (n *Node) ApplyAsLeader(ctx context.Context, c *Command) (*Result, error) {
 // waitApplied waits until the FSM itself has applied index (Raft's own
 // AppliedIndex runs ahead of the FSM).
 func (n *Node) waitApplied(ctx context.Context, index uint64) bool {
-	for n.fsm.AppliedIndex() < index {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	return true
+	return n.fsm.AppliedIndex() >= index || n.fsm.WaitApplied(index, ctx.Done())
 }
 
 // Barrier waits until this node has applied everything committed before the

@@ -151,6 +151,22 @@ func TestThreeNodesFormatCreateAndFailover(t *testing.T) {
 			return found
 		})
 	}
+	// Decide through a follower returns the leader's answer.
+	var vid uint32
+	a.FSM().Read(func(s *State) {
+		if v, ok := s.Working("vol"); ok {
+			vid = v.VID
+		}
+	})
+	for _, c := range []struct {
+		vid  uint32
+		want proto.Result
+	}{{vid, proto.ResSuccess}, {vid + 1, proto.ResReadonly}} {
+		r, err := b.Decide(ctx, &Command{Op: CmdCheckWorking, VID: c.vid})
+		if err != nil || r.Code != c.want || r.Index == 0 {
+			t.Fatalf("decide check_working %#x through a follower: %v %+v, want %v", c.vid, err, r, c.want)
+		}
+	}
 	// The three members are voters; kill c: a new epoch without it follows.
 	waitFor(t, "3 voters", 10*time.Second, func() bool {
 		v := 0

@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"testing"
 
 	"github.com/gosheep/gosheep/cluster/resv"
@@ -91,6 +92,50 @@ func TestVIDProbingOnHashCollision(t *testing.T) {
 	if v, err := s.Lookup("b", "", 0); err != nil || v.VID != h+1 {
 		t.Fatalf("lookup after probe: %v %v", v, err)
 	}
+}
+
+// CmdCheckWorking answers whether a VDI is still the working one at its
+// place in the log and changes nothing: a proposer acts on its answer
+// alone (Node.Decide).
+func TestCheckWorking(t *testing.T) {
+	runScenario(t, []step{{c: Command{Op: CmdCheckWorking, VID: 1}, code: proto.ResWaitForFormat}})
+	var base uint32
+	s := runScenario(t, []step{
+		format(2),
+		{c: Command{Op: CmdCreateVDI, Name: "v", Size: 1 << 30}, check: func(t *testing.T, s *State, r *Result) { base = r.VID }},
+	})
+	tm := int64(100e9)
+	apply := func(c Command) *Result {
+		t.Helper()
+		tm += 1e9
+		c.Time = tm
+		return s.Apply(&c)
+	}
+	check := func(when string, vid uint32, want proto.Result) {
+		t.Helper()
+		before := s.Clone()
+		r := apply(Command{Op: CmdCheckWorking, VID: vid})
+		if r.Code != want {
+			t.Fatalf("%s: vdi %#x: %v (%s), want %v", when, vid, r.Code, r.Message, want)
+		}
+		if r.Changed != nil || !reflect.DeepEqual(before, s) {
+			t.Fatalf("%s: vdi %#x: the check changed something", when, vid)
+		}
+	}
+	check("created", base, proto.ResSuccess)
+	check("no such vdi", 0x7fffff, proto.ResReadonly)
+	check("no vdi", 0, proto.ResReadonly)
+	r := apply(Command{Op: CmdCreateVDI, Name: "v", Tag: "t1", Snapshot: true, BaseVID: base})
+	if r.Code != proto.ResSuccess {
+		t.Fatal(r.Err())
+	}
+	work := r.VID
+	check("snapshotted", base, proto.ResReadonly)
+	check("new working vdi", work, proto.ResSuccess)
+	if r := apply(Command{Op: CmdDeleteVDI, Name: "v"}); r.Code != proto.ResSuccess {
+		t.Fatal(r.Err())
+	}
+	check("deleted", work, proto.ResReadonly)
 }
 
 func TestSnapshotCloneRollbackDelete(t *testing.T) {

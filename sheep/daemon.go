@@ -232,6 +232,9 @@ func (m metaOf) Read(fn func(s *cluster.State)) { m.d.node.FSM().Read(fn) }
 func (m metaOf) Propose(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
 	return m.d.node.Propose(ctx, c)
 }
+func (m metaOf) Decide(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
+	return m.d.node.Decide(ctx, c)
+}
 func (m metaOf) Everywhere(ctx context.Context, index uint64) { m.d.syncMembers(ctx, index) }
 
 // watch reacts to committed metadata changes.

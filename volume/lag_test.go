@@ -19,6 +19,12 @@ type laggingCluster struct {
 	log     []cluster.Command
 	fsms    []*cluster.FSM
 	applied []int
+	// leader applies the whole log as it grows: it answers Decide.
+	leader        *cluster.FSM
+	leaderApplied int
+	// held nodes apply only their own proposals, not at Everywhere (a
+	// node slower than Everywhere's bounded wait).
+	held map[int]bool
 }
 
 func (c *laggingCluster) catchUp(i, upto int) {
@@ -48,11 +54,30 @@ func (m laggingMeta) Propose(ctx context.Context, cmd *cluster.Command) (*cluste
 	return m.c.fsms[m.i].ApplyCommand(uint64(len(m.c.log)), cmd), nil
 }
 
+// Decide answers from the leader's FSM and leaves this node's behind.
+func (m laggingMeta) Decide(ctx context.Context, cmd *cluster.Command) (*cluster.Result, error) {
+	m.c.mu.Lock()
+	defer m.c.mu.Unlock()
+	if cmd.Time == 0 {
+		cmd.Time = time.Now().UnixNano()
+	}
+	m.c.log = append(m.c.log, *cmd)
+	var r *cluster.Result
+	for m.c.leaderApplied < len(m.c.log) {
+		c := m.c.log[m.c.leaderApplied]
+		m.c.leaderApplied++
+		r = m.c.leader.ApplyCommand(uint64(m.c.leaderApplied), &c)
+	}
+	return r, nil
+}
+
 func (m laggingMeta) Everywhere(ctx context.Context, index uint64) {
 	m.c.mu.Lock()
 	defer m.c.mu.Unlock()
 	for i := range m.c.fsms {
-		m.c.catchUp(i, int(index))
+		if !m.c.held[i] {
+			m.c.catchUp(i, int(index))
+		}
 	}
 }
 
@@ -66,7 +91,7 @@ func (m laggingMeta) Everywhere(ctx context.Context, index uint64) {
 func twoLaggingNodes(t *testing.T) (*Manager, *Manager, *laggingCluster) {
 	t.Helper()
 	ctx := context.Background()
-	lc := &laggingCluster{fsms: []*cluster.FSM{cluster.NewFSM(), cluster.NewFSM()}, applied: make([]int, 2)}
+	lc := &laggingCluster{fsms: []*cluster.FSM{cluster.NewFSM(), cluster.NewFSM()}, applied: make([]int, 2), leader: cluster.NewFSM()}
 	objs := newMemObjects()
 	var ms [2]*Manager
 	for i := range ms {
@@ -161,5 +186,48 @@ func TestRollbackHoldsAgainstLaggingNode(t *testing.T) {
 	}
 	if got := mustRead(t, work, 8192, 4096); !bytes.Equal(got, after) {
 		t.Fatal("a write acknowledged after the rollback went to the discarded vdi")
+	}
+}
+
+// Node b allocates an object while a snapshot committed through a has
+// not reached b (its apply is late past Everywhere's wait). The leader
+// answers b's check with READONLY; b must catch up, so that its device
+// reloads and redoes the write on the new working VDI. Had it reloaded
+// from its stale state, the retry would have found the object allocated
+// and written it in place, into the snapshot only. (The snapshot may keep
+// the write too: it was in flight when the snapshot was taken.)
+func TestAllocationOnLaggingNodeDuringSnapshot(t *testing.T) {
+	ctx := context.Background()
+	a, b, lc := twoLaggingNodes(t)
+	db, err := b.Open(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooked := &hookObjects{memObjects: b.cfg.Objects.(*memObjects)}
+	b.cfg.Objects = hooked
+	var snapErr error
+	hooked.hook = func() {
+		lc.mu.Lock()
+		lc.held = map[int]bool{1: true}
+		lc.mu.Unlock()
+		_, snapErr = a.Snapshot(ctx, "v", "s1")
+	}
+	data := random(4096)
+	if err := db.WriteAt(ctx, data, mib, false); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if snapErr != nil {
+		t.Fatalf("snapshot: %v", snapErr)
+	}
+	lc.mu.Lock()
+	lc.held = nil
+	lc.mu.Unlock()
+	lc.all()
+	work, err := a.Open(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, work, mib, 4096); !bytes.Equal(got, data) {
+		t.Fatal("a write acknowledged across the snapshot is missing from the working vdi")
 	}
 }

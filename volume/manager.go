@@ -41,8 +41,12 @@ type PinnedObjects interface {
 type Meta interface {
 	// Read runs fn with the current state; fn must not keep or mutate it.
 	Read(fn func(s *cluster.State))
-	// Propose commits a command cluster-wide.
+	// Propose commits a command cluster-wide; this node has applied it
+	// when Propose returns.
 	Propose(ctx context.Context, c *cluster.Command) (*cluster.Result, error)
+	// Decide commits a command that changes nothing and returns its
+	// result as the leader applied it, without waiting for this node to.
+	Decide(ctx context.Context, c *cluster.Command) (*cluster.Result, error)
 	// Everywhere returns once every member has applied Raft index, or
 	// can no longer serve I/O (bounded; best effort): what a command
 	// changed then holds for writes through any node.
@@ -191,8 +195,37 @@ func (m *Manager) VDI(vid uint32) (*cluster.VDI, bool) {
 // have copied the index before the update landed, so the new working VDI
 // would not see it: the caller must then redo the write there (READONLY
 // makes clients reload and copy on write). Index updates happen once per
-// object allocation, so the extra commit is rare.
+// object allocation. The leader answers (CmdCheckWorking), so a follower
+// does not wait to learn of the commit, which took 20-40 ms of every
+// allocation through it (a fresh 1 GiB import through a follower took
+// 14 s, through the leader 8).
 func (m *Manager) ConfirmWorking(ctx context.Context, vid uint32) error {
+	r, err := m.cfg.Meta.Decide(ctx, &cluster.Command{Op: cluster.CmdCheckWorking, VID: vid})
+	if err != nil {
+		return fmt.Errorf("volume: confirm vdi %#x is still working: %w", vid, err)
+	}
+	switch r.Code {
+	case proto.ResSuccess:
+		return nil
+	case proto.ResInvalidParms:
+		// A leader from before CmdCheckWorking: read our own state at a
+		// point after the update instead.
+		return m.confirmWorkingHere(ctx, vid)
+	case proto.ResReadonly:
+		// This node may not have applied the snapshot yet: catch up, so
+		// that the caller's reload finds the new working VDI.
+		if err := m.sync(ctx); err != nil {
+			return fmt.Errorf("volume: catch up after vdi %#x stopped being the working vdi: %w", vid, err)
+		}
+		return fmt.Errorf("volume: vdi %#x stopped being the working vdi during an index update: %w", vid, r.Err())
+	default:
+		return fmt.Errorf("volume: confirm vdi %#x is still working: %w", vid, r.Err())
+	}
+}
+
+// confirmWorkingHere is ConfirmWorking by this node's own state, once it
+// has applied a commit made after the index update.
+func (m *Manager) confirmWorkingHere(ctx context.Context, vid uint32) error {
 	if err := m.sync(ctx); err != nil {
 		return fmt.Errorf("volume: confirm vdi %#x is still working: %w", vid, err)
 	}

@@ -147,6 +147,10 @@ func (f *fsmMeta) Propose(ctx context.Context, c *cluster.Command) (*cluster.Res
 	return f.fsm.ApplyCommand(f.idx, c), nil
 }
 
+func (f *fsmMeta) Decide(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
+	return f.Propose(ctx, c)
+}
+
 // Everywhere has nothing to wait for: every manager reads this one FSM.
 func (f *fsmMeta) Everywhere(context.Context, uint64) {}
 

@@ -100,6 +100,27 @@ func TestISCSIOnCluster(t *testing.T) {
 	if lus[0] != lus[1] || lus[1] != lus[2] {
 		t.Fatalf("logical unit designators differ between nodes:\n%s", strings.Join(lus, "\n---\n"))
 	}
+	// A VDI created through one node is there at once on every node, to a
+	// login and to discovery: a script that creates a VDI and then logs
+	// in through another node must not need to wait (it used to find no
+	// such target until that node had applied the creation and exported
+	// it, some tens of milliseconds).
+	for i := range 4 {
+		name := fmt.Sprintf("new%d", i)
+		createVDI(t, c.nodes[i%3], name, 16<<20)
+		for k := range c.nodes {
+			n := c.nodes[(i+1+k)%3]
+			if out, err := exec.Command("iscsi-inq", iscsiURL(n, name)).CombinedOutput(); err != nil {
+				t.Fatalf("login to %s through %s right after its creation through %s: %v\n%s", name, n.ip, c.nodes[i%3].ip, err, out)
+			}
+		}
+		name = fmt.Sprintf("found%d", i)
+		createVDI(t, c.nodes[i%3], name, 16<<20)
+		n := c.nodes[(i+1)%3]
+		if out := runCmd(t, time.Minute, "iscsi-ls", "-s", fmt.Sprintf("iscsi://%s:3260/", n.ip)); !strings.Contains(out, "iqn.2026-11.io.gosheep:"+name) {
+			t.Fatalf("discovery through %s right after creating %s through %s misses it:\n%s", n.ip, name, c.nodes[i%3].ip, out)
+		}
+	}
 	// Delete: the target goes away everywhere.
 	if _, err := c.nodes[0].meta(t, metaDelete("other")); err != nil {
 		t.Fatal(err)

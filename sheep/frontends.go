@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/gosheep/gosheep/cluster"
@@ -21,6 +23,9 @@ type frontEnds struct {
 	http      *http.Server
 	listeners []net.Listener
 	unsub     func()
+	// exportMu orders changes to the iSCSI targets: the catalog watcher's
+	// and those a login makes (resolveISCSI).
+	exportMu sync.Mutex
 }
 
 // portNumber is this node's number in the cluster (cluster.State.PortNumber),
@@ -42,6 +47,7 @@ func (d *Daemon) startFrontEnds() error {
 		fe.iscsi = iscsi.New(iscsi.Config{
 			Logger: d.log.With("frontend", "iscsi"), Recorder: d.recorder(), AdvertiseAddrs: []string{ln.Addr().String()},
 			PortID: d.node.ID(), Reservations: clusterResv{d}, PortNumber: d.portNumber,
+			Resolve: d.resolveISCSI,
 		})
 		d.h.waitAborts = fe.iscsi.WaitAborts
 		d.wg.Add(1)
@@ -140,7 +146,11 @@ func iscsiCHAP(c *cluster.CHAP) *iscsi.CHAP {
 	return &iscsi.CHAP{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}
 }
 
+// exportISCSI adds the target of info unless it is there (exportMu held).
 func (d *Daemon) exportISCSI(info volume.Info) {
+	if slices.Contains(d.fe.iscsi.Targets(), info.Name) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 	defer cancel()
 	dev, err := d.vols.Open(ctx, info.Name)
@@ -148,13 +158,11 @@ func (d *Daemon) exportISCSI(info volume.Info) {
 		d.log.Warn("iscsi: cannot open volume", "vdi", info.Name, "err", err)
 		return
 	}
-	if err := d.fe.iscsi.AddTarget(iscsi.TargetSpec{Name: info.Name, VID: info.RootVID, Device: dev}); err != nil {
+	// With its CHAP secrets from the start: never a moment without them.
+	if err := d.fe.iscsi.AddTarget(iscsi.TargetSpec{Name: info.Name, VID: info.RootVID, Device: dev, CHAP: iscsiCHAP(info.CHAP)}); err != nil {
 		d.log.Warn("iscsi: cannot add target", "vdi", info.Name, "err", err)
 		dev.Close()
 		return
-	}
-	if info.CHAP != nil {
-		d.fe.iscsi.SetCHAP(info.Name, iscsiCHAP(info.CHAP))
 	}
 	// After AddTarget: a change applied meanwhile was installed by the
 	// watcher or is in this state.
@@ -167,6 +175,8 @@ func (d *Daemon) reconcileISCSI() {
 	if !d.isReplayed() {
 		return
 	}
+	d.fe.exportMu.Lock()
+	defer d.fe.exportMu.Unlock()
 	have := map[string]bool{}
 	for _, name := range d.fe.iscsi.Targets() {
 		have[name] = true
@@ -187,6 +197,8 @@ func (d *Daemon) reconcileISCSI() {
 
 // onVolumeEvent keeps the front ends in step with the VDI table.
 func (d *Daemon) onVolumeEvent(ev volume.Event) {
+	d.fe.exportMu.Lock()
+	defer d.fe.exportMu.Unlock()
 	switch ev.Kind {
 	case volume.Added:
 		if d.fe.iscsi != nil && d.isReplayed() {
@@ -206,6 +218,33 @@ func (d *Daemon) onVolumeEvent(ev volume.Event) {
 	case volume.Updated:
 		if d.fe.iscsi != nil {
 			d.fe.iscsi.SetCHAP(ev.Info.Name, iscsiCHAP(ev.Info.CHAP))
+		}
+	}
+}
+
+// resolveISCSI exports, before an initiator is told it does not exist, a
+// VDI that was created through another node a moment ago: this node may
+// not have applied its creation yet, and the watcher exports it only
+// after that. It catches up with the cluster first (a Raft round trip),
+// then exports iqn's VDI, or for "" (discovery) every missing one.
+func (d *Daemon) resolveISCSI(ctx context.Context, iqn string) {
+	if !d.isReplayed() {
+		return
+	}
+	if err := d.vols.CatchUp(ctx); err != nil {
+		d.log.Debug("iscsi: cannot catch up with the cluster to resolve a target", "iqn", iqn, "err", err)
+		return
+	}
+	if iqn == "" {
+		d.reconcileISCSI()
+		return
+	}
+	for _, info := range d.vols.List() {
+		if iscsi.IQN(info.Name) == iqn {
+			d.fe.exportMu.Lock()
+			d.exportISCSI(info)
+			d.fe.exportMu.Unlock()
+			return
 		}
 	}
 }

@@ -169,6 +169,10 @@ func (m *Manager) LookupSync(ctx context.Context, name, tag string, snapID uint3
 	return m.Lookup(name, tag, snapID)
 }
 
+// CatchUp returns once this node has applied everything committed
+// cluster-wide before the call.
+func (m *Manager) CatchUp(ctx context.Context) error { return m.sync(ctx) }
+
 // sync returns once this node has applied everything committed before the
 // call: it commits a no-op and waits for it locally.
 func (m *Manager) sync(ctx context.Context) error {

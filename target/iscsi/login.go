@@ -172,7 +172,7 @@ func (ls *loginState) step(p *pdu.PDU) (bool, error) {
 		if ls.targetName == "" {
 			return ls.fail(p, loginMissingParam, "no TargetName")
 		}
-		ls.tgt = c.srv.targetByIQN(ls.targetName)
+		ls.tgt = c.srv.findTarget(c.ctx, ls.targetName)
 		if ls.tgt == nil {
 			return ls.fail(p, loginNotFound, "no target "+ls.targetName)
 		}

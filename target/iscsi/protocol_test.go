@@ -17,6 +17,7 @@ import (
 
 	"github.com/gosheep/gosheep/target/iscsi/pdu"
 	"github.com/gosheep/gosheep/target/iscsi/scsi"
+	"github.com/gosheep/gosheep/volume/voltest"
 )
 
 func readCap16(c *client) uint64 {
@@ -266,6 +267,55 @@ func TestPortNumber(t *testing.T) {
 	r := c.SCSI([]byte{0x12, 1, 0x83, 0, 255, 0}, true, 255, nil)
 	if !bytes.Contains(r.Data, []byte{0x10 | 0x80 | 0x04, 0, 4, 0, 0, 0, 7}) {
 		t.Errorf("VPD 0x83 without relative target port 7: % x", r.Data)
+	}
+}
+
+// TestResolve: a target this server does not export yet is resolved
+// before an initiator is told it does not exist: a login naming it, and
+// discovery, find what Resolve adds. A name Resolve cannot add is still
+// not found.
+func TestResolve(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string
+	var ts *testServer
+	resolve := func(ctx context.Context, iqn string) {
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("Resolve without a deadline")
+		}
+		mu.Lock()
+		asked = append(asked, iqn)
+		mu.Unlock()
+		for _, n := range []string{"late", "later"} {
+			if iqn == IQN(n) || (iqn == "" && n == "late") {
+				ts.AddTarget(TargetSpec{Name: n, VID: 0x200, Device: voltest.NewMemDevice(64<<20, 4<<20)})
+			}
+		}
+	}
+	ts = startServer(t, Config{Resolve: resolve}, "a")
+	d := dial(t, ts.addr)
+	if _, err := d.Login("InitiatorName=iqn.2026-11.test:d", "SessionType=Discovery"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(sendTargets(d).Data), "TargetName="+IQN("a")+"\x00TargetName="+IQN("late")+"\x00"; !strings.HasPrefix(strings.ReplaceAll(got, "TargetAddress="+ts.addr+",1\x00", ""), want) {
+		t.Errorf("SendTargets=All: %q, want %q", got, want)
+	}
+	c := dial(t, ts.addr)
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("later"), "SessionType=Normal"); err != nil {
+		t.Fatalf("login to a target Resolve adds: %v", err)
+	}
+	c = dial(t, ts.addr)
+	p, err := c.Login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("nope"), "SessionType=Normal")
+	if err == nil || p == nil || p.Header[36] != 2 || p.Header[37] != 3 {
+		t.Fatalf("login to a target nobody has: %v, want not found", err)
+	}
+	c = dial(t, ts.addr)
+	if _, err := c.Login("InitiatorName=iqn.2026-11.test:c", "TargetName="+IQN("a"), "SessionType=Normal"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"", IQN("later"), IQN("nope")}; !slices.Equal(asked, want) {
+		t.Errorf("Resolve asked for %q, want %q (not for targets it has)", asked, want)
 	}
 }
 

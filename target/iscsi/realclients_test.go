@@ -3,10 +3,12 @@ package iscsi
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -174,6 +176,21 @@ func TestCHAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRun(t, 30*time.Second, "iscsi-inq", ts.url("sec"))
+	// A target added with its secrets requires them from the first login;
+	// bad secrets keep it from being added at all, rather than open.
+	if err := ts.AddTarget(TargetSpec{Name: "born", VID: 7, Device: voltest.NewMemDevice(64<<20, 4<<20), CHAP: &CHAP{User: "bob", Secret: "bobsecret123"}}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, 30*time.Second, nil, "iscsi-inq", ts.url("born")); err == nil {
+		t.Fatalf("login without CHAP to a target added with CHAP succeeded:\n%s", out)
+	}
+	mustRun(t, 30*time.Second, "iscsi-inq", fmt.Sprintf("iscsi://bob%%bobsecret123@%s/%s/0", ts.addr, IQN("born")))
+	if err := ts.AddTarget(TargetSpec{Name: "badchap", VID: 8, Device: voltest.NewMemDevice(64<<20, 4<<20), CHAP: &CHAP{User: "bob"}}); !errors.Is(err, ErrBadCHAP) {
+		t.Fatalf("AddTarget with a CHAP user and no secret: %v, want ErrBadCHAP", err)
+	}
+	if slices.Contains(ts.Targets(), "badchap") {
+		t.Fatal("a target with bad CHAP secrets was added")
+	}
 }
 
 // TestBench runs qemu-img bench at queue depth 32 (reads and writes) to

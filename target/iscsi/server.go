@@ -86,7 +86,17 @@ type Config struct {
 	// Reservations orders SCSI reservation changes with the other nodes
 	// exporting the same VDIs; nil keeps them per target.
 	Reservations scsi.Reservations
+	// Resolve, when set, is called before an initiator is told that a
+	// target does not exist (a login or SendTargets=<iqn> naming one this
+	// server does not export, with that IQN) and before SendTargets=All
+	// (with ""). It may add the targets that exist elsewhere and not here
+	// yet (AddTarget): a VDI created through another node a moment ago.
+	// The lookup is made again after it returns; ctx bounds it.
+	Resolve func(ctx context.Context, iqn string)
 }
+
+// resolveTimeout bounds one Resolve call.
+const resolveTimeout = 5 * time.Second
 
 func (c *Config) fill() {
 	if c.PortalGroupTag == 0 {
@@ -146,6 +156,9 @@ type TargetSpec struct {
 	VID      uint32 // VDI id: source of the NAA identifier and serial
 	Device   volume.Device
 	ReadOnly bool
+	// CHAP, when set, is required from the first login on (SetCHAP
+	// after AddTarget would leave a moment without it).
+	CHAP *CHAP
 }
 
 // CHAP holds a target's CHAP secrets (RFC 7143 §12.1.3, MD5). User and
@@ -332,11 +345,16 @@ func (s *Server) AddTarget(spec TargetSpec) error {
 	if len(iqn) > 223 {
 		return fmt.Errorf("%w: name longer than 223 bytes", ErrBadTargetSpec)
 	}
+	chap, err := checkCHAP(spec.CHAP)
+	if err != nil {
+		return err
+	}
 	t := &target{
 		name:     spec.Name,
 		iqn:      iqn,
 		dev:      spec.Device,
 		sessions: map[*session]struct{}{},
+		chap:     chap,
 	}
 	t.lu = scsi.New(scsi.Config{
 		Device: spec.Device, ReadOnly: spec.ReadOnly, VID: spec.VID,
@@ -461,16 +479,9 @@ func (s *Server) Resized(name string) error {
 // SetCHAP sets (or with nil clears) the CHAP secrets of a target. New
 // logins must authenticate; existing sessions are not affected.
 func (s *Server) SetCHAP(name string, c *CHAP) error {
-	if c != nil {
-		if c.User == "" || c.Secret == "" || (c.MutualUser == "") != (c.MutualSecret == "") {
-			return ErrBadCHAP
-		}
-		if c.MutualSecret != "" && c.MutualSecret == c.Secret {
-			// RFC 7143 §12.1.3: the two directions must use different secrets.
-			return fmt.Errorf("%w: mutual secret equals initiator secret", ErrBadCHAP)
-		}
-		cp := *c
-		c = &cp
+	c, err := checkCHAP(c)
+	if err != nil {
+		return err
 	}
 	t := s.target(name)
 	if t == nil {
@@ -480,6 +491,22 @@ func (s *Server) SetCHAP(name string, c *CHAP) error {
 	t.chap = c
 	t.mu.Unlock()
 	return nil
+}
+
+// checkCHAP validates c and returns a copy of it (nil: no CHAP).
+func checkCHAP(c *CHAP) (*CHAP, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if c.User == "" || c.Secret == "" || (c.MutualUser == "") != (c.MutualSecret == "") {
+		return nil, ErrBadCHAP
+	}
+	if c.MutualSecret != "" && c.MutualSecret == c.Secret {
+		// RFC 7143 §12.1.3: the two directions must use different secrets.
+		return nil, fmt.Errorf("%w: mutual secret equals initiator secret", ErrBadCHAP)
+	}
+	cp := *c
+	return &cp, nil
 }
 
 // Targets lists exported target names (VDI names).
@@ -511,6 +538,25 @@ func (s *Server) targetByIQN(iqn string) *target {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byIQN[iqn]
+}
+
+// findTarget is targetByIQN that, on a miss, lets Resolve add the target
+// first.
+func (s *Server) findTarget(ctx context.Context, iqn string) *target {
+	if t := s.targetByIQN(iqn); t != nil || s.cfg.Resolve == nil {
+		return t
+	}
+	s.resolve(ctx, iqn)
+	return s.targetByIQN(iqn)
+}
+
+func (s *Server) resolve(ctx context.Context, iqn string) {
+	if s.cfg.Resolve == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	s.cfg.Resolve(ctx, iqn)
 }
 
 // allocTSIH assigns a free TSIH to se (0 and 0xffff are reserved). It

@@ -81,6 +81,7 @@ func (c *conn) sendTargets(v string) []pdu.KV {
 		if c.sess.tgt != nil {
 			ts = []*target{c.sess.tgt} // only discovery sessions list all
 		} else {
+			s.resolve(c.ctx, "")
 			s.mu.Lock()
 			for _, t := range s.targets {
 				ts = append(ts, t)
@@ -92,7 +93,7 @@ func (c *conn) sendTargets(v string) []pdu.KV {
 			ts = []*target{c.sess.tgt}
 		}
 	default:
-		if t := s.targetByIQN(v); t != nil {
+		if t := s.findTarget(c.ctx, v); t != nil {
 			ts = []*target{t}
 		}
 	}

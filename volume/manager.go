@@ -111,6 +111,7 @@ type Manager struct {
 	subs     []chan Event
 	quiesced []quiesced
 	reclaim  chan struct{} // wakes the reclaimer
+	catchUp  *syncGate     // coalesces and spaces sync's commits
 }
 
 // NewManager returns a Manager. Call Changed from the FSM watcher.
@@ -118,7 +119,7 @@ func NewManager(cfg Config) *Manager {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, open: map[*vdev]struct{}{}, reclaim: make(chan struct{}, 1)}
+	return &Manager{cfg: cfg, log: cfg.Logger, open: map[*vdev]struct{}{}, reclaim: make(chan struct{}, 1), catchUp: newSyncGate(syncGap)}
 }
 
 func infoOf(s *cluster.State, v *cluster.VDI) Info {
@@ -174,13 +175,16 @@ func (m *Manager) LookupSync(ctx context.Context, name, tag string, snapID uint3
 func (m *Manager) CatchUp(ctx context.Context) error { return m.sync(ctx) }
 
 // sync returns once this node has applied everything committed before the
-// call: it commits a no-op and waits for it locally.
+// call: it commits a no-op and waits for it locally. Concurrent callers
+// share a commit, and commits are spaced (syncGate).
 func (m *Manager) sync(ctx context.Context) error {
-	r, err := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
-	if err == nil {
-		err = r.Err()
-	}
-	return err
+	return m.catchUp.do(ctx, func(ctx context.Context) error {
+		r, err := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdSync})
+		if err == nil {
+			err = r.Err()
+		}
+		return err
+	})
 }
 
 // VDI returns a copy of the table row of vid.

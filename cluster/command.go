@@ -46,6 +46,10 @@ const (
 	CmdCheckWorking = "check_working"
 )
 
+// changesNothing reports whether applying op leaves the state as it was,
+// whatever its fields: the FSM skips its watchers for it.
+func changesNothing(op string) bool { return op == CmdSync || op == CmdCheckWorking }
+
 // Command is one replicated metadata change. Only the fields its Op uses are
 // set. Everything Apply needs is inside (times too), so Apply is deterministic.
 type Command struct {

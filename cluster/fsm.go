@@ -75,6 +75,17 @@ func (f *FSM) Apply(l *raft.Log) any {
 // ApplyCommand applies c at index (exported for tests and replay without Raft).
 func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 	f.mu.Lock()
+	if c != nil && changesNothing(c.Op) {
+		// No clones, no watchers: they cost O(VDIs) twice per command, and
+		// an allocation commits one of these (CmdCheckWorking).
+		r := f.state.Apply(c)
+		r.Index = index
+		f.applied = index
+		f.watched = max(f.watched, index)
+		f.changed.Broadcast()
+		f.mu.Unlock()
+		return r
+	}
 	var old *State
 	if len(f.watchers) > 0 {
 		old = f.state.Clone()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"reflect"
 	"testing"
 	"time"
 
@@ -106,5 +107,45 @@ func TestFSMResvAndWaitWatched(t *testing.T) {
 	r := f.ApplyCommand(3, &Command{Op: CmdResv, VID: 9})
 	if r.Err() == nil {
 		t.Fatal("reservation command without an operation applied")
+	}
+}
+
+// Commands that change nothing skip the watchers (and the two state
+// clones that feed them), yet count as watched: Everywhere waits for
+// them like for any other index.
+func TestFSMNoOpsSkipWatchers(t *testing.T) {
+	f := NewFSM()
+	var calls []string
+	f.Watch(func(old, cur *State, c *Command, r *Result) { calls = append(calls, c.Op) })
+	f.ApplyCommand(1, &Command{Op: CmdFormat, Format: &Format{Copies: 1, BlockSizeShift: 22}, Members: []Member{{ID: "a"}}, Time: 1e9})
+	r := f.ApplyCommand(2, &Command{Op: CmdCreateVDI, Name: "v", Size: 1 << 30, Time: 2e9})
+	vid := r.VID
+	before := f.State()
+	// Fields these ops do not use must not make them change anything.
+	noise := Command{Members: []Member{{ID: "z"}}, Format: &Format{Copies: 2}, Name: "v", Size: 5, Delete: true, Enable: true, Epoch: 9, MetaVersion: 9}
+	idx := uint64(2)
+	for i, c := range []Command{
+		{Op: CmdSync},
+		{Op: CmdCheckWorking, VID: vid},
+		{Op: CmdCheckWorking, VID: vid + 1},
+	} {
+		noisy := noise
+		noisy.Op, noisy.VID, noisy.Time = c.Op, c.VID, int64(3+i)*1e9
+		for _, cmd := range []Command{c, noisy} {
+			idx++
+			r := f.ApplyCommand(idx, &cmd)
+			if want := changesNothing(cmd.Op); !want {
+				t.Fatalf("%s is not listed as changing nothing", cmd.Op)
+			}
+			if r.Index != idx || !f.WaitWatched(idx, nil) || f.AppliedIndex() != idx {
+				t.Fatalf("%s at %d: result index %d, applied %d", cmd.Op, idx, r.Index, f.AppliedIndex())
+			}
+		}
+	}
+	if !reflect.DeepEqual(before, f.State()) {
+		t.Fatal("a command that changes nothing changed the state")
+	}
+	if want := []string{CmdFormat, CmdCreateVDI}; !reflect.DeepEqual(calls, want) {
+		t.Fatalf("watchers ran for %q, want only %q", calls, want)
 	}
 }

@@ -101,7 +101,7 @@ func TestISCSIOnCluster(t *testing.T) {
 		t.Fatalf("logical unit designators differ between nodes:\n%s", strings.Join(lus, "\n---\n"))
 	}
 	// A VDI created through one node is there at once on every node, to a
-	// login and to discovery: a script that creates a VDI and then logs
+	// login, to discovery and to NBD's export list: a script that creates a VDI and then logs
 	// in through another node must not need to wait (it used to find no
 	// such target until that node had applied the creation and exported
 	// it, some tens of milliseconds).
@@ -119,6 +119,12 @@ func TestISCSIOnCluster(t *testing.T) {
 		n := c.nodes[(i+1)%3]
 		if out := runCmd(t, time.Minute, "iscsi-ls", "-s", fmt.Sprintf("iscsi://%s:3260/", n.ip)); !strings.Contains(out, "iqn.2026-11.io.gosheep:"+name) {
 			t.Fatalf("discovery through %s right after creating %s through %s misses it:\n%s", n.ip, name, c.nodes[i%3].ip, out)
+		}
+		// NBD's export list too.
+		name = fmt.Sprintf("listed%d", i)
+		createVDI(t, c.nodes[i%3], name, 16<<20)
+		if out := runCmd(t, time.Minute, "nbdinfo", "--list", "--json", fmt.Sprintf("nbd://%s:10809", n.ip)); !strings.Contains(out, `"`+name+`"`) {
+			t.Fatalf("NBD export list through %s right after creating %s through %s misses it:\n%s", n.ip, name, c.nodes[i%3].ip, out)
 		}
 	}
 	// Delete: the target goes away everywhere.

@@ -253,6 +253,10 @@ func (d *Daemon) resolveISCSI(ctx context.Context, iqn string) {
 type nbdExports struct{ vols *volume.Manager }
 
 func (e nbdExports) List(ctx context.Context) ([]nbd.ExportInfo, error) {
+	// Catch up first, as iSCSI discovery does: a VDI created through
+	// another node a moment ago is listed. Best effort: a node cut off
+	// from the quorum still lists what it knows.
+	e.vols.CatchUp(ctx)
 	var out []nbd.ExportInfo
 	for _, v := range e.vols.List() {
 		out = append(out, nbd.ExportInfo{Name: v.Name, Description: fmt.Sprintf("gosheep vdi %s (%d bytes)", v.Name, v.Size)})

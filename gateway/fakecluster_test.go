@@ -44,11 +44,12 @@ type fakeCluster struct {
 }
 
 type fakeNode struct {
-	n    placement.Node
-	st   *store.Disk
-	dir  string
-	gw   *Gateway
-	down atomic.Bool
+	n     placement.Node
+	st    *store.Disk
+	dir   string
+	gw    *Gateway
+	down  atomic.Bool
+	syncs atomic.Int32 // Sync calls it answered
 }
 
 type fakeCodecs struct{ cs *erasure.Codecs }
@@ -319,5 +320,6 @@ func (p *fakePeer) Sync(ctx context.Context) error {
 	if p.n.down.Load() {
 		return proto.ResNetworkError
 	}
+	p.n.syncs.Add(1)
 	return p.n.st.Sync(ctx)
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -672,10 +673,31 @@ func (g *Gateway) Flush(ctx context.Context) error {
 	if len(nodes) == 0 {
 		return nil
 	}
-	err := fanout(nodes, func(_ int, n placement.Node) error {
-		pctx, cancel := g.nodeCtx(ctx, n)
-		defer cancel()
-		return g.cfg.Peers.Peer(n).Sync(pctx)
+	// Retried like any operation: a node that died is unreachable until
+	// the epoch without it, and then it is no longer synced.
+	err := g.retry(ctx, opName{op: "flush"}, func(ctx context.Context, v *View) error {
+		nodes = members(v, nodes)
+		if len(nodes) == 0 {
+			return nil
+		}
+		failed := make([]bool, len(nodes))
+		err := fanout(nodes, func(i int, n placement.Node) error {
+			pctx, cancel := g.nodeCtx(ctx, n)
+			defer cancel()
+			err := g.cfg.Peers.Peer(n).Sync(pctx)
+			failed[i] = err != nil
+			return err
+		})
+		// What is synced now need not be again: writes since marked it
+		// dirty anew.
+		kept := nodes[:0]
+		for i, n := range nodes {
+			if failed[i] {
+				kept = append(kept, n)
+			}
+		}
+		nodes = kept
+		return err
 	})
 	if err != nil {
 		// Keep them dirty: the next flush must try again.
@@ -683,6 +705,18 @@ func (g *Gateway) Flush(ctx context.Context) error {
 		return fmt.Errorf("gateway: flush: %w", err)
 	}
 	return nil
+}
+
+// members returns the nodes of ns that are members of v. A node that left
+// the cluster holds no copy that counts any more: recovery rebuilds its
+// objects from the members' copies, which every write reached as well
+// and a flush syncs. Syncing it instead failed every flush through this
+// gateway until it came back.
+func members(v *View, ns []placement.Node) []placement.Node {
+	in := v.Ring.Nodes()
+	return slices.DeleteFunc(ns, func(n placement.Node) bool {
+		return !slices.ContainsFunc(in, func(m placement.Node) bool { return m.ID == n.ID })
+	})
 }
 
 func checkRange(o Object, off uint32, n int) error {

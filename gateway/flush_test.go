@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,5 +62,44 @@ func TestFlushAfterNodeLeaves(t *testing.T) {
 	}
 	if err := a.gw.Flush(ctx); err != nil || b.syncs.Load() != before+1 {
 		t.Fatalf("a flush with nothing written since: %v, %d syncs", err, b.syncs.Load())
+	}
+}
+
+// A node cut off from the metadata quorum serves nothing, not even its
+// own copy: the majority may have written newer data without it. Reads
+// and writes wait for the quorum until their deadline, and go on once it
+// is back.
+func TestFencedServesNothing(t *testing.T) {
+	c := newFakeCluster(t, 3)
+	a := c.nodes[0]
+	var fenced atomic.Bool
+	a.gw.cfg.Fenced = fenced.Load
+	o := Object{OID: proto.DataOID(9, 2), Red: proto.Redundancy{Copies: 3}, Size: testObjSize}
+	ctx := context.Background()
+	if err := a.gw.Create(ctx, o, 0, []byte("old data"), false); err != nil {
+		t.Fatal(err)
+	}
+	fenced.Store(true)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	buf := make([]byte, 8)
+	if err := a.gw.Read(short, o, 0, buf); err == nil {
+		t.Fatalf("a fenced node served a read: %q", buf)
+	}
+	if raw, err := a.gw.ReadPinned(ctx, o, 0, 8); err == nil {
+		raw.Release()
+		t.Fatal("a fenced node lent a read")
+	}
+	short2, cancel2 := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel2()
+	if err := a.gw.Write(short2, o, 0, []byte("new data"), false); err == nil {
+		t.Fatal("a fenced node took a write")
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.gw.Read(ctx, o, 0, buf) }()
+	time.Sleep(50 * time.Millisecond)
+	fenced.Store(false)
+	if err := <-done; err != nil || string(buf) != "old data" {
+		t.Fatalf("read once the quorum is back: %v %q", err, buf)
 	}
 }

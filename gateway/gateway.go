@@ -93,6 +93,12 @@ type Config struct {
 	// given epoch. Until then an erasure-coded mutation first has every
 	// strip holder settle its strip (nil: always).
 	Settled func(epoch uint32) bool
+	// Fenced reports whether this node is cut off from the metadata
+	// quorum (nil: never). The majority may then have moved on without
+	// it, leaving its copies outdated: operations wait for the quorum
+	// (an election takes a moment) until the caller's deadline, and serve
+	// nothing meanwhile, not even a read of a local copy.
+	Fenced func() bool
 	// Recorder receives counts for metrics (nil: none).
 	Recorder Recorder
 }
@@ -181,9 +187,12 @@ func (g *Gateway) retry(ctx context.Context, what opName, attempt func(ctx conte
 	var last error
 	for {
 		v := g.cfg.Views.View()
-		if v == nil {
+		switch {
+		case v == nil:
 			last = fmt.Errorf("gateway: %s: %w", what, proto.ResWaitForFormat)
-		} else {
+		case g.fenced():
+			last = fmt.Errorf("gateway: %s: %w", what, errFenced)
+		default:
 			err := attempt(ctx, v)
 			if err == nil || !retryable(err) {
 				return err
@@ -219,6 +228,11 @@ func (g *Gateway) retry(ctx context.Context, what opName, attempt func(ctx conte
 		backoff = min(backoff*2, 500*time.Millisecond)
 	}
 }
+
+// errFenced: this node is cut off from the metadata quorum (Config.Fenced).
+var errFenced = proto.NewError(proto.ResHalt, "gateway: this node is cut off from the metadata quorum")
+
+func (g *Gateway) fenced() bool { return g.cfg.Fenced != nil && g.cfg.Fenced() }
 
 func (g *Gateway) peerCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, g.cfg.PeerTimeout)
@@ -575,6 +589,9 @@ func (g *Gateway) ReadPinned(ctx context.Context, o Object, off, n uint32) (*sto
 	v := g.cfg.Views.View()
 	if o.Red.IsEC() || v == nil {
 		return nil, ErrNotLocal
+	}
+	if g.fenced() {
+		return nil, errFenced // Read waits for the quorum
 	}
 	var tb tbuf
 	ts, err := targetsInto(tb[:0], v, o)

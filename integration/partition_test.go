@@ -94,6 +94,7 @@ func TestPartitionMinorityRefusesMetadata(t *testing.T) {
 	c.format("3")
 	a, b, m := c.nodes[0], c.nodes[1], c.nodes[2]
 	createVDI(t, a, "before", 8<<20)
+	qemuIO(t, nbdURL(a, "before"), "write -P 0x11 0 64k", "flush")
 
 	// Partition: m cannot reach a or b, nor they m (blackhole routes).
 	block := func(add bool) {
@@ -131,6 +132,16 @@ func TestPartitionMinorityRefusesMetadata(t *testing.T) {
 		t.Logf("minority write refused: %v", err)
 	}
 	// The majority carries on.
+	qemuIO(t, nbdURL(a, "before"), "write -P 0x22 0 64k", "flush")
+	// Nor does the minority serve reads over NBD (or iSCSI): its copy of
+	// what the majority just rewrote is outdated. It waits for the quorum
+	// instead (until its I/O timeout): no answer within 5 s.
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	out, _ := exec.CommandContext(rctx, "qemu-io", "-f", "raw", "-r", "-c", "read -v 0 4k", nbdURL(m, "before")).CombinedOutput()
+	rcancel()
+	if strings.Contains(string(out), "read 4096/4096") {
+		t.Fatalf("the minority served a read (outdated: the majority has rewritten it):\n%s", out)
+	}
 	createVDI(t, a, "majority", 8<<20)
 	data := randomBytes(4 << 20)
 	if err := openVDI(t, b, "majority").WriteAt(ctx, data, 0); err != nil {
@@ -159,5 +170,6 @@ func TestPartitionMinorityRefusesMetadata(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatal("the healed node reads different data")
 	}
+	qemuIO(t, nbdURL(m, "before"), "read -P 0x22 0 64k")
 	t.Logf("verified: minority refused metadata and I/O; after healing every node agrees and serves the majority's writes")
 }

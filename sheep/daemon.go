@@ -146,6 +146,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			return on
 		},
 		Settled: d.views.Settled,
+		// iSCSI and NBD as well as the sheepdog protocol (whose gate
+		// answers HALT at once): a minority serves no reads either.
+		Fenced: func() bool { return !d.node.Healthy() },
 	})
 	d.vols = volume.NewManager(volume.Config{Meta: metaOf{d}, Objects: d.gw, Logger: d.log})
 	d.h = &handler{node: d.node, vols: d.vols, gw: d.gw, store: d.store, log: d.log, kill: d.kill, started: time.Now(),

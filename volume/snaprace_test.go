@@ -30,11 +30,15 @@ func (h *hookObjects) Write(ctx context.Context, o gateway.Object, off uint32, d
 // updates the index while another node's manager snapshots the VDI and
 // copies the index in between. The acknowledged write must be in the new
 // working VDI (the device redoes it there), not only in the snapshot.
+// With oldLeader, the leader predates CmdCheckWorking and the writer
+// falls back to reading its own VDI table after a commit.
 func TestSnapshotDuringAllocationKeepsWrite(t *testing.T) {
-	for _, whole := range []bool{false, true} {
+	for _, c := range []struct{ whole, oldLeader bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		whole := c.whole
 		ctx := context.Background()
 		a, objs := setup(t)
 		meta := a.cfg.Meta.(*fsmMeta)
+		meta.oldLeader = c.oldLeader
 		// b is another node's manager over the same metadata and objects.
 		b := NewManager(Config{Meta: meta, Objects: objs})
 		hooked := &hookObjects{memObjects: objs}
@@ -63,8 +67,8 @@ func TestSnapshotDuringAllocationKeepsWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got := mustRead(t, fresh, off, len(data)); !bytes.Equal(got, data) {
-			t.Fatalf("whole=%v: acknowledged write missing from the working vdi after a concurrent snapshot", whole)
+			t.Fatalf("whole=%v, old leader=%v: acknowledged write missing from the working vdi after a concurrent snapshot", whole, c.oldLeader)
 		}
-		t.Logf("verified (whole object=%v): the write acknowledged across a concurrent snapshot reads back from the new working vdi", whole)
+		t.Logf("verified (whole object=%v, old leader=%v): the write acknowledged across a concurrent snapshot reads back from the new working vdi", whole, c.oldLeader)
 	}
 }

@@ -133,6 +133,9 @@ type fsmMeta struct {
 	fsm *cluster.FSM
 	idx uint64
 	mu  sync.Mutex
+	// oldLeader answers Decide as a leader from before CmdCheckWorking:
+	// an unknown command, nothing changed.
+	oldLeader bool
 }
 
 func (f *fsmMeta) Read(fn func(s *cluster.State)) { f.fsm.Read(fn) }
@@ -148,6 +151,12 @@ func (f *fsmMeta) Propose(ctx context.Context, c *cluster.Command) (*cluster.Res
 }
 
 func (f *fsmMeta) Decide(ctx context.Context, c *cluster.Command) (*cluster.Result, error) {
+	if f.oldLeader {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.idx++
+		return &cluster.Result{Code: proto.ResInvalidParms, Message: "unknown command " + c.Op, Index: f.idx}, nil
+	}
 	return f.Propose(ctx, c)
 }
 

@@ -160,7 +160,7 @@ func (n *Node) startRaft() error {
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.SnapshotThreshold = 1024
 	rc.TrailingLogs = 2048
-	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{n.log}})
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: newLibLog(n.log)})
 
 	bolt, err := openBoltStore(filepath.Join(dir, "raft.db"))
 	if err != nil {
@@ -202,41 +202,6 @@ func (n *Node) startRaft() error {
 	return nil
 }
 
-// slogWriter adapts the text output of raft (hclog), serf and memberlist
-// (the standard log package) to slog, at the level each line names: their
-// "[DEBUG]" chatter must not show up as warnings.
-type slogWriter struct{ l *slog.Logger }
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
-		if line = strings.TrimSpace(line); line != "" {
-			lvl, msg := libLogLine(line)
-			w.l.Log(context.Background(), lvl, msg)
-		}
-	}
-	return len(p), nil
-}
-
-// libLogLine finds a library log line's level tag ("[WARN] ", "[DEBUG] ",
-// hclog's padded "[WARN]  ") and returns the level and the text after it,
-// without the timestamp before it. A line without a tag is a warning, as
-// everything was before.
-func libLogLine(line string) (lvl slog.Level, msg string) {
-	at, lvl, msg := -1, slog.LevelWarn, line
-	for _, t := range []struct {
-		tag string
-		lvl slog.Level
-	}{
-		{"[TRACE]", slog.LevelDebug - 4}, {"[DEBUG]", slog.LevelDebug}, {"[INFO]", slog.LevelInfo},
-		{"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}, {"[ERROR]", slog.LevelError},
-	} {
-		if i := strings.Index(line, t.tag); i >= 0 && (at < 0 || i < at) {
-			at, lvl, msg = i, t.lvl, strings.TrimSpace(line[i+len(t.tag):])
-		}
-	}
-	return lvl, msg
-}
-
 func (n *Node) startSerf() error {
 	sc := serf.DefaultConfig()
 	sc.NodeName = n.cfg.ID
@@ -259,8 +224,8 @@ func (n *Node) startSerf() error {
 	mc.AdvertisePort = mc.BindPort
 	mc.SecretKey = n.cfg.EncryptKey
 	mc.Logger = nil
-	mc.LogOutput = slogWriter{n.log.With("sub", "memberlist")}
-	sc.LogOutput = slogWriter{n.log.With("sub", "serf")}
+	mc.LogOutput = newLibLog(n.log.With("sub", "memberlist"))
+	sc.LogOutput = newLibLog(n.log.With("sub", "serf"))
 	sc.ReapInterval = 5 * time.Second
 	sc.ReconnectTimeout = 24 * time.Hour
 	sc.TombstoneTimeout = time.Hour

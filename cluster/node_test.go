@@ -1,15 +1,12 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -223,40 +220,6 @@ func TestSingleNodeRestartKeepsState(t *testing.T) {
 	}
 	if got := b.FSM().AppliedIndex(); got != last {
 		t.Fatalf("applied index %d after restart, want %d (a command was proposed; the test no longer covers a log ending in a no-op)", got, last)
-	}
-}
-
-func TestLibLogLine(t *testing.T) {
-	for _, c := range []struct {
-		line string
-		lvl  slog.Level
-		msg  string
-	}{
-		{"2026/11/25 09:19:38 [DEBUG] serf: messageJoinType: 2bf7", slog.LevelDebug, "serf: messageJoinType: 2bf7"},
-		{"2026/11/25 09:19:38 [INFO] serf: EventMemberJoin: a 127.0.0.1", slog.LevelInfo, "serf: EventMemberJoin: a 127.0.0.1"},
-		{"2026/11/25 09:19:38 [WARN] serf: Failed to re-join any previously known node", slog.LevelWarn, "serf: Failed to re-join any previously known node"},
-		{"2026/11/25 09:19:38 [ERR] memberlist: Failed to send ping", slog.LevelError, "memberlist: Failed to send ping"},
-		{"2026-11-25T09:19:36.593Z [WARN]  raft: heartbeat timeout reached", slog.LevelWarn, "raft: heartbeat timeout reached"},
-		{"2026-11-25T09:19:36.593Z [ERROR] raft: failed to appendEntries", slog.LevelError, "raft: failed to appendEntries"},
-		{"2026/11/25 09:19:38 [WARN] text quoting [DEBUG] later", slog.LevelWarn, "text quoting [DEBUG] later"},
-		{"no tag at all", slog.LevelWarn, "no tag at all"},
-	} {
-		lvl, msg := libLogLine(c.line)
-		if lvl != c.lvl || msg != c.msg {
-			t.Errorf("%q: %v %q, want %v %q", c.line, lvl, msg, c.lvl, c.msg)
-		}
-	}
-}
-
-// Lines below the logger's level are dropped: serf's debug chatter does not
-// reach an info-level log.
-func TestSlogWriterLevels(t *testing.T) {
-	var buf bytes.Buffer
-	w := slogWriter{slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))}
-	fmt.Fprint(w, "2026/11/25 09:19:38 [DEBUG] serf: chatter\n2026/11/25 09:19:38 [INFO] serf: joined\n")
-	out := buf.String()
-	if strings.Contains(out, "chatter") || !strings.Contains(out, "level=INFO msg=\"serf: joined\"") {
-		t.Fatalf("log output:\n%s", out)
 	}
 }
 

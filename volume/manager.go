@@ -360,6 +360,11 @@ func (m *Manager) open1(ctx context.Context, name, tag string, snapID uint32) (D
 		return nil, err
 	}
 	m.register(d)
+	// A change applied between the lookup and the registration (a resize,
+	// a snapshot while the index was read) reached no notice to d: look
+	// again now that later ones will. Without this an iSCSI target
+	// exported while its VDI grew kept the old size.
+	m.cfg.Meta.Read(d.noteChange)
 	return d, nil
 }
 

@@ -152,8 +152,15 @@ func TestResizeSeenByInitiator(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range c.nodes {
+		var last string
+		defer func() {
+			if t.Failed() && last != "" {
+				t.Logf("last iscsi-readcapacity16 through %s:\n%s", n.ip, last)
+			}
+		}()
 		waitFor(t, "new capacity on "+n.ip, 30*time.Second, func() bool {
-			out, _ := exec.Command("iscsi-readcapacity16", "-s", iscsiURL(n, "vol")).CombinedOutput()
+			out, err := exec.Command("iscsi-readcapacity16", "-s", iscsiURL(n, "vol")).CombinedOutput()
+			last = fmt.Sprintf("%s(%v)", out, err)
 			return strings.Contains(string(out), "100663296")
 		})
 	}

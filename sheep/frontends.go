@@ -24,7 +24,8 @@ type frontEnds struct {
 	listeners []net.Listener
 	unsub     func()
 	// exportMu orders changes to the iSCSI targets: the catalog watcher's
-	// and those a login makes (resolveISCSI).
+	// and those a login makes (resolveISCSI). It is not held while a
+	// device is opened.
 	exportMu sync.Mutex
 }
 
@@ -146,20 +147,35 @@ func iscsiCHAP(c *cluster.CHAP) *iscsi.CHAP {
 	return &iscsi.CHAP{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}
 }
 
-// exportISCSI adds the target of info unless it is there (exportMu held).
+// exportISCSI adds the target of info unless it is there. The device is
+// opened without exportMu (reading its index can take a while); the
+// target is added under it, and only if the VDI is still the one to
+// export then: a removal ordered meanwhile (under exportMu) wins.
 func (d *Daemon) exportISCSI(info volume.Info) {
 	if slices.Contains(d.fe.iscsi.Targets(), info.Name) {
 		return
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 	defer cancel()
 	dev, err := d.vols.Open(ctx, info.Name)
+	if took := time.Since(start); took > 5*time.Second {
+		d.log.Warn("iscsi: opening a volume to export took long", "vdi", info.Name, "took", took, "err", err)
+	}
 	if err != nil {
 		d.log.Warn("iscsi: cannot open volume", "vdi", info.Name, "err", err)
 		return
 	}
+	d.fe.exportMu.Lock()
+	defer d.fe.exportMu.Unlock()
+	i := slices.IndexFunc(d.vols.List(), func(v volume.Info) bool { return v.Name == info.Name && v.RootVID == info.RootVID })
+	if i < 0 || slices.Contains(d.fe.iscsi.Targets(), info.Name) {
+		dev.Close() // deleted meanwhile, or exported by another caller
+		return
+	}
+	cur := d.vols.List()[i]
 	// With its CHAP secrets from the start: never a moment without them.
-	if err := d.fe.iscsi.AddTarget(iscsi.TargetSpec{Name: info.Name, VID: info.RootVID, Device: dev, CHAP: iscsiCHAP(info.CHAP)}); err != nil {
+	if err := d.fe.iscsi.AddTarget(iscsi.TargetSpec{Name: info.Name, VID: info.RootVID, Device: dev, CHAP: iscsiCHAP(cur.CHAP)}); err != nil {
 		d.log.Warn("iscsi: cannot add target", "vdi", info.Name, "err", err)
 		dev.Close()
 		return
@@ -175,20 +191,22 @@ func (d *Daemon) reconcileISCSI() {
 	if !d.isReplayed() {
 		return
 	}
-	d.fe.exportMu.Lock()
-	defer d.fe.exportMu.Unlock()
 	have := map[string]bool{}
 	for _, name := range d.fe.iscsi.Targets() {
 		have[name] = true
 	}
-	want := map[string]bool{}
 	for _, info := range d.vols.List() {
-		want[info.Name] = true
 		if !have[info.Name] {
 			d.exportISCSI(info)
 		}
 	}
-	for name := range have {
+	d.fe.exportMu.Lock()
+	defer d.fe.exportMu.Unlock()
+	want := map[string]bool{}
+	for _, info := range d.vols.List() {
+		want[info.Name] = true
+	}
+	for _, name := range d.fe.iscsi.Targets() {
 		if !want[name] {
 			d.fe.iscsi.RemoveTarget(name)
 		}
@@ -197,8 +215,6 @@ func (d *Daemon) reconcileISCSI() {
 
 // onVolumeEvent keeps the front ends in step with the VDI table.
 func (d *Daemon) onVolumeEvent(ev volume.Event) {
-	d.fe.exportMu.Lock()
-	defer d.fe.exportMu.Unlock()
 	switch ev.Kind {
 	case volume.Added:
 		if d.fe.iscsi != nil && d.isReplayed() {
@@ -206,7 +222,9 @@ func (d *Daemon) onVolumeEvent(ev volume.Event) {
 		}
 	case volume.Removed:
 		if d.fe.iscsi != nil {
+			d.fe.exportMu.Lock()
 			d.fe.iscsi.RemoveTarget(ev.Info.Name)
+			d.fe.exportMu.Unlock()
 		}
 		if d.fe.nbd != nil {
 			d.fe.nbd.Drop(ev.Info.Name)
@@ -217,7 +235,12 @@ func (d *Daemon) onVolumeEvent(ev volume.Event) {
 		}
 	case volume.Updated:
 		if d.fe.iscsi != nil {
+			// Under exportMu: an export adding the target meanwhile takes
+			// the secrets from the table after this change, or this
+			// finds its target.
+			d.fe.exportMu.Lock()
 			d.fe.iscsi.SetCHAP(ev.Info.Name, iscsiCHAP(ev.Info.CHAP))
+			d.fe.exportMu.Unlock()
 		}
 	}
 }
@@ -241,9 +264,7 @@ func (d *Daemon) resolveISCSI(ctx context.Context, iqn string) {
 	}
 	for _, info := range d.vols.List() {
 		if iscsi.IQN(info.Name) == iqn {
-			d.fe.exportMu.Lock()
 			d.exportISCSI(info)
-			d.fe.exportMu.Unlock()
 			return
 		}
 	}

@@ -44,10 +44,23 @@ func (w *libLog) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
 		if line = strings.TrimSpace(line); line != "" {
 			lvl, msg := libLogLine(line)
+			if lvl == slog.LevelWarn && routine(msg) {
+				lvl = slog.LevelInfo
+			}
 			w.log(lvl, msg)
 		}
 	}
 	return len(p), nil
+}
+
+// routine reports raft warnings that are part of normal operation: a
+// follower that joined or fell behind is probed backwards for the log it
+// lacks (leader: "appendEntries rejected, sending older logs"; follower:
+// "failed to get previous log"). Every node start showed them as
+// warnings.
+func routine(msg string) bool {
+	return strings.HasPrefix(msg, "raft: appendEntries rejected, sending older logs") ||
+		strings.HasPrefix(msg, "raft: failed to get previous log")
 }
 
 func (w *libLog) log(lvl slog.Level, msg string) {

@@ -76,6 +76,12 @@ func TestLibLogQuietsRepeats(t *testing.T) {
 	if n := count("level=WARN msg=\"raft: heartbeat timeout"); n != 1 {
 		t.Fatalf("%d election warnings differing only by term, want 1 (the other quieted)", n)
 	}
+	// Raft probing a new follower for its log is routine: info, not warn.
+	fmt.Fprint(w, "2026-12-07T01:24:39.399Z [WARN]  raft: appendEntries rejected, sending older logs: peer=\"{Voter 4ab4 127.0.0.3:7001}\" next=1\n")
+	fmt.Fprint(w, "2026-12-07T01:24:39.404Z [WARN]  raft: failed to get previous log: previous-index=4 last-index=0 error=\"log not found\"\n")
+	if n := count("level=INFO msg=\"raft: appendEntries rejected") + count("level=INFO msg=\"raft: failed to get previous log"); n != 2 {
+		t.Fatalf("raft's log probing: %d of 2 lines at info:\n%s", n, buf.String())
+	}
 	// Info and debug lines are never quieted.
 	for range 3 {
 		fmt.Fprint(w, "2026/11/25 09:19:38 [INFO] serf: EventMemberJoin: a 127.0.0.1\n")

@@ -730,10 +730,7 @@ func (g *Gateway) Flush(ctx context.Context) error {
 // and a flush syncs. Syncing it instead failed every flush through this
 // gateway until it came back.
 func members(v *View, ns []placement.Node) []placement.Node {
-	in := v.Ring.Nodes()
-	return slices.DeleteFunc(ns, func(n placement.Node) bool {
-		return !slices.ContainsFunc(in, func(m placement.Node) bool { return m.ID == n.ID })
-	})
+	return slices.DeleteFunc(ns, func(n placement.Node) bool { return !v.Ring.Has(n.ID) })
 }
 
 func checkRange(o Object, off uint32, n int) error {

@@ -373,6 +373,12 @@ func (r *Ring) Slot(oid proto.OID, n int, id string) int {
 	return -1
 }
 
+// Has reports whether node id is a member (data or gateway-only).
+func (r *Ring) Has(id string) bool {
+	_, ok := r.byID[id]
+	return ok
+}
+
 // Nodes returns every member (data and gateway-only) in canonical order.
 func (r *Ring) Nodes() []Node { return slices.Clone(r.nodes) }
 

@@ -215,6 +215,14 @@ func TestEmptyAndGatewayOnly(t *testing.T) {
 	if r.Vnodes("gw") != 0 || len(r.Zones()) != 3 || len(r.Nodes()) != 4 {
 		t.Fatalf("gateway: vnodes %d zones %v nodes %d", r.Vnodes("gw"), r.Zones(), len(r.Nodes()))
 	}
+	for _, n := range r.Nodes() {
+		if !r.Has(n.ID) {
+			t.Fatalf("member %s (vnodes %d) not found by Has", n.ID, r.Vnodes(n.ID))
+		}
+	}
+	if r.Has("not-a-member") {
+		t.Fatal("Has found a node that is not a member")
+	}
 }
 
 func TestAutoVnodes(t *testing.T) {

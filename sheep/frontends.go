@@ -168,12 +168,13 @@ func (d *Daemon) exportISCSI(info volume.Info) {
 	}
 	d.fe.exportMu.Lock()
 	defer d.fe.exportMu.Unlock()
-	i := slices.IndexFunc(d.vols.List(), func(v volume.Info) bool { return v.Name == info.Name && v.RootVID == info.RootVID })
+	list := d.vols.List()
+	i := slices.IndexFunc(list, func(v volume.Info) bool { return v.Name == info.Name && v.RootVID == info.RootVID })
 	if i < 0 || slices.Contains(d.fe.iscsi.Targets(), info.Name) {
 		dev.Close() // deleted meanwhile, or exported by another caller
 		return
 	}
-	cur := d.vols.List()[i]
+	cur := list[i]
 	// With its CHAP secrets from the start: never a moment without them.
 	if err := d.fe.iscsi.AddTarget(iscsi.TargetSpec{Name: info.Name, VID: info.RootVID, Device: dev, CHAP: iscsiCHAP(cur.CHAP)}); err != nil {
 		d.log.Warn("iscsi: cannot add target", "vdi", info.Name, "err", err)

@@ -21,18 +21,17 @@ const syncGap = 20 * time.Millisecond
 type syncGate struct {
 	turn  chan struct{} // a token: one run (or check) at a time
 	gap   time.Duration
-	now   func() time.Time
 	start time.Time // the last run's start, and
 	err   error     // its result (both guarded by turn)
 }
 
 func newSyncGate(gap time.Duration) *syncGate {
-	return &syncGate{turn: make(chan struct{}, 1), gap: gap, now: time.Now}
+	return &syncGate{turn: make(chan struct{}, 1), gap: gap}
 }
 
 // do runs fn, or shares a run of it that started after do was called.
 func (g *syncGate) do(ctx context.Context, fn func(context.Context) error) error {
-	called := g.now()
+	called := time.Now()
 	select {
 	case g.turn <- struct{}{}:
 	case <-ctx.Done():
@@ -43,7 +42,7 @@ func (g *syncGate) do(ctx context.Context, fn func(context.Context) error) error
 		return nil
 	}
 	if !g.start.IsZero() {
-		if wait := g.gap - g.now().Sub(g.start); wait > 0 {
+		if wait := g.gap - time.Since(g.start); wait > 0 {
 			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
@@ -53,7 +52,7 @@ func (g *syncGate) do(ctx context.Context, fn func(context.Context) error) error
 			}
 		}
 	}
-	g.start = g.now()
+	g.start = time.Now()
 	g.err = fn(ctx)
 	return g.err
 }

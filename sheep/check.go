@@ -38,11 +38,20 @@ func (d *Daemon) sumsHashOn(ctx context.Context, n placement.Node, k store.Key) 
 }
 
 // digestOn asks node for a digest of key's copy: local from this store,
-// else with op, which answers in GET_HASH's response field.
+// else with op, which answers in GET_HASH's response field. Both go
+// through the holder's recovery guard, as sheepdog's GET_HASH does: a copy
+// recovery has yet to bring up to date is recovered first, so during
+// recovery a digest is of what the copy holds in this epoch, and an
+// outdated copy is never taken for a damaged one.
 func (d *Daemon) digestOn(ctx context.Context, n placement.Node, k store.Key, op proto.Opcode,
 	local func(context.Context, store.Key) ([20]byte, error)) ([20]byte, error) {
 	if n.ID == d.node.ID() {
-		return local(ctx, k)
+		var h [20]byte
+		err := d.h.guarded(ctx, k, func() (err error) {
+			h, err = local(ctx, k)
+			return err
+		})
+		return h, err
 	}
 	c, err := d.pool.Get(ctx, n.Addr.String())
 	if err != nil {
@@ -69,13 +78,11 @@ func sameHashes(a, b []copyState) bool {
 	return true
 }
 
-// readCopy reads a whole copy from node, bypassing recovery guards.
-func (d *Daemon) readCopy(ctx context.Context, n placement.Node, k store.Key, size uint32) ([]byte, error) {
+// readCopy reads a whole copy from node in epoch through the holder's
+// recovery guard (see digestOn).
+func (d *Daemon) readCopy(ctx context.Context, epoch uint32, n placement.Node, k store.Key, size uint32) ([]byte, error) {
 	buf := make([]byte, size)
-	if n.ID == d.node.ID() {
-		return buf, d.store.Read(ctx, k, 0, buf)
-	}
-	return buf, recoveryRemote{pool: d.pool}.Read(ctx, n.Addr.String(), entryOf(k), 0, buf)
+	return buf, d.peers.Peer(n).Read(ctx, epoch, k, 0, buf)
 }
 
 // writeCopy installs a whole copy on node; with excl only where none
@@ -106,14 +113,16 @@ func (d *Daemon) checkVDI(ctx context.Context, name, tag string, snapID uint32, 
 	}
 	rep := &api.CheckReport{VDI: name}
 	if !d.views.Settled(view.Epoch) {
-		// A copy can be outdated until recovery has brought it up to date,
-		// and a repair would take it for the good one if outdated copies
-		// outvote the current one. Report, repair nothing.
+		// Every copy is read through its holder's recovery guard, so what
+		// is compared is up to date. But the epoch can change again under
+		// the check, and a copy outdated by that would be taken for the
+		// good one if outdated copies outvote the current one. Report,
+		// repair nothing.
 		if repair {
 			repair = false
 			rep.Details = append(rep.Details, "recovery is under way: nothing repaired; check again once it has finished")
 		} else {
-			rep.Details = append(rep.Details, "recovery is under way: copies that differ may be outdated, not damaged; check again once it has finished")
+			rep.Details = append(rep.Details, "recovery is under way: copies not recovered yet were recovered first, then compared")
 		}
 	}
 	objs := []gateway.Object{{OID: proto.InodeOID(v.VID), Red: proto.Redundancy{Copies: v.Redundancy().NrCopies()}, Size: proto.InodeSize}}
@@ -258,7 +267,7 @@ func (d *Daemon) checkReplicated(ctx context.Context, view *gateway.View, o gate
 		if repair {
 			if data == nil {
 				var err error
-				if data, err = d.readCopy(ctx, src.node, src.key, o.Size); err != nil {
+				if data, err = d.readCopy(ctx, view.Epoch, src.node, src.key, o.Size); err != nil {
 					rep.Details = append(rep.Details, msg+": repair source unreadable: "+err.Error())
 					continue
 				}
@@ -303,7 +312,7 @@ func (d *Daemon) checkEC(ctx context.Context, view *gateway.View, cs codecs, o g
 	for i, n := range ts {
 		rep.Copies++
 		k := store.StripKey(o.OID, uint8(i))
-		buf, err := d.readCopy(ctx, n, k, stripSize)
+		buf, err := d.readCopy(ctx, view.Epoch, n, k, stripSize)
 		switch {
 		case err == nil:
 			chunks[i] = buf
@@ -429,7 +438,7 @@ func (d *Daemon) repairMismatch(ctx context.Context, view *gateway.View, m misma
 			break
 		}
 	}
-	data, err := d.readCopy(ctx, src.node, src.key, m.o.Size)
+	data, err := d.readCopy(ctx, view.Epoch, src.node, src.key, m.o.Size)
 	if err == nil && sha1.Sum(data) != m.good {
 		rep.Details = append(rep.Details, fmt.Sprintf("%s: copies differ, and changed while checked (in use?): not repaired; check again", m.o.OID))
 		return

@@ -86,7 +86,14 @@ func (h *handler) getSumsHash(ctx context.Context, req *proto.Request) (proto.Re
 }
 
 func (h *handler) digest(ctx context.Context, req *proto.Request, of func(context.Context, store.Key) ([20]byte, error)) (proto.Response, []byte) {
-	d, err := of(ctx, peerKeyOf(req.Obj()))
+	// Guarded, as sheepdog's GET_HASH is a peer request that waits for the
+	// object's recovery: a check never compares an outdated copy.
+	k := peerKeyOf(req.Obj())
+	var d [20]byte
+	err := h.guarded(ctx, k, func() (err error) {
+		d, err = of(ctx, k)
+		return err
+	})
 	if err != nil {
 		return h.errRsp(req, err)
 	}

@@ -59,21 +59,7 @@ func (h *handler) newVDI(ctx context.Context, req *proto.Request, data []byte) (
 }
 
 func (h *handler) proposeVDI(ctx context.Context, c *cluster.Command) (*cluster.VDI, error) {
-	r, err := h.node.Propose(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	if err := r.Err(); err != nil {
-		return nil, err
-	}
-	if err := h.vols.Materialize(ctx, r); err != nil {
-		return nil, err
-	}
-	v, ok := h.vols.VDI(r.VID)
-	if !ok {
-		return nil, fmt.Errorf("vdi %#x missing after commit: %w", r.VID, proto.ResSystemError)
-	}
-	return v, nil
+	return h.vols.Propose(ctx, c)
 }
 
 func (h *handler) readInodeHeader(ctx context.Context, v *cluster.VDI) (*proto.Inode, error) {

@@ -517,6 +517,15 @@ type CreateOpts struct {
 	BlockSizeShift uint8            // zero: cluster default
 }
 
+// Propose commits a VDI command and applies what it requires (the inode
+// object of a new VDI, its header otherwise). A new VDI (a create or a
+// clone) whose inode cannot be written (no space, a copy holder failing)
+// is deleted again before the error is returned: a create reported failed
+// leaves no VDI behind that a retry would collide with.
+func (m *Manager) Propose(ctx context.Context, c *cluster.Command) (*cluster.VDI, error) {
+	return m.propose(ctx, c)
+}
+
 func (m *Manager) propose(ctx context.Context, c *cluster.Command) (*cluster.VDI, error) {
 	r, err := m.cfg.Meta.Propose(ctx, c)
 	if err != nil {
@@ -533,6 +542,9 @@ func (m *Manager) propose(ctx context.Context, c *cluster.Command) (*cluster.VDI
 		m.cfg.Meta.Everywhere(ctx, r.Index)
 	}
 	if err := m.Materialize(ctx, r); err != nil {
+		if c.Op == cluster.CmdCreateVDI && !c.Snapshot {
+			m.undoCreate(ctx, c.Name, r.VID, err)
+		}
 		return nil, err
 	}
 	v, ok := m.VDI(r.VID)
@@ -540,6 +552,25 @@ func (m *Manager) propose(ctx context.Context, c *cluster.Command) (*cluster.VDI
 		return nil, fmt.Errorf("volume: vdi %#x missing after commit: %w", r.VID, proto.ResSystemError)
 	}
 	return v, nil
+}
+
+// undoCreate deletes vid, a VDI just created whose inode could not be
+// written, even if the caller has gone (the create is failing either way).
+// Should the delete fail too, the VDI stays: its inode is written on first
+// use (ReadIndex), so it works once the cause is gone.
+func (m *Manager) undoCreate(ctx context.Context, name string, vid uint32, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	r, err := m.cfg.Meta.Propose(ctx, &cluster.Command{Op: cluster.CmdDeleteVDI, VID: vid})
+	if err == nil {
+		err = r.Err()
+	}
+	if err != nil {
+		m.log.Warn("volume: a create failed and its VDI could not be deleted again", "vdi", name, "vid", fmt.Sprintf("%#x", vid), "cause", cause, "err", err)
+		return
+	}
+	m.log.Info("volume: create failed; VDI deleted again", "vdi", name, "vid", fmt.Sprintf("%#x", vid), "cause", cause)
+	m.kickReclaim()
 }
 
 // Create makes a new VDI.

@@ -35,7 +35,13 @@ func (n *Node) leaderLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.events:
+		case e := <-n.events:
+			if ue, ok := e.(serf.UserEvent); ok {
+				if n.cfg.OnEvent != nil {
+					n.cfg.OnEvent(ue.Name)
+				}
+				continue // not a membership change
+			}
 			n.rememberPeers()
 		case <-n.raft.LeaderCh():
 		case <-t.C:

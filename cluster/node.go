@@ -53,6 +53,11 @@ type Config struct {
 	Tags       map[string]string // extra serf tags (front-end addresses...)
 	Forwarder  Forwarder
 	Logger     *slog.Logger
+	// OnEvent, if set, is called with the name of every event a member
+	// (this one included) sent with Broadcast, one at a time, in the order
+	// received. It must not block. Names it does not know must be ignored:
+	// newer members may send events older ones do not know.
+	OnEvent func(name string)
 
 	// Timing (zero: defaults suited to a LAN).
 	EpochDelay time.Duration // how long a membership change must hold before a new epoch
@@ -500,6 +505,16 @@ func (n *Node) Barrier(ctx context.Context) error {
 // Leave gracefully leaves the gossip pool (the leader then drops the node
 // from the next epoch at once, without waiting for failure detection).
 func (n *Node) Leave() error { return n.serf.Leave() }
+
+// Broadcast sends the named event to every live member, this one included
+// (Config.OnEvent), by gossip. Best effort: a member down at the time
+// misses it.
+func (n *Node) Broadcast(name string) error {
+	if err := n.serf.UserEvent(name, nil, false); err != nil {
+		return fmt.Errorf("cluster: broadcast %q: %w", name, err)
+	}
+	return nil
+}
 
 // Close stops Serf and Raft.
 func (n *Node) Close() error {

@@ -204,6 +204,26 @@ func (n *node) kill() {
 	<-n.done
 }
 
+// stop stops the node cleanly (SIGTERM) and waits for it to exit.
+func (n *node) stop() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+	case <-time.After(30 * time.Second):
+		n.t.Fatalf("sheep %s did not stop within 30 s of SIGTERM:\n%s", n.ip, n.logTail())
+	}
+}
+
+// logText is everything the node has logged so far.
+func (n *node) logText() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.log.String()
+}
+
 func (n *node) restart() {
 	n.kill()
 	n.start()

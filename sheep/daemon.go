@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -70,6 +72,9 @@ type Daemon struct {
 	reconciled chan struct{}
 	gcKick     chan struct{} // a VDI was reclaimed: look for its leftovers
 	convKick   chan struct{} // a node left, or recovery ended: a converge pass is due
+	// unclean: the previous run of this node did not stop cleanly (see
+	// markRunning); started: this run did start, so a clean stop says so.
+	unclean, started bool
 }
 
 // codecs adapts package erasure to the gateway.
@@ -109,6 +114,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The store's lock is ours now: no other sheep uses the marker.
+	if d.unclean, err = markRunning(cfg.Dir); err != nil {
+		return nil, err
+	}
 	space := uint64(0)
 	if !cfg.Gateway {
 		u, err := d.store.Usage()
@@ -116,6 +125,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			return nil, err
 		}
 		space = u.Capacity
+		if cfg.Capacity == 0 { // measured, not given
+			space = d.stableSpace(space)
+		}
 	}
 	d.ln, err = net.Listen("tcp", r.listen.String())
 	if err != nil {
@@ -127,7 +139,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		DataDir: cfg.Dir, Addr: r.listen, RaftAddr: r.raft, GossipAddr: r.gossip, Join: cfg.Join,
 		Zone: r.zone, Space: space, EncryptKey: r.key, Voters: cfg.Voters,
 		Forwarder: &forwarder{pool: d.pool}, Logger: d.log, EpochDelay: cfg.EpochDelay,
-		Tags: d.frontEndTags(),
+		Tags: d.frontEndTags(), OnEvent: d.onEvent,
 	})
 	if err != nil {
 		return nil, err
@@ -210,6 +222,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	ok = true
+	d.started = true
 	d.log.Info("sheep started", "listen", r.listen, "raft", r.raft, "gossip", r.gossip, "dir", cfg.Dir)
 	return d, nil
 }
@@ -372,11 +385,42 @@ func (d *Daemon) afterReplay() {
 	d.checkFormat(st)
 	d.startRecovery(st)
 	d.maybePurge(st)
+	if d.unclean {
+		d.announceUnclean()
+	}
 }
 
 // nodeConfig is what a node remembers about the cluster its store belongs to.
 type nodeConfig struct {
 	Ctime uint64 `json:"ctime"`
+	// Space is the capacity this node advertised last (stableSpace).
+	Space uint64 `json:"space,omitempty"`
+}
+
+// spaceDrift is how far the measured capacity may move from the one
+// advertised last before a start advertises the new one.
+const spaceDrift = 0.05
+
+// stableSpace is the capacity to advertise given the measured one: the
+// capacity advertised last time while the measured one is within
+// spaceDrift of it. Capacity measured on a file system (what sheep's
+// objects use plus what is free) drifts as the Raft log, file-system
+// metadata and other files grow; capacity weighs placement, so a new value
+// would make every restart a new epoch that moves some objects.
+func (d *Daemon) stableSpace(measured uint64) uint64 {
+	var nc nodeConfig
+	if b, err := os.ReadFile(d.configPath()); err == nil {
+		json.Unmarshal(b, &nc)
+	}
+	if nc.Space != 0 && math.Abs(float64(measured)-float64(nc.Space)) <= spaceDrift*float64(nc.Space) {
+		return nc.Space
+	}
+	nc.Space = measured
+	b, _ := json.Marshal(nc)
+	if err := atomicfile.Write(d.configPath(), b, 0o644); err != nil {
+		d.log.Warn("remembering the advertised capacity", "err", err)
+	}
+	return measured
 }
 
 func (d *Daemon) configPath() string { return filepath.Join(d.cfg.Dir, "config.json") }
@@ -527,7 +571,12 @@ func (d *Daemon) shutdown() {
 		d.peers.pipes.Close()
 	}
 	if d.store != nil {
-		d.store.Close()
+		// Closed cleanly after a run: the next start is not after a crash.
+		if err := d.store.Close(); err == nil && d.started {
+			if err := os.Remove(runningPath(d.cfg.Dir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				d.log.Warn("removing the running marker", "err", err)
+			}
+		}
 	}
 }
 

@@ -65,7 +65,7 @@ func (d *Disk) Stat(ctx context.Context, k Key) (ObjInfo, error) {
 		return ObjInfo{}, err
 	}
 	defer unpin()
-	return ObjInfo{Key: k, Size: o.h.size, Epoch: o.h.rec.epoch}, nil
+	return ObjInfo{Key: k, Size: o.h.size, Epoch: o.h.rec.epoch, Dirty: o.hdrDirty}, nil
 }
 
 // List implements Store: every valid object name in obj/, sorted by key.
@@ -129,13 +129,13 @@ func (d *Disk) statForList(k Key) (ObjInfo, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	if o.f != nil {
-		return ObjInfo{Key: k, Size: o.h.size, Epoch: o.h.rec.epoch}, nil
+		return ObjInfo{Key: k, Size: o.h.size, Epoch: o.h.rec.epoch, Dirty: o.hdrDirty}, nil
 	}
 	h, err := d.readHeader(d.objPath(k), k, false, 0)
 	if err != nil {
 		return ObjInfo{}, err
 	}
-	return ObjInfo{Key: k, Size: h.size, Epoch: h.rec.epoch}, nil
+	return ObjInfo{Key: k, Size: h.size, Epoch: h.rec.epoch, Dirty: h.rec.flags&recDirty != 0}, nil
 }
 
 // readHeader parses a file's header without loading its checksums.

@@ -76,6 +76,10 @@ type ObjInfo struct {
 	Key   Key
 	Size  uint32 // logical object size
 	Epoch uint32 // highest WriteOpts.Epoch of any mutation
+	// Dirty: mutated since the object's file was last closed cleanly. After
+	// a crash these are the objects that may have been mid-write. Set by
+	// List and Stat.
+	Dirty bool
 }
 
 // Usage is the data directory's capacity.

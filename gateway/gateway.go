@@ -430,11 +430,70 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 		}
 		lctx, cancel := g.legsCtx(ctx)
 		defer cancel()
-		err = fanout(ts, func(_ int, n placement.Node) error {
-			return g.cfg.Peers.Peer(n).Write(lctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
+		var missing [maxCopies]bool // legs whose node has no copy
+		err = fanout(ts, func(i int, n placement.Node) error {
+			err := g.cfg.Peers.Peer(n).Write(lctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
+			if errors.Is(err, proto.ResNoObj) && i < maxCopies {
+				missing[i] = true
+				return nil
+			}
+			return err
 		})
 		if err == nil {
+			err = g.rebuildMissing(lctx, v, o, ts, missing[:len(ts)], off, data, sync)
+		}
+		if err == nil {
 			g.markDirty(ts...)
+		}
+		return err
+	})
+}
+
+// maxCopies bounds the replicas rebuildMissing tracks per write (more than
+// any redundancy allows).
+const maxCopies = 32
+
+// rebuildMissing handles a write that found no copy on some targets. On
+// none of them the object does not exist (discarded, or never allocated):
+// ResNoObj, and the caller allocates. On some only, those copies are
+// missing where they should be (a create torn by a crash, a lost file);
+// each is rebuilt whole from a copy that took the write, as an EC write
+// rebuilds a missing strip. Recreating it with the written range alone
+// would leave zeros where the object holds acknowledged data, served by
+// every read that prefers that copy. If another write rebuilt it first,
+// this write's range is written into it.
+func (g *Gateway) rebuildMissing(ctx context.Context, v *View, o Object, ts []placement.Node, missing []bool, off uint32, data []byte, sync bool) error {
+	var src *placement.Node
+	n := 0
+	for i := range ts {
+		if missing[i] {
+			n++
+		} else if src == nil {
+			src = &ts[i]
+		}
+	}
+	switch {
+	case n == 0:
+		return nil
+	case src == nil:
+		return fmt.Errorf("gateway: write %s: %w", o.OID, proto.ResNoObj)
+	}
+	k := store.ReplicaKey(o.OID)
+	full := make([]byte, o.Size)
+	if err := g.cfg.Peers.Peer(*src).Read(ctx, v.Epoch, k, 0, full); err != nil {
+		return fmt.Errorf("gateway: rebuild missing copy of %s: read from %s: %w", o.OID, src.Addr, err)
+	}
+	return fanout(ts, func(i int, t placement.Node) error {
+		if !missing[i] {
+			return nil
+		}
+		p := g.cfg.Peers.Peer(t)
+		err := p.Create(ctx, v.Epoch, k, o.Size, 0, full, sync, true)
+		if errors.Is(err, proto.ResOIDExist) {
+			return p.Write(ctx, v.Epoch, k, off, data, nil, sync)
+		}
+		if err == nil {
+			g.log.Warn("copy was missing: rebuilt from another", "oid", o.OID, "holder", t.Addr, "from", src.Addr)
 		}
 		return err
 	})

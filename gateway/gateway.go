@@ -582,21 +582,23 @@ func (g *Gateway) Read(ctx context.Context, o Object, off uint32, p []byte) erro
 		}
 		order := readOrder(ob[:0], ts, g.cfg.Self)
 		var first error
-		var bad []placement.Node
+		var bad, absent []placement.Node
 		allNoObj := true
 		for _, n := range order {
 			pctx, cancel := g.nodeCtx(ctx, n)
 			err := g.cfg.Peers.Peer(n).Read(pctx, v.Epoch, store.ReplicaKey(o.OID), off, p)
 			cancel()
 			if err == nil {
-				if len(bad) > 0 {
-					g.repair(o, v, n, bad)
+				if len(bad) > 0 || len(absent) > 0 {
+					g.repair(o, v, n, bad, absent)
 				}
 				return nil
 			}
 			// A missing copy is never the answer while another copy may
 			// exist (unreachable or corrupt): only all missing is a hole.
-			if !errors.Is(err, proto.ResNoObj) {
+			if errors.Is(err, proto.ResNoObj) {
+				absent = append(absent, n)
+			} else {
 				allNoObj = false
 				if errors.Is(err, store.ErrCorrupt) || proto.ResultOf(err) == proto.ResEIO {
 					bad = append(bad, n)
@@ -714,7 +716,7 @@ func readOrder(out, ts []placement.Node, self string) []placement.Node {
 // repair heals the copies on bad nodes from the good node's copy: each
 // replaces only its blocks that fail their checksums (Peer.Heal), so a
 // write that reaches a bad copy after the good one was read here is kept.
-func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement.Node) {
+func (g *Gateway) repair(o Object, v *View, good placement.Node, bad, absent []placement.Node) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -726,6 +728,20 @@ func (g *Gateway) repair(o Object, v *View, good placement.Node, bad []placement
 		for _, b := range bad {
 			err := g.cfg.Peers.Peer(b).Heal(ctx, v.Epoch, store.ReplicaKey(o.OID), 0, buf, true)
 			g.log.Warn("read repair", "oid", o.OID, "node", b.ID, "from", good.ID, "err", err)
+			if err == nil {
+				g.cfg.Recorder.ReadRepair()
+			}
+		}
+		// A copy missing where the others exist (a create torn by a crash,
+		// a lost file) is created whole, and only if still missing: a
+		// write that finds it missing meanwhile rebuilds it itself
+		// (rebuildMissing), and its bytes must not be replaced by ours.
+		for _, b := range absent {
+			err := g.cfg.Peers.Peer(b).Create(ctx, v.Epoch, store.ReplicaKey(o.OID), o.Size, 0, buf, true, true)
+			if errors.Is(err, proto.ResOIDExist) {
+				continue
+			}
+			g.log.Warn("read repair: copy was missing", "oid", o.OID, "node", b.ID, "from", good.ID, "err", err)
 			if err == nil {
 				g.cfg.Recorder.ReadRepair()
 			}

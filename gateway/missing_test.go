@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/gosheep/gosheep/proto"
 )
@@ -51,5 +52,40 @@ func TestWriteRebuildsMissingCopy(t *testing.T) {
 	}
 	if err := c.nodes[0].gw.Write(ctx, o, at, newer, false); !errors.Is(err, proto.ResNoObj) {
 		t.Fatalf("write with every copy missing: %v, want ResNoObj", err)
+	}
+}
+
+// TestReadRepairsMissingCopy: a read that finds a copy missing while
+// another has the object answers from the other and recreates the
+// missing copy whole in the background.
+func TestReadRepairsMissingCopy(t *testing.T) {
+	ctx := context.Background()
+	c := newFakeCluster(t, 3)
+	o := Object{OID: proto.DataOID(9, 3), Red: proto.Redundancy{Copies: 2}, Size: testObjSize}
+	data := randBytes(33, testObjSize)
+	if err := c.nodes[0].gw.Create(ctx, o, 0, data, false); err != nil {
+		t.Fatal(err)
+	}
+	lost := c.holder(o, 0)
+	if err := lost.st.Remove(ctx, key(o, 0)); err != nil {
+		t.Fatal(err)
+	}
+	// Through the node that lost its copy: it reads its own first.
+	got := make([]byte, 4096)
+	if err := lost.gw.Read(ctx, o, 4096, got); err != nil || !bytes.Equal(got, data[4096:8192]) {
+		t.Fatalf("read with the local copy missing: %v", err)
+	}
+	// The repair runs in the background.
+	all := make([]byte, testObjSize)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := lost.st.Read(ctx, key(o, 0), 0, all)
+		if err == nil && bytes.Equal(all, data) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the missing copy was not recreated whole: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

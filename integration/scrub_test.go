@@ -740,3 +740,46 @@ func TestRepairTornStripeAfterCrash(t *testing.T) {
 	}
 	t.Logf("verified: the restarted primary re-encoded the parity the crash left inconsistent")
 }
+
+// TestWriteRebuildsLostCopy: an object whose copy is missing on one holder
+// (its file lost while the node was down) is rebuilt whole by the next
+// write to it. A write used to take the object for discarded and allocate
+// it again, creating that copy with the written range alone: reads
+// through that node then returned zeros for acknowledged data.
+func TestWriteRebuildsLostCopy(t *testing.T) {
+	c := newCluster(t, 3, "--scrub-interval", "1h", "--converge-interval", "1h")
+	c.format("3")
+	a, b := c.nodes[0], c.nodes[1]
+	vid := createVDI(t, a, "vol", 8<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	data := randomBytes(8 << 20)
+	if err := openVDI(t, a, "vol").WriteAt(ctx, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	oid := proto.DataOID(vid, 0)
+	t.Logf("injecting: stop %s, remove its copy of %s, start it again", b.ip, oid)
+	b.stop()
+	if err := os.Remove(filepath.Join(b.dataDir(), "store", "obj", oid.String())); err != nil {
+		t.Fatal(err)
+	}
+	b.start()
+	b.waitListening()
+	c.healthy(c.nodes...)
+	newer := randomBytes(64 << 10)
+	if err := openVDI(t, a, "vol").WriteAt(ctx, newer, 0); err != nil {
+		t.Fatal(err)
+	}
+	copy(data, newer)
+	got := make([]byte, 8<<20)
+	if err := openVDI(t, b, "vol").ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read through %s after the write: other bytes than written", b.ip)
+	}
+	if rep := a.check(t, "vol", false); rep.Missing+rep.Mismatch+rep.Corrupt+rep.Lost != 0 {
+		t.Fatalf("check after the write: %+v, want every copy whole and equal", rep)
+	}
+	t.Logf("verified: the write rebuilt %s's copy whole", b.ip)
+}

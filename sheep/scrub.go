@@ -140,6 +140,9 @@ func (d *Daemon) convergePass(ctx context.Context) bool {
 			return false
 		}
 		if o.Key.EC {
+			if o.Key.ECIndex == 0 {
+				d.checkStripsPresent(ctx, o.Key)
+			}
 			continue
 		}
 		if m, _, ok := d.compareCopies(ctx, o.Key); ok {
@@ -153,6 +156,46 @@ func (d *Daemon) convergePass(ctx context.Context) bool {
 	}
 	d.repairDiffering(ctx, "converge", differ)
 	return true
+}
+
+// checkStripsPresent asks the holders of an erasure-coded object this
+// node is the primary of whether they hold their strips (GET_SUMS_HASH:
+// no data is read) and has the missing ones rebuilt. A create torn by a
+// crash leaves strips missing; reads that need only the data strips never
+// notice a missing parity strip, so without this redundancy would stay
+// reduced until the scrub.
+func (d *Daemon) checkStripsPresent(ctx context.Context, k store.Key) {
+	s, known, _ := d.shape(k.OID)
+	view := d.views.View()
+	if !known || !s.Red.IsEC() || view == nil || !d.views.Settled(view.Epoch) {
+		return
+	}
+	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}
+	ts := d.targets(view, o)
+	if len(ts) == 0 || ts[0].ID != d.node.ID() {
+		return
+	}
+	missing := 0
+	for i, t := range ts[1:] {
+		_, err := d.sumsHashOn(ctx, t, store.StripKey(k.OID, uint8(i+1)))
+		switch {
+		case errors.Is(err, proto.ResNoObj):
+			missing++
+		case err != nil:
+			return // unreachable: the next pass looks again
+		}
+	}
+	if missing == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := d.gw.RepairEC(rctx, o); err != nil {
+		d.log.Warn("converge: rebuilding missing strips failed", "oid", k.OID, "missing", missing, "err", err)
+		return
+	}
+	d.metrics.ScrubFinding(metrics.ScrubRepaired)
+	d.log.Warn("converge: missing strips rebuilt", "oid", k.OID, "missing", missing)
 }
 
 // checkParity has the parity of an erasure-coded object this node is the

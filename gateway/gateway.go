@@ -430,17 +430,11 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 		}
 		lctx, cancel := g.legsCtx(ctx)
 		defer cancel()
-		var missing [maxCopies]bool // legs whose node has no copy
-		err = fanout(ts, func(i int, n placement.Node) error {
-			err := g.cfg.Peers.Peer(n).Write(lctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
-			if errors.Is(err, proto.ResNoObj) && i < maxCopies {
-				missing[i] = true
-				return nil
-			}
-			return err
+		err = fanout(ts, func(_ int, n placement.Node) error {
+			return g.cfg.Peers.Peer(n).Write(lctx, v.Epoch, store.ReplicaKey(o.OID), off, data, sums, sync)
 		})
-		if err == nil {
-			err = g.rebuildMissing(lctx, v, o, ts, missing[:len(ts)], off, data, sync)
+		if errors.Is(err, proto.ResNoObj) && len(ts) > 1 {
+			err = g.rebuildMissing(lctx, v, o, ts, off, data, sync)
 		}
 		if err == nil {
 			g.markDirty(ts...)
@@ -449,38 +443,42 @@ func (g *Gateway) Write(ctx context.Context, o Object, off uint32, data []byte, 
 	})
 }
 
-// maxCopies bounds the replicas rebuildMissing tracks per write (more than
-// any redundancy allows).
-const maxCopies = 32
-
-// rebuildMissing handles a write that found no copy on some targets. On
-// none of them the object does not exist (discarded, or never allocated):
-// ResNoObj, and the caller allocates. On some only, those copies are
-// missing where they should be (a create torn by a crash, a lost file);
-// each is rebuilt whole from a copy that took the write, as an EC write
-// rebuilds a missing strip. Recreating it with the written range alone
-// would leave zeros where the object holds acknowledged data, served by
-// every read that prefers that copy. If another write rebuilt it first,
-// this write's range is written into it.
-func (g *Gateway) rebuildMissing(ctx context.Context, v *View, o Object, ts []placement.Node, missing []bool, off uint32, data []byte, sync bool) error {
-	var src *placement.Node
+// rebuildMissing handles a write that found no copy on some target. It
+// writes the range again to each target, one at a time (the write is
+// idempotent, and overlapping writes are ordered by the caller), to learn
+// which have none. On none of them the object does not exist (discarded,
+// or never allocated): ResNoObj, and the caller allocates. On some only,
+// those copies are missing where they should be (a create torn by a
+// crash, a lost file); each is rebuilt whole from a copy that took the
+// write, as an EC write rebuilds a missing strip. Recreating it with the
+// written range alone would leave zeros where the object holds
+// acknowledged data, served by every read that prefers that copy. If
+// another write rebuilt it first, this write's range is written into it.
+func (g *Gateway) rebuildMissing(ctx context.Context, v *View, o Object, ts []placement.Node, off uint32, data []byte, sync bool) error {
+	k := store.ReplicaKey(o.OID)
+	var src placement.Node // a value, not &ts[i]: ts must not escape
+	have := false
+	missing := make([]bool, len(ts))
 	n := 0
-	for i := range ts {
-		if missing[i] {
+	for i, t := range ts {
+		switch err := g.cfg.Peers.Peer(t).Write(ctx, v.Epoch, k, off, data, nil, sync); {
+		case errors.Is(err, proto.ResNoObj):
+			missing[i] = true
 			n++
-		} else if src == nil {
-			src = &ts[i]
+		case err != nil:
+			return err
+		case !have:
+			src, have = t, true
 		}
 	}
 	switch {
 	case n == 0:
-		return nil
-	case src == nil:
+		return nil // created meanwhile (another write's rebuild)
+	case !have:
 		return fmt.Errorf("gateway: write %s: %w", o.OID, proto.ResNoObj)
 	}
-	k := store.ReplicaKey(o.OID)
 	full := make([]byte, o.Size)
-	if err := g.cfg.Peers.Peer(*src).Read(ctx, v.Epoch, k, 0, full); err != nil {
+	if err := g.cfg.Peers.Peer(src).Read(ctx, v.Epoch, k, 0, full); err != nil {
 		return fmt.Errorf("gateway: rebuild missing copy of %s: read from %s: %w", o.OID, src.Addr, err)
 	}
 	return fanout(ts, func(i int, t placement.Node) error {

@@ -166,8 +166,8 @@ func (d *Daemon) convergePass(ctx context.Context) bool {
 // reduced until the scrub.
 func (d *Daemon) checkStripsPresent(ctx context.Context, k store.Key) {
 	s, known, _ := d.shape(k.OID)
-	view := d.views.View()
-	if !known || !s.Red.IsEC() || view == nil || !d.views.Settled(view.Epoch) {
+	view, ok := d.currentSettled()
+	if !known || !s.Red.IsEC() || !ok {
 		return
 	}
 	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/gosheep/gosheep/cluster"
+	"github.com/gosheep/gosheep/gateway"
 )
 
 // eventConverge is the cluster event (cluster.Node.Broadcast) that brings
@@ -45,10 +48,12 @@ func (d *Daemon) onEvent(name string) {
 // copies and not others, and if it came back before it was missed, no
 // epoch change brings a converge pass forward (nodeLeft). Objects are
 // compared by their primaries, so every member must run a pass. It waits
-// until this node is in the epoch, so that its copies are compared too.
+// until this node is in the cluster's current epoch and that epoch's
+// recovery is complete everywhere (currentSettled), so that its copies
+// are compared too, and current.
 func (d *Daemon) announceUnclean() {
 	for d.ctx.Err() == nil {
-		if v := d.views.View(); v != nil && v.Ring.Has(d.node.ID()) {
+		if v, ok := d.currentSettled(); ok && v.Ring.Has(d.node.ID()) {
 			if err := d.node.Broadcast(eventConverge); err != nil {
 				d.log.Warn("asking members to compare copies after a crash", "err", err)
 			} else {
@@ -70,11 +75,9 @@ func (d *Daemon) announceUnclean() {
 // a data strip is lost. The converge pass compares replicas only, and the
 // scrub would find it only at its next run (a day by default).
 func (d *Daemon) repairTornStripes() {
-	for d.ctx.Err() == nil {
-		if v := d.views.View(); v != nil && d.views.Settled(v.Epoch) {
-			break
-		}
-		sleepCtx(d.ctx, time.Second)
+	v, ok := d.currentSettled()
+	if !ok {
+		return
 	}
 	objs, err := d.store.List(d.ctx)
 	if err != nil {
@@ -86,6 +89,12 @@ func (d *Daemon) repairTornStripes() {
 		if d.ctx.Err() != nil {
 			return
 		}
+		if cur, ok := d.currentSettled(); !ok || cur.Epoch != v.Epoch {
+			// The epoch moved on: its recovery settles strips again, and a
+			// repair must not race it. The scrub finds what is left.
+			d.log.Info("after a crash: parity checks stopped by an epoch change", "checked", n)
+			return
+		}
 		if o.Dirty && o.Key.EC && o.Key.ECIndex == 0 {
 			d.checkParity(d.ctx, o.Key)
 			n++
@@ -94,4 +103,20 @@ func (d *Daemon) repairTornStripes() {
 	if n > 0 {
 		d.log.Info("after a crash: parity of erasure-coded objects being written checked", "objects", n)
 	}
+}
+
+// currentSettled returns this node's view once it is of the cluster's
+// current epoch (the FSM caught up with the leader, and the view
+// published for the epoch it applied) and that epoch's recovery is
+// complete on every member. A node back from a crash starts with the view
+// of the epoch it had when it died, which looks settled but is not the
+// cluster's: nothing may act on it.
+func (d *Daemon) currentSettled() (*gateway.View, bool) {
+	v := d.views.View()
+	if v == nil || !d.node.CaughtUp() || !d.views.Settled(v.Epoch) {
+		return nil, false
+	}
+	var e uint32
+	d.node.FSM().Read(func(s *cluster.State) { e = s.Epoch() })
+	return v, v.Epoch == e
 }

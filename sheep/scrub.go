@@ -165,14 +165,12 @@ func (d *Daemon) convergePass(ctx context.Context) bool {
 // notice a missing parity strip, so without this redundancy would stay
 // reduced until the scrub.
 func (d *Daemon) checkStripsPresent(ctx context.Context, k store.Key) {
-	s, known, _ := d.shape(k.OID)
 	view, ok := d.currentSettled()
-	if !known || !s.Red.IsEC() || !ok {
+	if !ok {
 		return
 	}
-	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}
-	ts := d.targets(view, o)
-	if len(ts) == 0 || ts[0].ID != d.node.ID() {
+	o, ts, ok := d.primaryEC(view, k)
+	if !ok {
 		return
 	}
 	missing := 0
@@ -202,13 +200,12 @@ func (d *Daemon) checkStripsPresent(ctx context.Context, k store.Key) {
 // primary of checked against its data, and re-encoded if a torn write
 // left it inconsistent; it returns the bytes the other holders read.
 func (d *Daemon) checkParity(ctx context.Context, k store.Key) uint64 {
-	s, known, _ := d.shape(k.OID)
 	view := d.views.View()
-	if !known || !s.Red.IsEC() || view == nil {
+	if view == nil {
 		return 0
 	}
-	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}
-	if ts := d.targets(view, o); len(ts) == 0 || ts[0].ID != d.node.ID() {
+	o, _, ok := d.primaryEC(view, k)
+	if !ok {
 		return 0
 	}
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -216,7 +213,23 @@ func (d *Daemon) checkParity(ctx context.Context, k store.Key) uint64 {
 	if err := d.gw.RepairEC(rctx, o); err != nil {
 		d.log.Warn("scrub: parity check failed", "oid", k.OID, "err", err)
 	}
-	return uint64(s.Size) / uint64(s.Red.Data) * uint64(s.Red.Data+s.Red.Parity-1)
+	return uint64(o.Size) / uint64(o.Red.Data) * uint64(o.Red.Data+o.Red.Parity-1)
+}
+
+// primaryEC describes k's object and its strip holders in view when k is
+// an erasure-coded object this node is the primary of (holds strip 0):
+// the objects whose parity and strips this node's passes look after.
+func (d *Daemon) primaryEC(view *gateway.View, k store.Key) (gateway.Object, []placement.Node, bool) {
+	s, known, _ := d.shape(k.OID)
+	if !known || !s.Red.IsEC() {
+		return gateway.Object{}, nil, false
+	}
+	o := gateway.Object{OID: k.OID, Red: s.Red, Size: s.Size}
+	ts := d.targets(view, o)
+	if len(ts) == 0 || ts[0].ID != d.node.ID() {
+		return gateway.Object{}, nil, false
+	}
+	return o, ts, true
 }
 
 // compareCopies reports, for a replica this node is the primary holder

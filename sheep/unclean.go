@@ -89,16 +89,17 @@ func (d *Daemon) repairTornStripes() {
 		if d.ctx.Err() != nil {
 			return
 		}
+		if !o.Dirty || !o.Key.EC || o.Key.ECIndex != 0 {
+			continue
+		}
 		if cur, ok := d.currentSettled(); !ok || cur.Epoch != v.Epoch {
 			// The epoch moved on: its recovery settles strips again, and a
 			// repair must not race it. The scrub finds what is left.
 			d.log.Info("after a crash: parity checks stopped by an epoch change", "checked", n)
 			return
 		}
-		if o.Dirty && o.Key.EC && o.Key.ECIndex == 0 {
-			d.checkParity(d.ctx, o.Key)
-			n++
-		}
+		d.checkParity(d.ctx, o.Key)
+		n++
 	}
 	if n > 0 {
 		d.log.Info("after a crash: parity of erasure-coded objects being written checked", "objects", n)

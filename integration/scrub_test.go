@@ -24,6 +24,31 @@ import (
 )
 
 // dataDir is the node's --dir.
+// stripHolder is the node whose store holds strip i of oid.
+func (c *cluster) stripHolder(t *testing.T, oid proto.OID, i int) *node {
+	t.Helper()
+	for _, n := range c.nodes {
+		if _, err := os.Stat(filepath.Join(n.dataDir(), "store", "obj", fmt.Sprintf("%s_%d", oid, i))); err == nil {
+			return n
+		}
+	}
+	t.Fatalf("no node holds strip %d of %s", i, oid)
+	return nil
+}
+
+// crashAll kills every node (kill -9) and starts them all again.
+func (c *cluster) crashAll() {
+	for _, n := range c.nodes {
+		n.kill()
+	}
+	for _, n := range c.nodes {
+		n.start()
+	}
+	for _, n := range c.nodes {
+		n.waitListening()
+	}
+}
+
 func (n *node) dataDir() string {
 	for i, a := range n.args {
 		if a == "--dir" {
@@ -577,16 +602,7 @@ func TestScrubReencodesInconsistentParity(t *testing.T) {
 	}
 	// Rewrite a block of the parity strip alone, through its holder.
 	oid := proto.DataOID(vid, 0)
-	holderOf := func(strip int) *node {
-		for _, n := range c.nodes {
-			if _, err := os.Stat(filepath.Join(n.dataDir(), "store", "obj", fmt.Sprintf("%s_%d", oid, strip))); err == nil {
-				return n
-			}
-		}
-		t.Fatalf("no node holds strip %d of %s", strip, oid)
-		return nil
-	}
-	holder, primary := holderOf(2), holderOf(0)
+	holder, primary := c.stripHolder(t, oid, 2), c.stripHolder(t, oid, 0)
 	holder.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, 2, 4096, bytes.Repeat([]byte{0xee}, 4096))
 	t.Logf("injecting: parity strip of %s on %s alone rewritten", oid, holder.ip)
 	if rep := a.check(t, "vol", false); rep.Mismatch != 1 {
@@ -660,15 +676,7 @@ func TestConvergeAfterUncleanRestart(t *testing.T) {
 	oid := proto.DataOID(vid, 0)
 	good := tearCopy(t, ctx, a, b, oid, 4096, 0x77)
 	t.Logf("injecting: one copy of %s on %s alone rewritten; kill -9 every node, then start them again", oid, b.ip)
-	for _, n := range c.nodes {
-		n.kill()
-	}
-	for _, n := range c.nodes {
-		n.start()
-	}
-	for _, n := range c.nodes {
-		n.waitListening()
-	}
+	c.crashAll()
 	b.waitHash(t, oid, good, 60*time.Second, "copies to converge after the unclean restart")
 	t.Logf("verified: the restart brought a converge pass forward, and %s's copy has the majority's content", b.ip)
 
@@ -706,29 +714,13 @@ func TestRepairTornStripeAfterCrash(t *testing.T) {
 		}
 	}
 	oid := proto.DataOID(vid, 0)
-	var holder *node
-	for _, n := range c.nodes {
-		if _, err := os.Stat(filepath.Join(n.dataDir(), "store", "obj", fmt.Sprintf("%s_%d", oid, 2))); err == nil {
-			holder = n
-		}
-	}
-	if holder == nil {
-		t.Fatalf("no node holds the parity strip of %s", oid)
-	}
+	holder := c.stripHolder(t, oid, 2)
 	holder.writeOneCopy(t, ctx, a.state(t).State.Epoch(), oid, 2, 4096, bytes.Repeat([]byte{0xee}, 4096))
 	if rep := a.check(t, "vol", false); rep.Mismatch != 1 {
 		t.Fatalf("check after the injection: %+v, want the parity inconsistent", rep)
 	}
 	t.Logf("injecting: parity strip of %s on %s alone rewritten (a torn write); kill -9 every node, then start them again", oid, holder.ip)
-	for _, n := range c.nodes {
-		n.kill()
-	}
-	for _, n := range c.nodes {
-		n.start()
-	}
-	for _, n := range c.nodes {
-		n.waitListening()
-	}
+	c.crashAll()
 	c.healthy(c.nodes...)
 	waitFor(t, "parity re-encoded", 60*time.Second, func() bool {
 		rep := a.check(t, "vol", false)
@@ -802,15 +794,7 @@ func TestConvergeRebuildsMissingStrip(t *testing.T) {
 	}
 	oid := proto.DataOID(vid, 0)
 	name := fmt.Sprintf("%s_%d", oid, 2) // the parity strip
-	var holder *node
-	for _, n := range c.nodes {
-		if _, err := os.Stat(filepath.Join(n.dataDir(), "store", "obj", name)); err == nil {
-			holder = n
-		}
-	}
-	if holder == nil {
-		t.Fatalf("no node holds the parity strip of %s", oid)
-	}
+	holder := c.stripHolder(t, oid, 2)
 	t.Logf("injecting: stop %s, remove its parity strip of %s, start it again", holder.ip, oid)
 	holder.stop()
 	path := filepath.Join(holder.dataDir(), "store", "obj", name)
